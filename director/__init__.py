@@ -1,0 +1,1 @@
+"""The director daemon: election, VIPs, IPVS reconciliation, status API."""

@@ -1,0 +1,1 @@
+"""Failover drills, timelines and reports."""

@@ -1,0 +1,1 @@
+"""Health checkers, rise/fall hysteresis and the probe scheduler."""

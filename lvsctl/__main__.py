@@ -1,0 +1,5 @@
+"""``python -m lvsctl`` runs the CLI."""
+
+from lvsctl.cli import main
+
+main()

@@ -1,0 +1,42 @@
+"""The ``lvsctl`` command line: one click group, each area a subgroup in lvsctl.commands."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from lvsctl import __version__
+from lvsctl.commands.config import config_group
+from lvsctl.errors import ConfigError, LvsctlError
+
+
+class LvsctlGroup(click.Group):
+    """Turns every LvsctlError into its lines on stderr and its exit code; never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except LvsctlError as exc:
+            prefix = "" if isinstance(exc, ConfigError) else "lvsctl: "
+            for line in exc.lines():
+                click.echo(f"{prefix}{line}", err=True)
+            ctx.exit(exc.exit_code)
+
+
+@click.group(cls=LvsctlGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="lvsctl")
+def cli() -> None:
+    """Manage a Linux Virtual Server director pair: config, IPVS, health, failover."""
+
+
+cli.add_command(config_group)
+
+
+def main() -> None:
+    try:
+        cli.main(prog_name="lvsctl")
+    except KeyboardInterrupt:
+        click.echo("lvsctl: interrupted", err=True)
+        sys.exit(130)

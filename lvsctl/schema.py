@@ -1,0 +1,302 @@
+"""The cluster file's shape as pydantic models: types, ranges and unknown keys, nothing more.
+
+Rules that span several keys (families, ports per mode, uniqueness, inside networks) live in
+``lvsctl.config``; this module only says what each key may hold. ``ClusterFile`` doubles as
+the source of ``lvsctl config schema``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
+
+from lvsctl.model import SCHED_FLAGS, SCHEDULERS
+
+# Linux's dev_valid_name(): 1..15 bytes, not "." or "..", no "/", ":" or white space.
+_IFNAME = re.compile(r"^[^/:\s]{1,15}$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_STATUS = re.compile(r"^([1-5]\d\d)(?:-([1-5]\d\d))?$")
+_UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def _ifname(value: Any) -> Any:
+    if isinstance(value, str) and (not _IFNAME.match(value) or value in (".", "..")):
+        raise ValueError(
+            "not a valid interface name (1-15 characters, no '/', ':' or white space)"
+        )
+    return value
+
+
+def _name(value: Any) -> Any:
+    if isinstance(value, str) and not _NAME.match(value):
+        raise ValueError(
+            "names start with a letter or digit and hold only letters, digits, '_', '.' or '-'"
+            " (at most 63)"
+        )
+    return value
+
+
+def _address(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return str(ipaddress.ip_address(value))
+        except ValueError:
+            raise ValueError(f"{value!r} is not an IPv4 or IPv6 address") from None
+    return value
+
+
+def _interface_address(value: Any) -> Any:
+    """An address with an optional prefix length, e.g. 10.0.0.2/24."""
+    if isinstance(value, str):
+        try:
+            iface = ipaddress.ip_interface(value)
+        except ValueError:
+            raise ValueError(
+                f"{value!r} is not an address (optionally with /prefix, e.g. 10.0.0.2/24)"
+            ) from None
+        return str(iface) if "/" in value else str(iface.ip)
+    return value
+
+
+def _network(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return str(ipaddress.ip_network(value, strict=True))
+        except ValueError as exc:
+            raise ValueError(f"{value!r} is not a network such as 10.0.1.0/24 ({exc})") from None
+    return value
+
+
+def _duration(value: Any) -> Any:
+    """Seconds as a number, or a string with a unit: 500ms, 2s, 1.5m, 1h."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 2, 2s or 500ms")
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if not match:
+            raise ValueError(f"{value!r} is not a duration such as 2, 2s or 500ms")
+        return float(match.group(1)) * _UNITS[match.group(2)]
+    return value
+
+
+def _netmask(value: Any) -> Any:
+    """A prefix length (24) or a dotted IPv4 mask (255.255.255.0) -> prefix length."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if not 1 <= value <= 128:
+            raise ValueError(f"{value} is not a prefix length from 1 to 128")
+        return value
+    if isinstance(value, str):
+        try:
+            return ipaddress.IPv4Network(f"0.0.0.0/{value}").prefixlen
+        except ValueError:
+            raise ValueError(f"{value!r} is not a netmask such as 255.255.255.0 or 24") from None
+    return value
+
+
+def _hostport(value: Any) -> Any:
+    if isinstance(value, str):
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{value!r} is not host:port")
+    return value
+
+
+_STR_SCHEMA = {"type": "string"}
+_DURATION_SCHEMA = {
+    "anyOf": [{"type": "number", "minimum": 0}, {"type": "string", "pattern": _DURATION.pattern}]
+}
+
+IfName = Annotated[str, BeforeValidator(_ifname), WithJsonSchema(_STR_SCHEMA)]
+Name = Annotated[str, BeforeValidator(_name), WithJsonSchema(_STR_SCHEMA)]
+Address = Annotated[str, BeforeValidator(_address), WithJsonSchema(_STR_SCHEMA)]
+InterfaceAddress = Annotated[str, BeforeValidator(_interface_address), WithJsonSchema(_STR_SCHEMA)]
+Network = Annotated[str, BeforeValidator(_network), WithJsonSchema(_STR_SCHEMA)]
+HostPort = Annotated[str, BeforeValidator(_hostport), WithJsonSchema(_STR_SCHEMA)]
+Netmask = Annotated[
+    int,
+    BeforeValidator(_netmask),
+    WithJsonSchema({"anyOf": [{"type": "integer"}, {"type": "string"}]}),
+]
+Port = Annotated[int, Field(ge=1, le=65535)]
+Weight = Annotated[int, Field(ge=0, le=65535)]
+Duration = Annotated[float, BeforeValidator(_duration), WithJsonSchema(_DURATION_SCHEMA)]
+
+
+def _positive(low: float, high: float) -> Any:
+    return Field(ge=low, le=high)
+
+
+class Strict(BaseModel):
+    """Unknown keys are errors, values are never coerced across types, models are frozen."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class CheckCommon(Strict):
+    interval: Annotated[Duration, _positive(0.05, 3600)] | None = None
+    timeout: Annotated[Duration, _positive(0.01, 600)] | None = None
+    rise: Annotated[int, Field(ge=1, le=100)] | None = None
+    fall: Annotated[int, Field(ge=1, le=100)] | None = None
+    warmup: Annotated[Duration, _positive(0, 3600)] | None = None
+    address: Address | None = Field(None, description="probe this address instead")
+    port: Port | None = Field(None, description="probe this port instead")
+
+
+class TcpCheckFile(CheckCommon):
+    type: Literal["tcp"]
+    send: str | None = None
+    expect: str | None = None
+
+
+def _status_item(value: Any) -> Any:
+    """200, "200" or "200-299" -> "200-299" (an inclusive range, as text)."""
+    text = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+    if isinstance(text, str):
+        match = _STATUS.match(text)
+        if not match or int(match.group(1)) > int(match.group(2) or match.group(1)):
+            raise ValueError(f"{value!r} is not an HTTP status code or range such as 200-299")
+        return f"{match.group(1)}-{match.group(2) or match.group(1)}"
+    return value
+
+
+StatusItem = Annotated[
+    str,
+    BeforeValidator(_status_item),
+    WithJsonSchema({"anyOf": [{"type": "integer"}, {"type": "string"}]}),
+]
+
+
+class HttpCheckFile(CheckCommon):
+    type: Literal["http", "https"]
+    method: Literal["GET", "HEAD", "POST", "PUT", "OPTIONS"] | None = None
+    path: Annotated[str, Field(pattern=r"^/[^\s]*$")] | None = None
+    host: Annotated[str, Field(pattern=r"^[A-Za-z0-9.:\[\]-]+$")] | None = None
+    status: list[StatusItem] | None = Field(None, min_length=1)
+    body: str | None = None
+    digest: Annotated[str, Field(pattern=r"^(md5:[0-9a-f]{32}|sha256:[0-9a-f]{64})$")] | None = None
+    sni: Annotated[str, Field(pattern=r"^[A-Za-z0-9.-]+$")] | None = None
+    verify: bool | None = None
+    ca_file: str | None = None
+
+
+class MiscCheckFile(CheckCommon):
+    type: Literal["misc"]
+    command: list[Annotated[str, Field(min_length=1)]] | None = Field(None, min_length=1)
+    dynamic: bool | None = None
+
+
+class UdpCheckFile(CheckCommon):
+    type: Literal["udp"]
+    send: str | None = None
+    expect: str | None = None
+    require_reply: bool | None = None
+
+
+class DnsCheckFile(CheckCommon):
+    type: Literal["dns"]
+    name: Annotated[str, Field(pattern=r"^([A-Za-z0-9_-]{1,63}\.?)*$|^\.$")] | None = None
+    qtype: Literal["A", "AAAA", "CNAME", "MX", "NS", "PTR", "SOA", "SRV", "TXT"] | None = None
+    transport: Literal["udp", "tcp"] | None = None
+    expect: list[str] | None = None
+
+
+CheckFile = Annotated[
+    TcpCheckFile | HttpCheckFile | MiscCheckFile | UdpCheckFile | DnsCheckFile,
+    Field(discriminator="type"),
+]
+
+
+class RealServerFile(Strict):
+    name: Name
+    address: Address
+    port: Port | None = Field(None, description="defaults to the service port")
+    weight: Weight | None = Field(None, description="defaults to 1")
+    check: CheckFile | None = Field(
+        None, description="overrides the service check (keys of the same type are merged)"
+    )
+
+
+class SorryServerFile(Strict):
+    address: Address
+    port: Port | None = None
+
+
+class PersistenceFile(Strict):
+    timeout: Annotated[Duration, _positive(1, 31 * 86400)]
+    netmask: Netmask | None = Field(None, description="prefix length or dotted IPv4 mask")
+
+
+class ServiceFile(Strict):
+    name: Name
+    vip: Address | None = None
+    port: Port | None = None
+    protocol: Literal["tcp", "udp", "sctp"] | None = None
+    fwmark: Annotated[int, Field(ge=1, le=2**32 - 1)] | None = None
+    family: Literal["ipv4", "ipv6"] | None = None
+    vips: list[Address] | None = Field(
+        None, description="fwmark services: the VIPs the mark covers (for real-server setup)"
+    )
+    scheduler: Literal[SCHEDULERS] | None = None  # type: ignore[valid-type]
+    flags: list[Literal[tuple(SCHED_FLAGS)]] | None = None  # type: ignore[valid-type]
+    forwarding: Literal["nat", "dr", "tun"]
+    persistence: PersistenceFile | None = None
+    on_failure: Literal["remove", "weight0"] | None = None
+    quorum: Annotated[int, Field(ge=0, le=10000)] | None = None
+    sorry_server: SorryServerFile | None = None
+    drain_timeout: Annotated[Duration, _positive(0, 86400)] | None = None
+    check: CheckFile | None = None
+    realservers: list[RealServerFile] = Field(min_length=0, max_length=100000)
+
+
+class PeerFile(Strict):
+    address: Address
+    port: Port = 7946
+
+
+class SyncFile(Strict):
+    interface: IfName
+    id: Annotated[int, Field(ge=0, le=255)] = 0
+
+
+class DirectorFile(Strict):
+    name: Name
+    address: InterfaceAddress
+    interface: IfName
+    peer: PeerFile
+    sync: SyncFile | None = Field(None, description="defaults to the director interface, id 0")
+
+
+class VipFile(Strict):
+    address: Address
+    interface: IfName
+    inside: bool = False
+    network: Network | None = Field(
+        None, description="inside VIPs: the real servers' subnet this address is the gateway of"
+    )
+
+
+class ZooKeeperFile(Strict):
+    hosts: list[HostPort] = Field(min_length=1)
+    root: Annotated[str, Field(pattern=r"^(/[A-Za-z0-9_.-]+)+$")] = "/lvsctl"
+    session_timeout: Annotated[Duration, _positive(0.4, 60)] = 4.0
+    auth: str | None = Field(None, description="file holding 'user:password' digest credentials")
+
+
+class AnnounceFile(Strict):
+    count: Annotated[int, Field(ge=0, le=100)] = 3
+    interval: Annotated[Duration, _positive(0.001, 10)] = 0.2
+
+
+class ClusterFile(Strict):
+    """An lvsctl cluster file."""
+
+    cluster: Name
+    zookeeper: ZooKeeperFile
+    directors: list[DirectorFile] = Field(min_length=2, max_length=2)
+    vips: list[VipFile] = Field(min_length=1)
+    services: list[ServiceFile] = Field(min_length=1)
+    announce: AnnounceFile | None = None
