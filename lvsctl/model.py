@@ -221,6 +221,19 @@ class Check:
         return self.kind.type
 
 
+@dataclass(frozen=True)
+class Health:
+    """What the checks currently say about one real server of one service."""
+
+    healthy: bool
+    weight: int | None = None  # set by a dynamic misc check; None = the configured weight
+    reason: str = ""
+
+
+# (service name, real server name): how health results are keyed everywhere.
+HealthKey = tuple[str, str]
+
+
 # ---------------------------------------------------------------------------------------------
 # The cluster
 # ---------------------------------------------------------------------------------------------

@@ -41,3 +41,15 @@ MINIMAL: dict[str, Any] = {
 @pytest.fixture
 def minimal() -> dict[str, Any]:
     return copy.deepcopy(MINIMAL)
+
+
+@pytest.fixture
+def lab():  # type: ignore[no-untyped-def]
+    """Network namespaces (and processes in them) that are removed after the test."""
+    from tests.support.netns import Lab
+
+    made = Lab()
+    try:
+        yield made
+    finally:
+        made.close()
