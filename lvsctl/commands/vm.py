@@ -1,0 +1,86 @@
+"""``lvsctl vm``: prepare Debian's stock kernel (which has IPVS) and run commands in a QEMU VM."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import click
+
+from lvsctl import vm
+from lvsctl.errors import LvsctlError
+
+_MEMORY = re.compile(r"^[1-9][0-9]*[MG]$")
+
+
+class UsageError(LvsctlError):
+    exit_code = 2
+
+
+def _env_pairs(pairs: tuple[str, ...]) -> dict[str, str]:
+    env = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise UsageError(f"--env {pair!r}: expected NAME=VALUE")
+        env[name] = value
+    return env
+
+
+@click.group("vm")
+def vm_group() -> None:
+    """Run commands under Debian's stock kernel (IPVS, ipip, dummy) in a QEMU VM.
+
+    The host's root filesystem is shared read-only (with a throw-away overlay), so the venv,
+    Python and the repository are visible in the guest at the same paths.
+    """
+
+
+_DIR_OPTION = click.option(
+    "--dir", "directory", type=click.Path(file_okay=False),
+    help="Cache folder for the kernel (default: $LVSCTL_VM_DIR, else var/vm in the repository).",
+)
+
+
+@vm_group.command("prepare")
+@_DIR_OPTION
+def prepare_command(directory: str | None) -> None:
+    """Download and unpack the kernel, build the initramfs (once; reused afterwards)."""
+    kernel = vm.prepare(directory)
+    click.echo(f"{kernel.version} {kernel.folder}")
+
+
+@vm_group.command(
+    "run",
+    context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
+)
+@click.option("--memory", default=vm.DEFAULT_MEMORY, show_default=True,
+              help="Guest memory, e.g. 512M or 2G.")
+@click.option("--cpus", type=click.IntRange(1, 64), default=vm.DEFAULT_CPUS, show_default=True,
+              help="Guest CPUs.")
+@click.option("--timeout", type=click.FloatRange(min=1), default=vm.DEFAULT_TIMEOUT,
+              show_default=True, help="Seconds for everything (boot and command); then killed.")
+@click.option("--share", "shares", multiple=True, type=click.Path(file_okay=False),
+              help="A host folder writable in the guest at the same path (repeatable).")
+@click.option("--env", "env", multiple=True, metavar="NAME=VALUE",
+              help="Set an environment variable for the command (repeatable).")
+@_DIR_OPTION
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.pass_context
+def run_command(ctx: click.Context, memory: str, cpus: int, timeout: float,
+                shares: tuple[str, ...], env: tuple[str, ...], directory: str | None,
+                command: tuple[str, ...]) -> None:
+    """Boot the VM, run COMMAND in the current folder, exit with its exit code.
+
+    Put `--` before COMMAND when it has options of its own:
+
+        lvsctl vm run -- .venv/bin/python -m pytest -m kernel
+    """
+    if not _MEMORY.match(memory):
+        raise UsageError(f"--memory {memory!r}: expected a size such as 512M or 2G")
+    options = vm.VmOptions(
+        memory=memory, cpus=cpus, timeout=timeout,
+        shares=tuple(Path(s) for s in shares), env=_env_pairs(env),
+    )
+    result = vm.run(list(command), options=options, directory=directory)
+    ctx.exit(result.exit_code)
