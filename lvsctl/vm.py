@@ -19,6 +19,7 @@ Layout of the cache folder (``LVSCTL_VM_DIR`` or ``<repo>/var/vm``)::
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -650,13 +651,16 @@ class VmOptions:
     shares: tuple[Path, ...] = ()
     env: Mapping[str, str] = field(default_factory=dict)
     modules: bool = True
+    verbose: bool = False
 
 
 def qemu_argv(kernel: Kernel, ctl: Path, options: VmOptions) -> list[str]:
     """The QEMU command line (TCG only: KVM hangs on these machines)."""
+    # quiet: the serial console is slow under TCG, and boot messages are only wanted when
+    # something fails (--verbose shows them as they come).
     cmdline = " ".join([
-        "console=ttyS0", "quiet", "loglevel=3", "panic=-1", "rdinit=/init",
-        "mitigations=off", "8250.nr_uarts=1", "random.trust_cpu=on",
+        "console=ttyS0", *([] if options.verbose else ["quiet", "loglevel=3"]), "panic=-1",
+        "rdinit=/init", "mitigations=off", "8250.nr_uarts=1", "random.trust_cpu=on",
     ])
     argv = [
         QEMU, "-accel", "tcg", "-M", "pc", "-cpu", "max",
@@ -726,8 +730,7 @@ def run(
     for share in shares:
         if not share.is_dir():
             raise VmError(f"vm run: share {share} is not a folder")
-    options = VmOptions(options.memory, options.cpus, options.timeout, shares, options.env,
-                        options.modules)
+    options = dataclasses.replace(options, shares=shares)
     workdir = Path(cwd if cwd is not None else os.getcwd()).resolve()
     out = stream if stream is not None else sys.stdout.buffer
     with tempfile.TemporaryDirectory(prefix="lvsctl-vm-") as tmp:
@@ -753,7 +756,7 @@ def run(
                     _kill(proc)
                     where = "the command" if splitter.started else "boot"
                     raise VmTimeoutError(
-                        f"vm: timed out after {options.timeout:.0f} s during {where}; "
+                        f"kernel VM timed out after {options.timeout:.0f} s during {where}; "
                         "QEMU was killed (raise --timeout)")
                 ready, _, _ = select.select([fd], [], [], min(left, 1.0))
                 if not ready:
@@ -763,6 +766,9 @@ def run(
                     break
                 was_started = splitter.started
                 data = splitter.feed(chunk)
+                if options.verbose and not was_started:
+                    sys.stderr.buffer.write(chunk)
+                    sys.stderr.flush()
                 if splitter.started and not was_started:
                     boot_seconds = clock() - t_qemu
                     progress(f"booted in {boot_seconds:.1f} s (modules loaded, command starts)")
@@ -786,9 +792,11 @@ def run(
             code = int(rc_file.read_text())
         if code is None:
             log = splitter.boot_log.decode(errors="replace").strip().splitlines()[-15:]
-            detail = "\n".join([*log, *stderr.strip().splitlines()[-5:]])
+            detail = [*log, *stderr.strip().splitlines()[-5:]] or [
+                "(no console output: run with --verbose to see the kernel's boot messages)"]
             what = "the command did not finish" if splitter.started else "the guest did not boot"
-            raise BootError(f"vm: {what} (QEMU exit {proc.returncode}):\n{detail}")
+            raise BootError("\n".join(
+                [f"kernel VM: {what} (QEMU exit {proc.returncode}):", *detail]))
     progress(f"command exited {code} after {total - boot_seconds - (t_qemu - t0):.1f} s "
              f"(total {total:.1f} s)")
     return VmResult(code, output.decode(errors="replace"), boot_seconds, total)

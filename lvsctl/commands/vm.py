@@ -64,11 +64,12 @@ def prepare_command(directory: str | None) -> None:
               help="A host folder writable in the guest at the same path (repeatable).")
 @click.option("--env", "env", multiple=True, metavar="NAME=VALUE",
               help="Set an environment variable for the command (repeatable).")
+@click.option("--verbose", is_flag=True, help="Show the kernel's boot messages.")
 @_DIR_OPTION
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @click.pass_context
 def run_command(ctx: click.Context, memory: str, cpus: int, timeout: float,
-                shares: tuple[str, ...], env: tuple[str, ...], directory: str | None,
+                shares: tuple[str, ...], env: tuple[str, ...], verbose: bool, directory: str | None,
                 command: tuple[str, ...]) -> None:
     """Boot the VM, run COMMAND in the current folder, exit with its exit code.
 
@@ -80,7 +81,7 @@ def run_command(ctx: click.Context, memory: str, cpus: int, timeout: float,
         raise UsageError(f"--memory {memory!r}: expected a size such as 512M or 2G")
     options = vm.VmOptions(
         memory=memory, cpus=cpus, timeout=timeout,
-        shares=tuple(Path(s) for s in shares), env=_env_pairs(env),
+        shares=tuple(Path(s) for s in shares), env=_env_pairs(env), verbose=verbose,
     )
     result = vm.run(list(command), options=options, directory=directory)
     ctx.exit(result.exit_code)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from lvsctl.vm import kernel_has_ipvs
 from tests.support.netns import Lab, run
 
 pytestmark = pytest.mark.kernel
@@ -15,6 +16,7 @@ def test_ipvs_is_loaded_and_ipvsadm_reads_the_table() -> None:
     assert Path("/proc/net/ip_vs").exists()
     out = run(["ipvsadm", "-Ln"])
     assert out.startswith("IP Virtual Server version")
+    assert kernel_has_ipvs()
 
 
 def test_every_scheduler_takes_a_service(lab: Lab) -> None:
