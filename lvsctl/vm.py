@@ -12,7 +12,7 @@ Layout of the cache folder (``LVSCTL_VM_DIR`` or ``<repo>/var/vm``)::
 
     VER/root/            the unpacked .deb (boot/vmlinuz-VER, lib/modules/VER + depmod output)
     VER/vmlinux          the uncompressed kernel, booted via PVH (saves the decompression)
-    VER/initramfs.cpio   busybox + modules + /init
+    VER/initramfs.cpio   busybox, /init, the boot modules and the guest modules
     VER/ready.json       written last: the recipe the initramfs was built from
 """
 
@@ -305,6 +305,12 @@ while read -r tag path; do
   mkdir -p "/newroot$path" && mount -t 9p -o trans=virtio,version=9p2000.L "$tag" "/newroot$path" \\
     || fail "cannot mount share $path"
 done < /newroot{CTL_GUEST}/shares
+# IPVS and friends, from the initramfs (reading them over 9p with modprobe took seconds).
+if [ -e /newroot{CTL_GUEST}/load-modules ]; then
+  while read -r mod; do
+    insmod "/lib/modules/{version}/$mod" || fail "insmod $mod failed"
+  done < /guest-modules.order
+fi
 ip link set lo up
 hostname lvsctl-vm
 chroot /newroot /usr/bin/env -i /bin/sh {CTL_GUEST}/stage2.sh < /dev/null
@@ -315,14 +321,11 @@ reboot -f
 """
 
 
-# Runs chrooted, with the host's own /bin/sh and tools: environment, working folder, modules,
-# then the argv read NUL-separated by xargs (no value is ever parsed by a shell).
+# Runs chrooted, with the host's own /bin/sh and tools: environment, working folder, then the
+# argv read NUL-separated by xargs (no value is ever parsed by a shell).
 STAGE2 = f"""set -u
 ctl={CTL_GUEST}
 while IFS= read -r kv; do export "$kv"; done < "$ctl/env"
-if [ -s "$ctl/modules" ]; then
-  xargs -0 -a "$ctl/modules" modprobe -d "$(cat "$ctl/modroot")" -a || exit 125
-fi
 echo 1 > /proc/sys/kernel/printk
 cd "$(cat "$ctl/cwd")" || exit 125
 printf '{_START}'
@@ -501,8 +504,13 @@ def module_order(root: Path, version: str, names: Sequence[str]) -> list[str]:
     return parse_show_depends(out, str(root / "lib" / "modules" / version))
 
 
-def build_initramfs(root: Path, version: str, order: Sequence[str], busybox: bytes) -> bytes:
-    """busybox (static), its applet links, /dev/console, /init, and the modules in order."""
+def build_initramfs(root: Path, version: str, order: Sequence[str], busybox: bytes,
+                    guest_order: Sequence[str] = ()) -> bytes:
+    """busybox (static), its applet links, /dev/console, /init, and the modules in order.
+
+    ``order`` is loaded before the host root is mounted, ``guest_order`` (modules not already
+    in ``order``) before the command runs.
+    """
     if not is_static_elf(busybox):
         raise NoQemuError(f"{BUSYBOX} is not a static binary: install busybox-static")
     entries = [CpioEntry(d, stat.S_IFDIR | 0o755) for d in (
@@ -513,11 +521,13 @@ def build_initramfs(root: Path, version: str, order: Sequence[str], busybox: byt
                    "hostname", "sync", "printf", "echo", "cat"):
         entries.append(CpioEntry(f"bin/{applet}", stat.S_IFLNK | 0o777, b"busybox"))
     entries.append(CpioEntry("init", stat.S_IFREG | 0o755, init_script(version).encode()))
-    entries.append(CpioEntry("modules.order", stat.S_IFREG | 0o644,
-                             "".join(f"{m}\n" for m in order).encode()))
+    guest_order = [m for m in guest_order if m not in order]
+    for name, listed in (("modules.order", order), ("guest-modules.order", guest_order)):
+        entries.append(CpioEntry(name, stat.S_IFREG | 0o644,
+                                 "".join(f"{m}\n" for m in listed).encode()))
     made: set[str] = {f"lib/modules/{version}"}
     modules_dir = root / "lib" / "modules" / version
-    for rel in order:
+    for rel in [*order, *guest_order]:
         parts = Path(rel).parts[:-1]
         for i in range(1, len(parts) + 1):
             d = f"lib/modules/{version}/{'/'.join(parts[:i])}"
@@ -540,6 +550,32 @@ def _locked(folder: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+APT_LISTS = Path("/var/lib/apt/lists")
+
+
+def _current_release(base: Path, progress: Echo) -> str:
+    """kernel_release(), remembered in the cache folder until the apt lists change.
+
+    apt-cache takes 1-2 s on a busy machine; the lists folder's mtime changes whenever
+    ``apt-get update`` brings new lists, so the answer is asked again exactly then.
+    """
+    try:
+        lists = APT_LISTS.stat().st_mtime_ns
+    except OSError:
+        lists = None
+    memo = base / "release.json"
+    with contextlib.suppress(OSError, ValueError, KeyError):
+        data = json.loads(memo.read_text())
+        if lists is not None and data["lists"] == lists:
+            return str(data["version"])
+    version = kernel_release(progress)
+    with contextlib.suppress(OSError):
+        lists = APT_LISTS.stat().st_mtime_ns  # apt-get update may have just run
+        base.mkdir(parents=True, exist_ok=True)
+        _write_atomic(memo, json.dumps({"lists": lists, "version": version}).encode())
+    return version
+
+
 def _newest_cached(base: Path) -> str | None:
     ready = sorted(p.parent.name for p in base.glob("*/ready.json"))
     return ready[-1] if ready else None
@@ -559,7 +595,7 @@ def prepare(
     t0 = time.monotonic()
     if version is None:
         try:
-            version = kernel_release(progress)
+            version = _current_release(base, progress)
         except VmError:
             # Offline, or apt lists not fetched yet: a kernel already in the cache still works.
             version = _newest_cached(base)
@@ -578,24 +614,26 @@ def prepare(
             _download(version, folder, progress)
         else:
             progress(f"kernel {version} already unpacked")
-        t = time.monotonic()
-        _run_tool(["depmod", "-b", str(root), version], "depmod")
-        progress(f"depmod done in {time.monotonic() - t:.1f} s")
-        vmlinuz = root / "boot" / f"vmlinuz-{version}"
-        vmlinux = find_vmlinux(vmlinuz.read_bytes())
-        if vmlinux is not None:
-            _write_atomic(folder / "vmlinux", vmlinux)
-            progress(f"extracted vmlinux ({len(vmlinux) >> 20} MiB) to boot it via PVH")
-        else:
-            progress("no vmlinux found in the bzImage: booting the compressed kernel")
         modules_dir = root / "lib" / "modules" / version
+        if not (modules_dir / "modules.dep").exists():  # the .deb ships none
+            t = time.monotonic()
+            _run_tool(["depmod", "-b", str(root), version], "depmod")
+            progress(f"depmod done in {time.monotonic() - t:.1f} s")
+        if not (folder / "vmlinux").exists():
+            t = time.monotonic()
+            vmlinux = find_vmlinux((root / "boot" / f"vmlinuz-{version}").read_bytes())
+            if vmlinux is not None:
+                _write_atomic(folder / "vmlinux", vmlinux)
+                progress(f"extracted vmlinux ({len(vmlinux) >> 20} MiB) in "
+                         f"{time.monotonic() - t:.1f} s, to boot it via PVH")
+            else:
+                progress("no vmlinux found in the bzImage: booting the compressed kernel")
         order = module_order(root, version, BOOT_MODULES)
+        guest = module_order(root, version, [*GUEST_MODULES, *scheduler_modules(modules_dir)])
         if not BUSYBOX.exists():
             raise NoQemuError(f"{BUSYBOX} is not installed: install busybox-static")
         _write_atomic(folder / "initramfs.cpio",
-                      build_initramfs(root, version, order, BUSYBOX.read_bytes()))
-        guest = [*GUEST_MODULES, *scheduler_modules(modules_dir)]
-        (folder / "guest-modules").write_text("".join(f"{m}\n" for m in guest))
+                      build_initramfs(root, version, order, BUSYBOX.read_bytes(), guest))
         _write_atomic(stamp, json.dumps(_recipe(version, init), indent=2).encode())
     progress(f"kernel {version} ready in {time.monotonic() - t0:.1f} s ({folder})")
     return Kernel(version, folder, cached=False)
@@ -681,8 +719,7 @@ def qemu_argv(kernel: Kernel, ctl: Path, options: VmOptions) -> list[str]:
     return argv
 
 
-def _write_ctl(ctl: Path, kernel: Kernel, argv: Sequence[str], cwd: Path,
-               options: VmOptions) -> None:
+def _write_ctl(ctl: Path, argv: Sequence[str], cwd: Path, options: VmOptions) -> None:
     venv_bin = str(Path(sys.prefix) / "bin") if sys.prefix != sys.base_prefix else None
     env = guest_env(options.env, venv_bin=venv_bin)
     (ctl / "argv").write_bytes(encode_argv(argv))
@@ -690,9 +727,8 @@ def _write_ctl(ctl: Path, kernel: Kernel, argv: Sequence[str], cwd: Path,
     (ctl / "cwd").write_text(f"{cwd}\n")
     (ctl / "stage2.sh").write_text(STAGE2)
     (ctl / "shares").write_text("".join(f"share{i} {p}\n" for i, p in enumerate(options.shares)))
-    modules = (kernel.folder / "guest-modules").read_text().split() if options.modules else []
-    (ctl / "modules").write_bytes(b"".join(m.encode() + b"\0" for m in modules))
-    (ctl / "modroot").write_text(f"{kernel.root}\n")
+    if options.modules:
+        (ctl / "load-modules").write_text("")
 
 
 def _kill(proc: subprocess.Popen[bytes]) -> None:
@@ -735,7 +771,7 @@ def run(
     out = stream if stream is not None else sys.stdout.buffer
     with tempfile.TemporaryDirectory(prefix="lvsctl-vm-") as tmp:
         ctl = Path(tmp)
-        _write_ctl(ctl, kernel, argv, workdir, options)
+        _write_ctl(ctl, argv, workdir, options)
         splitter = ConsoleSplitter()
         output = bytearray()
         remaining = max(1.0, deadline - clock())
