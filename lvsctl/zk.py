@@ -2,7 +2,14 @@
 
 Every command and the director daemon get their client from ``open_cluster`` (or
 ``make_client`` when listeners must be added before the session starts), so credentials,
-ACLs, timeouts and error messages are the same everywhere.
+ACLs, timeouts and error messages are the same everywhere. A director::
+
+    target = Target.from_node(load_node(path))
+    creds = target.credentials()
+    client = make_client(target, creds)          # the node file's session timeout
+    client.add_listener(...)                     # before the session starts
+    conn = open_cluster(target, client=client, credentials=creds)
+    ConfigStore(conn).watch(on_config)           # runs on a kazoo thread: do not block
 
 Znode layout, under ``<root>/<cluster>`` (``root`` is ``zookeeper.root``, default ``/lvsctl``)::
 
@@ -58,6 +65,7 @@ from kazoo.security import OPEN_ACL_UNSAFE, make_digest_acl
 from lvsctl.config import Loaded, parse_cluster
 from lvsctl.errors import ConfigError, ConfigIssue, ConflictError, ZooKeeperError
 from lvsctl.model import ZooKeeperSettings
+from lvsctl.node import Node
 
 log = logging.getLogger(__name__)
 # Library logging: kazoo's reconnect chatter goes to the daemon's handlers when it has some,
@@ -157,6 +165,12 @@ class Target:
     cluster: str
     insecure: bool = False
     base_dir: Path | None = None
+
+    @classmethod
+    def from_node(cls, node: Node, *, insecure: bool = False) -> Target:
+        """The cluster a node file names (a relative auth path is relative to that file)."""
+        return cls(node.zookeeper, node.cluster, insecure,
+                   base_dir=Path(node.source).resolve().parent)
 
     @property
     def hosts(self) -> str:

@@ -102,13 +102,11 @@ class ZkOptions:
             raise click.UsageError(
                 f"no node file at {path}: pass --node FILE, or --zookeeper HOST:PORT "
                 "--cluster NAME")
-        node = load_node(path)
-        settings = node.zookeeper
-        base = Path(path).resolve().parent
+        target = Target.from_node(load_node(path), insecure=self.insecure)
         if self.auth is not None:
-            settings = replace(settings, auth_file=self.auth)
-            base = Path.cwd()
-        return Target(settings, node.cluster, self.insecure, base_dir=base)
+            settings = replace(target.settings, auth_file=self.auth)
+            target = replace(target, settings=settings, base_dir=Path.cwd())
+        return target
 
     def connect(self) -> ClusterConnection:
         """Resolve and connect; warns when running without credentials."""
