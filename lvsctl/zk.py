@@ -46,7 +46,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from kazoo.client import KazooClient
 from kazoo.exceptions import (
@@ -385,6 +385,15 @@ class PushResult:
     version: ConfigVersion
     changed: bool  # False: the text equals the current version's, nothing was written
     warnings: tuple[ConfigIssue, ...] = ()
+
+
+class ConfigSource(Protocol):
+    """What a director needs of the stored cluster file (ConfigStore is the real one)."""
+
+    def current(self) -> ConfigVersion | None: ...
+
+    def watch(self, callback: Callable[[ConfigVersion | None], None], *,
+              on_error: Callable[[ZooKeeperError], None] | None = None) -> object: ...
 
 
 def default_who() -> str:
