@@ -305,6 +305,14 @@ while read -r tag path; do
   mkdir -p "/newroot$path" && mount -t 9p -o trans=virtio,version=9p2000.L "$tag" "/newroot$path" \\
     || fail "cannot mount share $path"
 done < /newroot{CTL_GUEST}/shares
+# The kernel's whole module tree over the host's /lib/modules, and a modprobe helper that
+# runs the host's modprobe in the overlay: the kernel can then autoload any other module.
+if read -r modroot < /newroot{CTL_GUEST}/modroot; then
+  # Inside the chroot, so that /lib -> usr/lib resolves as on the host.
+  chroot /newroot /bin/sh -c 'mkdir -p /lib/modules && mount --bind "$1" /lib/modules' \\
+    sh "$modroot/lib/modules" || fail "cannot bind the kernel's modules from $modroot"
+  echo /bin/modprobe-in-guest > /proc/sys/kernel/modprobe
+fi
 # IPVS and friends, from the initramfs (reading them over 9p with modprobe took seconds).
 if [ -e /newroot{CTL_GUEST}/load-modules ]; then
   while read -r mod; do
@@ -320,6 +328,11 @@ printf '{end}%s\\n' "$rc"
 reboot -f
 """
 
+
+# The kernel runs this to autoload a module (its root is the initramfs, PID 1's root).
+MODPROBE = """#!/bin/sh
+exec /bin/chroot /newroot /sbin/modprobe "$@"
+"""
 
 # Runs chrooted, with the host's own /bin/sh and tools: environment, working folder, then the
 # argv read NUL-separated by xargs (no value is ever parsed by a shell).
@@ -490,7 +503,7 @@ def _recipe(kernel_version: str, init: str) -> dict[str, object]:
         "boot_modules": list(BOOT_MODULES),
         "guest_modules": list(GUEST_MODULES),
         "init": hashlib.sha256(init.encode()).hexdigest(),
-        "stage2": hashlib.sha256(STAGE2.encode()).hexdigest(),
+        "modprobe": hashlib.sha256(MODPROBE.encode()).hexdigest(),
         "busybox": busybox,
     }
 
@@ -521,6 +534,7 @@ def build_initramfs(root: Path, version: str, order: Sequence[str], busybox: byt
                    "hostname", "sync", "printf", "echo", "cat"):
         entries.append(CpioEntry(f"bin/{applet}", stat.S_IFLNK | 0o777, b"busybox"))
     entries.append(CpioEntry("init", stat.S_IFREG | 0o755, init_script(version).encode()))
+    entries.append(CpioEntry("bin/modprobe-in-guest", stat.S_IFREG | 0o755, MODPROBE.encode()))
     guest_order = [m for m in guest_order if m not in order]
     for name, listed in (("modules.order", order), ("guest-modules.order", guest_order)):
         entries.append(CpioEntry(name, stat.S_IFREG | 0o644,
@@ -719,7 +733,8 @@ def qemu_argv(kernel: Kernel, ctl: Path, options: VmOptions) -> list[str]:
     return argv
 
 
-def _write_ctl(ctl: Path, argv: Sequence[str], cwd: Path, options: VmOptions) -> None:
+def _write_ctl(ctl: Path, argv: Sequence[str], cwd: Path, options: VmOptions,
+               kernel_root: Path) -> None:
     venv_bin = str(Path(sys.prefix) / "bin") if sys.prefix != sys.base_prefix else None
     env = guest_env(options.env, venv_bin=venv_bin)
     (ctl / "argv").write_bytes(encode_argv(argv))
@@ -729,6 +744,7 @@ def _write_ctl(ctl: Path, argv: Sequence[str], cwd: Path, options: VmOptions) ->
     (ctl / "shares").write_text("".join(f"share{i} {p}\n" for i, p in enumerate(options.shares)))
     if options.modules:
         (ctl / "load-modules").write_text("")
+    (ctl / "modroot").write_text(f"{kernel_root}\n")
 
 
 def _kill(proc: subprocess.Popen[bytes]) -> None:
@@ -771,7 +787,7 @@ def run(
     out = stream if stream is not None else sys.stdout.buffer
     with tempfile.TemporaryDirectory(prefix="lvsctl-vm-") as tmp:
         ctl = Path(tmp)
-        _write_ctl(ctl, argv, workdir, options)
+        _write_ctl(ctl, argv, workdir, options, kernel.root.resolve())
         splitter = ConsoleSplitter()
         output = bytearray()
         remaining = max(1.0, deadline - clock())

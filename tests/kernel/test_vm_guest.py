@@ -43,3 +43,14 @@ def test_ipip_tunl0_and_dummy_exist(lab: Lab) -> None:
     ns = lab.netns("dum")
     ns.ip("link", "add", "d0", "type", "dummy")
     assert "d0" in ns.ip("-o", "link", "show", "d0")
+
+
+def test_other_modules_load_on_demand(lab: Lab) -> None:
+    """Only the common modules are loaded at boot; the kernel autoloads the rest (vxlan here)
+    and modprobe finds the guest kernel's module tree."""
+    ns = lab.netns("vx")
+    ns.ip("link", "add", "vx0", "type", "vxlan", "id", "42", "dstport", "4789")
+    assert "vxlan id 42" in ns.ip("-d", "-o", "link", "show", "vx0")
+    assert "vxlan " in Path("/proc/modules").read_text()
+    run(["modprobe", "ip_vs_ftp"])
+    assert "ip_vs_ftp " in Path("/proc/modules").read_text()

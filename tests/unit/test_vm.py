@@ -125,6 +125,10 @@ def test_initramfs_holds_busybox_init_and_the_modules_in_order(tmp_path: Path) -
     assert stat.S_ISCHR(archive["dev/console"].mode) and archive["dev/console"].rdev == (5, 1)
     assert archive["bin/sh"].data == b"busybox" and stat.S_ISLNK(archive["bin/sh"].mode)
     assert archive["bin/busybox"].data == vm.BUSYBOX.read_bytes()
+    # The kernel's module autoloader runs the host's modprobe inside the overlay.
+    helper = archive["bin/modprobe-in-guest"]
+    assert helper.mode & 0o111 and b"chroot /newroot /sbin/modprobe" in helper.data
+    assert "echo /bin/modprobe-in-guest > /proc/sys/kernel/modprobe" in vm.init_script(version)
 
 
 def test_initramfs_refuses_a_dynamic_busybox(tmp_path: Path) -> None:
