@@ -295,7 +295,7 @@ mount -t devtmpfs dev /newroot/dev
 mkdir -p /newroot/dev/pts /newroot/dev/shm
 mount -t devpts devpts /newroot/dev/pts
 mount -t tmpfs tmpfs /newroot/dev/shm
-mount -t tmpfs -o mode=1777 tmpfs /newroot/tmp
+# /tmp stays the host's (through the overlay), so a working folder there exists in the guest.
 mount -t tmpfs -o mode=0755 tmpfs /newroot/run
 mkdir -p /newroot/run/netns /newroot{CTL_GUEST}
 mount -t 9p -o trans=virtio,version=9p2000.L {CTL_TAG} /newroot{CTL_GUEST} \\
@@ -313,7 +313,7 @@ if read -r modroot < /newroot{CTL_GUEST}/modroot; then
     sh "$modroot/lib/modules" || fail "cannot bind the kernel's modules from $modroot"
   echo /bin/modprobe-in-guest > /proc/sys/kernel/modprobe
 fi
-# IPVS and friends, from the initramfs (reading them over 9p with modprobe took seconds).
+# IPVS and friends, from the initramfs (modprobe reading them over 9p took seconds).
 if [ -e /newroot{CTL_GUEST}/load-modules ]; then
   while read -r mod; do
     insmod "/lib/modules/{version}/$mod" || fail "insmod $mod failed"
