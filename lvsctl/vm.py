@@ -591,8 +591,15 @@ def _current_release(base: Path, progress: Echo) -> str:
 
 
 def _newest_cached(base: Path) -> str | None:
-    ready = sorted(p.parent.name for p in base.glob("*/ready.json"))
-    return ready[-1] if ready else None
+    """The kernel most recently made ready in ``base``, if any."""
+    ready = sorted(base.glob("*/ready.json"), key=lambda p: p.stat().st_mtime)
+    return ready[-1].parent.name if ready else None
+
+
+def _is_ready(folder: Path, version: str) -> bool:
+    stamp = folder / "ready.json"
+    return (stamp.exists() and (folder / "initramfs.cpio").exists()
+            and json.loads(stamp.read_text()) == _recipe(version, init_script(version)))
 
 
 def prepare(
@@ -616,16 +623,23 @@ def prepare(
             if version is None:
                 raise
     folder = base / version
-    init = init_script(version)
     with _locked(base):
-        stamp = folder / "ready.json"
-        if (stamp.exists() and (folder / "initramfs.cpio").exists()
-                and json.loads(stamp.read_text()) == _recipe(version, init)):
+        if _is_ready(folder, version):
             progress(f"kernel {version} ready (cached, {folder})")
             return Kernel(version, folder, cached=True)
         root = folder / "root"
         if not (root / "boot" / f"vmlinuz-{version}").exists():
-            _download(version, folder, progress)
+            try:
+                _download(version, folder, progress)
+            except KernelDownloadError as exc:
+                with contextlib.suppress(OSError):
+                    folder.rmdir()  # only if the failed download left it empty
+                # The archive may have moved on, or we are offline: an older kernel will do.
+                older = _newest_cached(base)
+                if older is None or not _is_ready(base / older, older):
+                    raise
+                progress(f"warning: {exc}; using the cached kernel {older}")
+                return Kernel(older, base / older, cached=True)
         else:
             progress(f"kernel {version} already unpacked")
         modules_dir = root / "lib" / "modules" / version
@@ -648,7 +662,8 @@ def prepare(
             raise NoQemuError(f"{BUSYBOX} is not installed: install busybox-static")
         _write_atomic(folder / "initramfs.cpio",
                       build_initramfs(root, version, order, BUSYBOX.read_bytes(), guest))
-        _write_atomic(stamp, json.dumps(_recipe(version, init), indent=2).encode())
+        _write_atomic(folder / "ready.json",
+                      json.dumps(_recipe(version, init_script(version)), indent=2).encode())
     progress(f"kernel {version} ready in {time.monotonic() - t0:.1f} s ({folder})")
     return Kernel(version, folder, cached=False)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import lzma
 import stat
 import subprocess
@@ -244,3 +245,16 @@ def test_download_of_an_unknown_kernel_fails_clearly(tmp_path: Path) -> None:
     with pytest.raises(vm.KernelDownloadError,
                        match=r"apt-get download linux-image-0\.0\.0-0-none"):
         vm.prepare(tmp_path, version="0.0.0-0-none", progress=lambda line: None)
+
+
+def test_a_failed_download_falls_back_to_a_cached_kernel(tmp_path: Path) -> None:
+    older = tmp_path / "6.1.0-1-amd64"
+    older.mkdir()
+    (older / "initramfs.cpio").write_bytes(b"")
+    (older / "ready.json").write_text(
+        json.dumps(vm._recipe("6.1.0-1-amd64", vm.init_script("6.1.0-1-amd64"))))
+    lines: list[str] = []
+    kernel = vm.prepare(tmp_path, version="0.0.0-0-none", progress=lines.append)
+    assert kernel.version == "6.1.0-1-amd64" and kernel.cached
+    assert "using the cached kernel 6.1.0-1-amd64" in lines[-1]
+    assert not (tmp_path / "0.0.0-0-none").exists()
