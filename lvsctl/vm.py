@@ -12,8 +12,9 @@ Layout of the cache folder (``LVSCTL_VM_DIR`` or ``<repo>/var/vm``)::
 
     VER/root/            the unpacked .deb (boot/vmlinuz-VER, lib/modules/VER + depmod output)
     VER/vmlinux          the uncompressed kernel, booted via PVH (saves the decompression)
-    VER/initramfs.cpio   busybox, /init, the boot modules and the guest modules
-    VER/ready.json       written last: the recipe the initramfs was built from
+    VER/initramfs-ID.cpio  busybox, /init, the boot and guest modules; written last. ID hashes
+                           the recipe (VER-ID.json), so checkouts with a different /init
+                           share the cache without rebuilding each other's initramfs.
 """
 
 from __future__ import annotations
@@ -294,7 +295,7 @@ mount -t sysfs sys /newroot/sys
 mount -t devtmpfs dev /newroot/dev
 mkdir -p /newroot/dev/pts /newroot/dev/shm
 mount -t devpts devpts /newroot/dev/pts
-mount -t tmpfs tmpfs /newroot/dev/shm
+mount -t tmpfs -o mode=1777 tmpfs /newroot/dev/shm
 # /tmp stays the host's (through the overlay), so a working folder there exists in the guest.
 mount -t tmpfs -o mode=0755 tmpfs /newroot/run
 mkdir -p /newroot/run/netns /newroot{CTL_GUEST}
@@ -464,7 +465,7 @@ class Kernel:
 
     @property
     def initramfs(self) -> Path:
-        return self.folder / "initramfs.cpio"
+        return self.folder / f"initramfs-{recipe_id(self.version)}.cpio"
 
 
 def _run_tool(argv: Sequence[str], what: str, *, cwd: Path | None = None,
@@ -590,16 +591,18 @@ def _current_release(base: Path, progress: Echo) -> str:
     return version
 
 
+def recipe_id(version: str) -> str:
+    """A short hash of what the initramfs for ``version`` is built from."""
+    recipe = json.dumps(_recipe(version, init_script(version)), sort_keys=True)
+    return hashlib.sha256(recipe.encode()).hexdigest()[:12]
+
+
 def _newest_cached(base: Path) -> str | None:
-    """The kernel most recently made ready in ``base``, if any."""
-    ready = sorted(base.glob("*/ready.json"), key=lambda p: p.stat().st_mtime)
+    """The kernel most recently made ready in ``base`` (for this recipe), if any."""
+    ready = [p for p in base.glob("*/initramfs-*.cpio")
+             if p.name == f"initramfs-{recipe_id(p.parent.name)}.cpio"]
+    ready.sort(key=lambda p: p.stat().st_mtime)
     return ready[-1].parent.name if ready else None
-
-
-def _is_ready(folder: Path, version: str) -> bool:
-    stamp = folder / "ready.json"
-    return (stamp.exists() and (folder / "initramfs.cpio").exists()
-            and json.loads(stamp.read_text()) == _recipe(version, init_script(version)))
 
 
 def prepare(
@@ -624,7 +627,7 @@ def prepare(
                 raise
     folder = base / version
     with _locked(base):
-        if _is_ready(folder, version):
+        if Kernel(version, folder, cached=True).initramfs.exists():
             progress(f"kernel {version} ready (cached, {folder})")
             return Kernel(version, folder, cached=True)
         root = folder / "root"
@@ -636,7 +639,7 @@ def prepare(
                     folder.rmdir()  # only if the failed download left it empty
                 # The archive may have moved on, or we are offline: an older kernel will do.
                 older = _newest_cached(base)
-                if older is None or not _is_ready(base / older, older):
+                if older is None:
                     raise
                 progress(f"warning: {exc}; using the cached kernel {older}")
                 return Kernel(older, base / older, cached=True)
@@ -660,12 +663,13 @@ def prepare(
         guest = module_order(root, version, [*GUEST_MODULES, *scheduler_modules(modules_dir)])
         if not BUSYBOX.exists():
             raise NoQemuError(f"{BUSYBOX} is not installed: install busybox-static")
-        _write_atomic(folder / "initramfs.cpio",
+        kernel = Kernel(version, folder, cached=False)
+        recipe = _recipe(version, init_script(version))
+        (folder / f"initramfs-{recipe_id(version)}.json").write_text(json.dumps(recipe, indent=2))
+        _write_atomic(kernel.initramfs,
                       build_initramfs(root, version, order, BUSYBOX.read_bytes(), guest))
-        _write_atomic(folder / "ready.json",
-                      json.dumps(_recipe(version, init_script(version)), indent=2).encode())
     progress(f"kernel {version} ready in {time.monotonic() - t0:.1f} s ({folder})")
-    return Kernel(version, folder, cached=False)
+    return kernel
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

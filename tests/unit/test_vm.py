@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import json
 import lzma
 import stat
 import subprocess
@@ -250,9 +249,11 @@ def test_download_of_an_unknown_kernel_fails_clearly(tmp_path: Path) -> None:
 def test_a_failed_download_falls_back_to_a_cached_kernel(tmp_path: Path) -> None:
     older = tmp_path / "6.1.0-1-amd64"
     older.mkdir()
-    (older / "initramfs.cpio").write_bytes(b"")
-    (older / "ready.json").write_text(
-        json.dumps(vm._recipe("6.1.0-1-amd64", vm.init_script("6.1.0-1-amd64"))))
+    (older / f"initramfs-{vm.recipe_id('6.1.0-1-amd64')}.cpio").write_bytes(b"")
+    # An initramfs of another recipe (another checkout's /init) is not picked.
+    newer = tmp_path / "6.1.0-2-amd64"
+    newer.mkdir()
+    (newer / "initramfs-000000000000.cpio").write_bytes(b"")
     lines: list[str] = []
     kernel = vm.prepare(tmp_path, version="0.0.0-0-none", progress=lines.append)
     assert kernel.version == "6.1.0-1-amd64" and kernel.cached
