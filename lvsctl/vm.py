@@ -767,12 +767,21 @@ def _write_ctl(ctl: Path, argv: Sequence[str], cwd: Path, options: VmOptions,
 
 
 def _kill(proc: subprocess.Popen[bytes]) -> None:
-    """Ends QEMU (and the `timeout` around it) by their process group, which we created."""
+    """Ends QEMU (and the `timeout` around it) by their process group, which we created,
+    and returns once no process of that group is left."""
     if proc.poll() is not None:
+        # `timeout` exits only after QEMU did; its PID may already be reused: signal nothing.
         return
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    # QEMU is `timeout`'s child, not ours: wait until it is gone too (it frees its memory first).
+    for _ in range(200):
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
 
 
 def run(

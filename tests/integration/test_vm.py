@@ -67,11 +67,26 @@ def test_argv_env_cwd_and_a_writable_share(tmp_path: Path) -> None:
     assert not Path("/usr/lvsctl-overlay-probe").exists()
 
 
-def test_timeout_kills_the_vm() -> None:
+def _processes_naming(text: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if text.encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def test_timeout_kills_the_vm(tmp_path: Path) -> None:
+    # The share's unique path is on QEMU's command line: a way to find this test's QEMU.
+    options = vm.VmOptions(timeout=4, shares=(tmp_path,))
     t0 = time.monotonic()
-    with pytest.raises(vm.VmTimeoutError, match="timed out after 3 s"):
-        vm.run(["sleep", "600"], options=vm.VmOptions(timeout=3), **QUIET)  # type: ignore[arg-type]
+    with pytest.raises(vm.VmTimeoutError, match="timed out after 4 s"):
+        vm.run(["sleep", "600"], options=options, **QUIET)  # type: ignore[arg-type]
     assert time.monotonic() - t0 < 60
+    assert _processes_naming(f"path={tmp_path}") == []
 
 
 def test_a_guest_that_cannot_boot_is_a_boot_error() -> None:
