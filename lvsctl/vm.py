@@ -882,6 +882,29 @@ def run(
     return VmResult(code, output.decode(errors="replace"), boot_seconds, total)
 
 
+@dataclass(frozen=True)
+class CachedKernel:
+    """A kernel found in the cache folder, and whether this checkout's initramfs is built."""
+
+    version: str
+    folder: Path
+    ready: bool
+    size_mib: int
+
+
+def cached_kernels(directory: str | os.PathLike[str] | None = None) -> list[CachedKernel]:
+    """The kernels unpacked in the cache folder, oldest first."""
+    base = cache_dir(directory)
+    found = []
+    for boot in sorted(base.glob("*/root/boot/vmlinuz-*"), key=lambda p: p.stat().st_mtime):
+        folder = boot.parents[2]
+        size = sum(f.stat().st_size for f in folder.rglob("*")
+                   if f.is_file() and not f.is_symlink())
+        kernel = Kernel(folder.name, folder, cached=True)
+        found.append(CachedKernel(folder.name, folder, kernel.initramfs.exists(), size >> 20))
+    return found
+
+
 # -- the host kernel ------------------------------------------------------------------------
 
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 import click
 
 from lvsctl import vm
 from lvsctl.errors import LvsctlError
+from lvsctl.output import echo_json, echo_table
 
 _MEMORY = re.compile(r"^[1-9][0-9]*[MG]$")
 
@@ -48,6 +50,34 @@ def prepare_command(directory: str | None) -> None:
     """Download and unpack the kernel, build the initramfs (once; reused afterwards)."""
     kernel = vm.prepare(directory)
     click.echo(f"{kernel.version} {kernel.folder}")
+
+
+@vm_group.command("status")
+@_DIR_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def status_command(directory: str | None, as_json: bool) -> None:
+    """Show the cache folder, the kernels in it, and whether this host needs the VM."""
+    kernels = vm.cached_kernels(directory)
+    info = {
+        "cache": str(vm.cache_dir(directory)),
+        "qemu": shutil.which(vm.QEMU),
+        "host_has_ipvs": vm.kernel_has_ipvs(),
+        "kernels": [
+            {"version": k.version, "folder": str(k.folder), "ready": k.ready, "mib": k.size_mib}
+            for k in kernels
+        ],
+    }
+    if as_json:
+        echo_json(info)
+        return
+    click.echo(f"cache: {info['cache']}")
+    click.echo(f"qemu: {info['qemu'] or 'not installed (scripts/setup installs it)'}")
+    click.echo("host kernel has IPVS: " + ("yes" if info["host_has_ipvs"] else
+                                          "no (kernel tests run in the VM)"))
+    click.echo()
+    echo_table(["KERNEL", "READY", "MIB", "FOLDER"],
+               [[k.version, "yes" if k.ready else "no (lvsctl vm prepare)", k.size_mib, k.folder]
+                for k in kernels])
 
 
 @vm_group.command(

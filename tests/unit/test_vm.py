@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import lzma
 import stat
 import subprocess
@@ -259,3 +260,16 @@ def test_a_failed_download_falls_back_to_a_cached_kernel(tmp_path: Path) -> None
     assert kernel.version == "6.1.0-1-amd64" and kernel.cached
     assert "using the cached kernel 6.1.0-1-amd64" in lines[-1]
     assert not (tmp_path / "0.0.0-0-none").exists()
+
+
+def test_status_lists_cached_kernels_as_json(tmp_path: Path) -> None:
+    boot = tmp_path / "6.1.0-1-amd64" / "root" / "boot"
+    boot.mkdir(parents=True)
+    (boot / "vmlinuz-6.1.0-1-amd64").write_bytes(b"x" * (2 << 20))
+    result = CliRunner().invoke(cli, ["vm", "status", "--dir", str(tmp_path), "--json"])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.output)
+    assert info["cache"] == str(tmp_path)
+    folder = str(tmp_path / "6.1.0-1-amd64")
+    assert info["kernels"] == [
+        {"version": "6.1.0-1-amd64", "folder": folder, "ready": False, "mib": 2}]
