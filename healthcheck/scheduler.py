@@ -248,15 +248,23 @@ class Scheduler:
             for t in self._targets.values()
         ]
 
-    async def changes(self) -> AsyncIterator[HealthChange]:
-        """Every health change from now on, in order, for as long as the caller iterates."""
+    def changes(self) -> AsyncIterator[HealthChange]:
+        """Every health change from this call on, in order, for as long as the caller iterates.
+
+        The subscription starts at the call (not at the first ``__anext__``), so a caller can
+        subscribe before ``start()`` and miss nothing; closing the iterator ends it.
+        """
         queue: asyncio.Queue[HealthChange] = asyncio.Queue()
         self._subscribers.append(queue)
-        try:
-            while True:
-                yield await queue.get()
-        finally:
-            self._subscribers.remove(queue)
+
+        async def stream() -> AsyncIterator[HealthChange]:
+            try:
+                while True:
+                    yield await queue.get()
+            finally:
+                self._subscribers.remove(queue)
+
+        return stream()
 
     def watchdog(self) -> Watchdog:
         now = self._clock.monotonic()
@@ -366,9 +374,9 @@ class Scheduler:
         if health is None:
             return
         for key in target.keys:
-            self._set_health(key, health)
+            self._set_health(key, health, now)
 
-    def _set_health(self, key: HealthKey, health: Health) -> None:
+    def _set_health(self, key: HealthKey, health: Health, at: float | None = None) -> None:
         previous = self._health.get(key)
         if previous == health:
             return
@@ -377,7 +385,7 @@ class Scheduler:
             health.healthy, health.weight
         ):
             return  # only the reason text changed: kept in the snapshot, not announced
-        change = HealthChange(key, health, previous, self._clock.monotonic())
+        change = HealthChange(key, health, previous, self._clock.monotonic() if at is None else at)
         if self._on_change is not None:
             self._on_change(change)
         for queue in self._subscribers:

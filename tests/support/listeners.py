@@ -38,6 +38,7 @@ class HttpListener:
     tls: ssl.SSLContext | None = None
     requests: Counter[str] = field(default_factory=Counter)
     hosts: list[str] = field(default_factory=list)
+    served: Counter[str] = field(default_factory=Counter)  # responses per behaviour
     port: int = 0
     _server: asyncio.Server | None = None
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
@@ -71,6 +72,7 @@ class HttpListener:
                 if line.lower().startswith("host:")
             )
             self.requests[path] += 1
+            self.served[self.behaviour] += 1
             if self.behaviour == RESET:
                 sock = writer.get_extra_info("socket")
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -219,5 +221,12 @@ def server_tls(cert: Path, key: Path) -> ssl.SSLContext:
 def free_udp_port(address: str = "127.0.0.1") -> int:
     """A UDP port nobody listens on right now (bound, then released)."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind((address, 0))
+        return int(sock.getsockname()[1])
+
+
+def free_tcp_port(address: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now: connecting to it is refused."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((address, 0))
         return int(sock.getsockname()[1])
