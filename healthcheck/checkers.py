@@ -28,6 +28,7 @@ import dns.exception
 import dns.message
 import dns.rcode
 import dns.rdatatype
+import yarl
 
 from healthcheck.result import CheckResult
 from lvsctl.model import (
@@ -116,6 +117,12 @@ def _body_regex(pattern: str) -> re.Pattern[bytes]:
     return re.compile(pattern.encode("utf-8"))
 
 
+@lru_cache(maxsize=65536)
+def _url(scheme: str, address: str, port: int, path: str) -> yarl.URL:
+    """Each target's URL parsed once, not on every probe."""
+    return yarl.URL(f"{scheme}://{join_host_port(address, port)}{path}", encoded=True)
+
+
 def _status_text(kind: HttpCheck) -> str:
     return ", ".join(str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in kind.status)
 
@@ -188,8 +195,13 @@ class Checkers:
             self._session = aiohttp.ClientSession(
                 # force_close: a new connection per probe; limit=0: the scheduler bounds
                 # concurrency, not the connector.
-                connector=aiohttp.TCPConnector(force_close=True, limit=0, use_dns_cache=False),
+                connector=aiohttp.TCPConnector(
+                    force_close=True, limit=0, use_dns_cache=False, happy_eyeballs_delay=None
+                ),
                 cookie_jar=aiohttp.DummyCookieJar(),
+                # check() bounds every probe with asyncio.timeout; aiohttp's own timers would
+                # only add a second set of timer handles per request.
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=None, sock_read=None),
                 auto_decompress=False,  # a body digest is over the bytes the server sent
                 headers={"User-Agent": "lvsctl-healthcheck", "Connection": "close"},
                 skip_auto_headers=("Accept-Encoding",),
@@ -224,7 +236,8 @@ class Checkers:
             if probe.timeout_is_healthy:
                 outcome = _Outcome(True, f"no reply and no ICMP error within {timeout:g}s")
             else:
-                outcome = _Outcome(False, f"timed out after {timeout:g}s {probe.phase}")
+                return CheckResult(False, f"timed out after {timeout:g}s {probe.phase}",
+                                   loop.time() - start, timed_out=True)
         except (OSError, aiohttp.ClientError, dns.exception.DNSException, ValueError) as exc:
             outcome = _Outcome(False, describe_error(exc))
         return CheckResult(outcome.healthy, outcome.reason, loop.time() - start, outcome.weight)
@@ -261,7 +274,7 @@ class Checkers:
     async def _http(self, target: Check, probe: _Probe) -> _Outcome:
         kind = target.kind
         assert isinstance(kind, HttpCheck)
-        url = f"{kind.type}://{join_host_port(target.address, target.port)}{kind.path}"
+        url = _url(kind.type, target.address, target.port, kind.path)
         headers = {"Host": kind.host} if kind.host else None
         tls: ssl.SSLContext | bool = False
         server_hostname = None

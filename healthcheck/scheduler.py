@@ -6,6 +6,12 @@ service. Here every distinct resolved ``Check`` (kind, timing, probe address and
 server) that uses it. Probes run on a fixed grid (``interval``) with a small jitter that does
 not accumulate, first probes spread over ``warmup``, and at most ``concurrency`` at once.
 
+A checker that falls behind must not blame the real servers: a probe that timed out much later
+than its timeout (its timer fired late because the loop was overloaded or the process was not
+scheduled) is *inconclusive* and leaves the state as it was — up to ``2 x fall`` times in a
+row, after which it counts as a failure so that a real outage is still detected. (keepalived
+marks servers down when its checker thread stalls.) ``watchdog()`` counts inconclusive probes.
+
 The director's daemon uses ``Scheduler`` on its own loop:
 
     scheduler = Scheduler(cluster, checkers, on_change=reconciler_wakeup)
@@ -32,7 +38,7 @@ from typing import Protocol
 from healthcheck.checkers import Checker
 from healthcheck.hysteresis import State, next_state
 from healthcheck.result import CheckResult
-from lvsctl.model import Check, Cluster, Health, HealthKey, join_host_port
+from lvsctl.model import Check, CheckTiming, Cluster, Health, HealthKey, join_host_port
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +46,9 @@ log = logging.getLogger(__name__)
 UNCHECKED = Health(True, None, "no check")
 # How long past its own timeout a checker may run before the scheduler gives up on it.
 GRACE = 0.5
+# A timed-out probe that ends later than timeout + this (or 10 % of the timeout, if more) was
+# cut off late by our own loop: the result says nothing about the real server.
+LATE = 0.05
 # Jitter around the grid: this fraction of the interval, at most MAX_JITTER seconds.
 JITTER = 0.01
 MAX_JITTER = 0.01
@@ -83,6 +92,7 @@ class TargetView:
     last: CheckResult | None
     last_round: float | None  # monotonic time the last probe completed
     rounds: int
+    inconclusive: int = 0  # probes so far whose timeout fired late (not applied)
 
     @property
     def label(self) -> str:
@@ -101,12 +111,29 @@ class Watchdog:
     running: int  # probes in flight
     oldest_round_age: float  # the longest time since any target last completed a probe
     stalled: tuple[str, ...]  # targets with no completed probe for 2 x interval + timeout
+    inconclusive: int  # probes whose timeout fired late, so not held against the server
     last_round: Mapping[str, float]  # target label -> monotonic time of its last completed probe
 
 
 def percentile(ordered: list[float], q: float) -> float:
     """Nearest-rank percentile of an already sorted, non-empty list."""
     return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
+def late(result: CheckResult, timing: CheckTiming) -> bool:
+    """Pure: did this probe time out well after its timeout (our loop, not the server, was
+    late)?"""
+    return result.timed_out and result.latency > timing.timeout + max(LATE, 0.1 * timing.timeout)
+
+
+def settle(
+    state: State, late_streak: int, result: CheckResult, timing: CheckTiming, now: float
+) -> tuple[State, int]:
+    """Pure: (state, late streak) after ``result``. A late timeout is inconclusive (state kept,
+    streak + 1) until ``2 x fall`` of them in a row; then it counts like any failure."""
+    if late(result, timing) and late_streak < 2 * timing.fall:
+        return state, late_streak + 1
+    return next_state(state, result, timing, now), 0
 
 
 def target_label(check: Check) -> str:
@@ -143,6 +170,8 @@ class _Target:
     last: CheckResult | None = None
     last_round: float | None = None
     rounds: int = 0
+    inconclusive: int = 0  # in all
+    late_streak: int = 0  # inconclusive in a row
     task: asyncio.Task[None] | None = None
 
 
@@ -244,7 +273,7 @@ class Scheduler:
 
     def targets(self) -> list[TargetView]:
         return [
-            TargetView(t.check, t.keys, t.state, t.last, t.last_round, t.rounds)
+            TargetView(t.check, t.keys, t.state, t.last, t.last_round, t.rounds, t.inconclusive)
             for t in self._targets.values()
         ]
 
@@ -284,8 +313,9 @@ class Scheduler:
             oldest = max(oldest, age)
             if age > 2 * timing.interval + timing.timeout:
                 stalled.append(label)
+        inconclusive = sum(t.inconclusive for t in self._targets.values())
         return Watchdog(self._lag.latest, p50, p99, worst, len(self._targets), self._running,
-                        oldest, tuple(stalled), last_round)
+                        oldest, tuple(stalled), inconclusive, last_round)
 
     # -- probing --------------------------------------------------------------------------
 
@@ -354,7 +384,7 @@ class Scheduler:
             except TimeoutError:
                 result = CheckResult(False, f"checker did not finish within "
                                             f"{timing.timeout + GRACE:g}s",
-                                     self._clock.monotonic() - start)
+                                     self._clock.monotonic() - start, timed_out=True)
             except Exception as exc:  # a checker bug must not stop the other targets
                 log.exception("checker failed on %s", target_label(target.check))
                 result = CheckResult(False, f"checker error: {type(exc).__name__}: {exc}",
@@ -365,11 +395,14 @@ class Scheduler:
 
     def _record(self, target: _Target, result: CheckResult) -> None:
         now = self._clock.monotonic()
-        old = target.state
-        target.state = next_state(old, result, target.check.timing, now)
+        timing = target.check.timing
         target.last = result
         target.last_round = now
         target.rounds += 1
+        state, streak = settle(target.state, target.late_streak, result, timing, now)
+        if streak > target.late_streak:
+            target.inconclusive += 1
+        target.state, target.late_streak = state, streak
         health = target.state.health
         if health is None:
             return

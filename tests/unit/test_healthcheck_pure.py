@@ -9,9 +9,11 @@ import dns.rrset
 import pytest
 
 from healthcheck.checkers import judge_dns, judge_exit, judge_http, payload_bytes
-from healthcheck.scheduler import LagMonitor, plan_targets
+from healthcheck.hysteresis import State, next_state
+from healthcheck.result import CheckResult
+from healthcheck.scheduler import LagMonitor, late, plan_targets, settle
 from lvsctl.config import parse_cluster
-from lvsctl.model import DnsCheck, HttpCheck, MiscCheck
+from lvsctl.model import CheckTiming, DnsCheck, HttpCheck, MiscCheck
 
 
 @pytest.mark.parametrize(
@@ -126,3 +128,23 @@ def test_lag_figures() -> None:
     monitor.samples.extend([0.001] * 98 + [0.02, 0.5])
     p50, p99, worst = monitor.figures()
     assert (p50, p99, worst) == (0.001, 0.02, 0.5)
+
+
+def test_late_timeouts_are_inconclusive_until_twice_fall() -> None:
+    timing = CheckTiming(interval=1.0, timeout=0.5, rise=2, fall=3)
+    up = next_state(State(), CheckResult(True, "HTTP 200", 0.01), timing, 1.0)
+    on_time = CheckResult(False, "timed out after 0.5s connecting", 0.52, timed_out=True)
+    late_one = CheckResult(False, "timed out after 0.5s connecting", 0.9, timed_out=True)
+    refused = CheckResult(False, "connection refused", 0.9)
+    assert not late(on_time, timing) and late(late_one, timing) and not late(refused, timing)
+    # An on-time timeout is an ordinary failure.
+    assert settle(up, 0, on_time, timing, 2.0)[0].failures == 1
+    # Late ones leave the state alone, six times (2 x fall), then count as failures.
+    state, streak = up, 0
+    for n in range(1, 7):
+        state, streak = settle(state, streak, late_one, timing, float(n))
+        assert (state, streak) == (up, n)
+    state, streak = settle(state, streak, late_one, timing, 7.0)
+    assert (state.failures, streak) == (1, 0)
+    # A result that is not a late timeout resets the streak.
+    assert settle(up, 4, refused, timing, 8.0)[1] == 0
