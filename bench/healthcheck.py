@@ -230,6 +230,7 @@ async def bench(args: argparse.Namespace, ports: list[int], server: subprocess.P
         cpu0, t0 = time.process_time(), loop.time()
         fail_at = start + args.duration / 2
         failed_at = None
+        ticks = 0
         while loop.time() - start < args.duration:
             await asyncio.sleep(0.25)
             if failed_at is None and loop.time() >= fail_at:
@@ -238,6 +239,9 @@ async def bench(args: argparse.Namespace, ports: list[int], server: subprocess.P
                 server.stdin.flush()
                 reply = await loop.run_in_executor(None, server.stdout.readline)
                 failed_at = json.loads(reply)["failed_at"]
+            ticks += 1
+            if ticks % 8:
+                continue  # the progress line every 2 s: it walks every target
             dog = scheduler.watchdog()
             print(f"\r  t={loop.time() - start:5.1f}s rounds="
                   f"{sum(v.rounds for v in scheduler.targets())} running={dog.running} "
@@ -262,6 +266,7 @@ async def bench(args: argparse.Namespace, ports: list[int], server: subprocess.P
         cpu_ms_per_check=(cpu1 - cpu0) * 1000 / max(1, checks),
         cpu_cores=(cpu1 - cpu0) / (t1 - t0),
         lag_p50=p50, lag_p99=p99, lag_max=worst, stalled=len(dog.stalled),
+        inconclusive=dog.inconclusive,
         unhealthy_unexpected=sum(1 for v in views if v.state.health is not None
                                  and not v.state.health.healthy
                                  and v.check.address not in
@@ -287,6 +292,9 @@ def report(args: argparse.Namespace, f: dict[str, Any], command: str) -> None:
     print(f"command: {command}")
     print(f"real servers {args.servers} (HTTP listeners on 127.77.x.x), each in {args.share} "
           f"services: {f['keys']} health keys -> {f['targets']} probes (one per target)")
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"machine: {os.cpu_count()} CPUs, load average {load} at the end (shared machine: "
+          "a busy neighbour shows as loop lag)")
     print(f"interval {args.interval:g}s timeout {args.timeout:g}s rise {args.rise} fall "
           f"{args.fall}; measured over {f['seconds']:.1f}s")
     print(f"achieved checks/s        {f['checks_per_s']:9.0f}   "
@@ -305,7 +313,8 @@ def report(args: argparse.Namespace, f: dict[str, Any], command: str) -> None:
               f"fall x interval = {ideal:g}s, goal <= {goal:.2f}s)")
     else:
         print(f"detection                none of {f['failing']} failing servers detected")
-    print(f"stalled targets {f['stalled']}, unexpected unhealthy {f['unhealthy_unexpected']}; "
+    print(f"stalled targets {f['stalled']}, inconclusive (late) probes {f['inconclusive']}, "
+          f"unexpected unhealthy {f['unhealthy_unexpected']}; "
           f"listener process used {f['server_cpu_s']:.1f} CPU s in all")
     for reason, count in f["reasons"]:
         print(f"  last failure reason x{count}: {reason}")

@@ -137,7 +137,10 @@ def settle(
 
 
 def target_label(check: Check) -> str:
-    return f"{check.type} {join_host_port(check.address, check.port)}"
+    """How a target is named in tables and watchdog figures: "http 10.0.1.31:80 /healthz"."""
+    label = f"{check.type} {join_host_port(check.address, check.port)}"
+    path = getattr(check.kind, "path", None)
+    return f"{label} {path}" if path is not None else label
 
 
 def plan_targets(

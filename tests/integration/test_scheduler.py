@@ -227,7 +227,7 @@ def test_watchdog_reports_rounds_and_notices_starved_targets(tmp_path: Path) -> 
         async with Checkers() as checkers, Scheduler(healthy, checkers) as scheduler:
             await until(lambda: scheduler.targets()[0].rounds >= 3)
             dog = scheduler.watchdog()
-            label = f"http 127.0.0.1:{server.port}"
+            label = f"http 127.0.0.1:{server.port} /h"
             assert list(dog.last_round) == [label]
             assert dog.stalled == ()
             assert dog.oldest_round_age < 0.2 + 0.15
