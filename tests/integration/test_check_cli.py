@@ -182,3 +182,19 @@ services:
         "udp": (False, "connection refused"),
         "tcp": (False, "connection refused"),
     }
+
+
+def test_live_table_redraws_with_state_and_watchdog(tmp_path: Path, listener: HttpListener
+                                                    ) -> None:
+    path = write_cluster(tmp_path, listener.port, free_tcp_port("127.0.0.4"))
+    path.write_text(path.read_text().replace("interval: 2, timeout: 1",
+                                             "interval: 0.3, timeout: 0.2, warmup: 0"))
+    result = CliRunner().invoke(
+        cli, ["check", "run", str(path), "--service", "b", "--duration", "1.3",
+              "--refresh", "0.4"])
+    assert result.exit_code == 0, result.output
+    tables = [block.splitlines() for block in result.output.strip().split("\n\n")[0::2]]
+    footers = result.output.strip().split("\n\n")[1::2]
+    assert len(tables) >= 2
+    assert tables[-1][1].split()[:5] == ["r1", "b", "http", f"127.0.0.1:{listener.port}", "up"]
+    assert all(f.startswith("1 probes, ") and "loop lag p99" in f for f in footers)
