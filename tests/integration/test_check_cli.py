@@ -172,7 +172,7 @@ services:
     check: {type: tcp, timeout: 1}
     realservers: [{name: rs1, address: 10.231.0.2}]
 """)
-    out = director.run([str(ROOT / ".venv" / "bin" / "lvsctl"), "check", "run", str(cluster),
+    out = director.run([str(Path(sys.executable).with_name("lvsctl")), "check", "run", str(cluster),
                         "--once", "--json"], timeout=60)
     records: list[dict[str, Any]] = json.loads(out)
     got = {r["check"]: (r["healthy"], r["reason"]) for r in records}
