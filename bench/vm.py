@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 from lvsctl import vm  # noqa: E402
 
 MARK = "BENCH-JSON "
-PYTHON = str(ROOT / ".venv" / "bin" / "python")
+PYTHON = sys.executable
 
 
 def _quiet(line: str) -> None:

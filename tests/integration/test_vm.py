@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -20,7 +21,7 @@ QUIET = {"progress": lambda line: None}
 
 def test_cli_exits_with_the_guest_commands_exit_code() -> None:
     proc = subprocess.run(
-        [str(ROOT / ".venv" / "bin" / "lvsctl"), "vm", "run", "--", "sh", "-c",
+        [str(Path(sys.executable).with_name("lvsctl")), "vm", "run", "--", "sh", "-c",
          "echo from-guest; uname -r; exit 7"],
         capture_output=True, text=True, timeout=300, cwd=ROOT,
     )
