@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -75,6 +76,9 @@ def main() -> int:
         return 0
 
     print(f"command: {' '.join([PYTHON, *sys.argv])}")
+    # Other work on the machine slows the TCG guest most: say how busy it was.
+    print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())} "
+          f"({os.cpu_count()} CPUs)")
     if args.fresh:
         with tempfile.TemporaryDirectory(prefix="lvsctl-vm-bench-") as tmp:
             took = _timed(lambda: vm.prepare(tmp, progress=_quiet))
@@ -104,6 +108,7 @@ def main() -> int:
         print(f"{name:<32} {on_host:>8.2f}s {on_guest:>8.2f}s {on_guest / on_host:>10.1f}x")
     print(f"(the guest run took {result.total_seconds:.1f} s, its boot {result.boot_seconds:.1f} s;"
           f" medians of {args.repeat} for process starts)")
+    print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     return 0
 
 
