@@ -21,7 +21,7 @@ import click
 from lvsctl.config import load_cluster
 from lvsctl.errors import LvsctlError
 from lvsctl.model import Cluster
-from lvsctl.node import DEFAULT_NODE_FILE, parse_node
+from lvsctl.node import DEFAULT_NODE_FILE, load_node, parse_node
 from lvsctl.output import warn
 
 PEER_SECRET = "peer.secret"
@@ -171,3 +171,12 @@ def init_command(cluster_file: str, name: str, output: str, secrets_dir: str | N
     if auth is not None and not Path(auth).exists():
         warn(f"{auth} does not exist yet: write the ZooKeeper digest 'user:password' there "
              "(mode 0600)")
+
+
+@node_group.command("check")
+@click.argument("file", type=click.Path(dir_okay=False))
+def check_command(file: str) -> None:
+    """Validate the node file FILE (the Ansible role checks every node file with it)."""
+    node = load_node(file)
+    click.echo(f"{file}: ok: director {node.director} of cluster {node.cluster}, ZooKeeper "
+               f"{','.join(node.zookeeper.hosts)}{node.zookeeper.root}")
