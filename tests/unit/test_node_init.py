@@ -132,3 +132,15 @@ def test_unwritable_place_is_one_line(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert result.stderr.startswith(f"lvsctl: {blocker}: cannot create the folder: ")
     assert len(result.stderr.splitlines()) == 1
+
+
+def test_check_accepts_what_init_wrote_and_rejects_a_broken_file(tmp_path: Path) -> None:
+    out = tmp_path / "node.yaml"
+    assert init("--name", "lb1", "--output", str(out)).exit_code == 0
+    good = CliRunner().invoke(cli, ["node", "check", str(out)])
+    assert good.exit_code == 0
+    assert good.output.startswith(f"{out}: ok: director lb1 of cluster web")
+    out.write_text(out.read_text().replace("director:", "directer:"))
+    bad = CliRunner().invoke(cli, ["node", "check", str(out)])
+    assert bad.exit_code == 1
+    assert f"{out}: director: required key is missing" in bad.stderr.splitlines()
