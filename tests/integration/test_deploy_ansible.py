@@ -2,13 +2,16 @@
 
 The role runs with a local connection for two directors, lb1 and lb2, each into its own
 temporary root (``lvsctl_root_prefix``): it builds a real venv from a wheel of this checkout,
-writes /etc/lvsctl, the unit, the modules-load.d and sysctl.d files. The tasks that need a real
-system (packages, user, systemctl, modprobe, sysctls, config push, status) are skipped under
-a prefix; everything else is exactly what a director gets. A second run must change nothing.
+writes /etc/lvsctl, the unit, the modules-load.d and sysctl.d files, and pushes the cluster
+file to a real ZooKeeper (started here; the test's cluster file names it and a relative auth
+file, and ``lvsctl_push_under_prefix`` lets the push run under a prefix). The tasks that need
+a real system (packages, user, systemctl, modules, sysctls, status) are skipped under a
+prefix; everything else is exactly what a director gets. A second run must change nothing.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -26,6 +29,9 @@ from lvsctl import __version__
 from lvsctl.config import load_cluster
 from lvsctl.node import load_node
 from tests.conftest import EXAMPLE, ROOT
+from tests.support.zookeeper import ZooKeeperServer
+
+pytestmark = pytest.mark.zookeeper
 
 ANSIBLE = ROOT / "deploy" / "ansible"
 DIRECTORS = ("lb1", "lb2")
@@ -105,6 +111,8 @@ def inventory(tmp: Path, hosts: dict[str, dict[str, object]], **common: object) 
 class Deployed:
     tmp: Path
     wheel: Path
+    cluster_file: Path
+    zookeeper: ZooKeeperServer
     first: subprocess.CompletedProcess[str]
     second: subprocess.CompletedProcess[str]
 
@@ -112,17 +120,30 @@ class Deployed:
         return self.tmp / "root" / host
 
 
+def cluster_for(server: ZooKeeperServer, tmp: Path) -> Path:
+    """The example cluster, with its ZooKeeper section pointing at the test server."""
+    doc = yaml.safe_load(EXAMPLE.read_text())
+    doc["zookeeper"] = {"hosts": [server.hosts], "root": "/lvsctl", "session_timeout": "4s",
+                        "auth": "zk.secret"}  # relative: beside the cluster file
+    path = tmp / "cluster.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
 @pytest.fixture(scope="module")
 def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
     tmp = tmp_path_factory.mktemp("deploy")
     wheel = build_wheel(tmp)
-    inv = inventory(
-        tmp, {h: {"lvsctl_root_prefix": str(tmp / "root" / h)} for h in DIRECTORS},
-        lvsctl_wheel=str(wheel),
-    )
-    first = playbook(tmp, inv, "site.yml")
-    second = playbook(tmp, inv, "site.yml") if first.returncode == 0 else first
-    yield Deployed(tmp, wheel, first, second)
+    with ZooKeeperServer() as server:
+        cluster = cluster_for(server, tmp)
+        inv = inventory(
+            tmp, {h: {"lvsctl_root_prefix": str(tmp / "root" / h)} for h in DIRECTORS},
+            lvsctl_wheel=str(wheel), lvsctl_cluster_file=str(cluster),
+            lvsctl_push_under_prefix=True,
+        )
+        first = playbook(tmp, inv, "site.yml")
+        second = playbook(tmp, inv, "site.yml") if first.returncode == 0 else first
+        yield Deployed(tmp, wheel, cluster, server, first, second)
 
 
 def test_first_run_lays_out_both_directors(deployed: Deployed) -> None:
@@ -178,9 +199,12 @@ def test_files_and_modes(deployed: Deployed, host: str) -> None:
 @pytest.mark.parametrize("host", DIRECTORS)
 def test_node_file_names_this_director(deployed: Deployed, host: str) -> None:
     node = load_node(deployed.root(host) / "etc/lvsctl/node.yaml")
-    cluster = load_cluster(EXAMPLE).cluster
+    cluster = load_cluster(deployed.cluster_file).cluster
     assert (node.cluster, node.director) == (cluster.name, host)
-    assert node.zookeeper == cluster.zookeeper
+    assert node.zookeeper.hosts == cluster.zookeeper.hosts == (deployed.zookeeper.hosts,)
+    assert (node.zookeeper.root, node.zookeeper.session_timeout) == ("/lvsctl", 4.0)
+    # The cluster file's relative auth path, resolved where the cluster file lives.
+    assert node.zookeeper.auth_file == "/etc/lvsctl/zk.secret"
     # Paths inside the file are the director's own, never the test prefix.
     assert node.peer_secret_file == "/etc/lvsctl/peer.secret"
     assert node.api.token_file == "/etc/lvsctl/api.token"
@@ -211,14 +235,15 @@ def test_shipped_files_installed_unchanged(deployed: Deployed, host: str) -> Non
         (ROOT / "deploy/systemd/lvsctl-director.service",
          root / "etc/systemd/system/lvsctl-director.service"),
         (ROOT / "deploy/sysctl.d/90-lvsctl.conf", root / "etc/sysctl.d/90-lvsctl.conf"),
-        (EXAMPLE, root / "etc/lvsctl/cluster.yaml"),
+        (deployed.cluster_file, root / "etc/lvsctl/cluster.yaml"),
     ]
     for shipped, installed in pairs:
         assert installed.read_bytes() == shipped.read_bytes(), installed
 
 
 def test_modules_load_has_the_schedulers_in_use(deployed: Deployed) -> None:
-    in_use = sorted({s.spec.scheduler for s in load_cluster(EXAMPLE).cluster.services})
+    services = load_cluster(deployed.cluster_file).cluster.services
+    in_use = sorted({s.spec.scheduler for s in services})
     assert in_use == ["mh", "rr", "wlc"]  # the example has one service of each
     lines = [
         line for line in
@@ -239,6 +264,32 @@ def test_installed_lvsctl_runs(deployed: Deployed) -> None:
         capture_output=True, text=True, timeout=60, check=False,
     )
     assert check.returncode == 0 and "ok: cluster web" in check.stdout, check.stderr
+
+
+def lvsctl_zk(deployed: Deployed, *args: str) -> subprocess.CompletedProcess[str]:
+    root = deployed.root("lb1")
+    return subprocess.run(
+        [str(root / "opt/lvsctl/venv/bin/lvsctl"), "config", *args,
+         "--zookeeper", deployed.zookeeper.hosts, "--cluster", "web",
+         "--auth", str(root / "etc/lvsctl/zk.secret"), "--json"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+
+
+def test_cluster_file_pushed_once(deployed: Deployed) -> None:
+    """Two directors, two runs: one version in ZooKeeper, the file's text, readable with the
+    credentials the role laid down."""
+    shown = lvsctl_zk(deployed, "show")
+    assert shown.returncode == 0, shown.stderr
+    current = json.loads(shown.stdout)
+    assert current["version"] == 1
+    assert current["text"] == deployed.cluster_file.read_text()
+    history = lvsctl_zk(deployed, "history")
+    assert history.returncode == 0, history.stderr
+    assert [v["version"] for v in json.loads(history.stdout)] == [1]
+    pushes = [line for line in deployed.first.stdout.splitlines()
+              if "push the cluster file" in line]
+    assert len(pushes) == 1
 
 
 def test_installed_unit_verifies_against_the_installed_venv(deployed: Deployed) -> None:
