@@ -37,6 +37,16 @@ class NodeInitError(LvsctlError):
 class SecretFiles:
     peer: Path
     api_token: Path
+    zk_auth: Path | None  # absolute: the cluster file's zookeeper.auth, resolved
+
+
+def resolve_auth(cluster: Cluster, cluster_file: str) -> Path | None:
+    """The cluster file's ``zookeeper.auth`` as an absolute path: lvsctl reads a relative one
+    relative to the file that names it, and the node file may live elsewhere."""
+    auth = cluster.zookeeper.auth_file
+    if auth is None:
+        return None
+    return Path(cluster_file).absolute().parent / auth  # an absolute auth stays as it is
 
 
 def render_node_file(cluster: Cluster, director: str, files: SecretFiles, source: str) -> str:
@@ -59,8 +69,8 @@ def render_node_file(cluster: Cluster, director: str, files: SecretFiles, source
         f"  root: {json.dumps(zk.root)}",
         f"  session_timeout: {zk.session_timeout!r}",
     ]
-    if zk.auth_file is not None:
-        lines.append(f"  auth: {json.dumps(zk.auth_file)}   # 'user:password', mode 0600")
+    if files.zk_auth is not None:
+        lines.append(f"  auth: {json.dumps(str(files.zk_auth))}   # 'user:password', mode 0600")
     lines += [
         "",
         "peer:",
@@ -137,7 +147,8 @@ def init_command(cluster_file: str, name: str, output: str, secrets_dir: str | N
         )
     out_path = Path(output).absolute()
     folder = Path(secrets_dir).absolute() if secrets_dir else out_path.parent
-    files = SecretFiles(folder / PEER_SECRET, folder / API_TOKEN)
+    files = SecretFiles(
+        folder / PEER_SECRET, folder / API_TOKEN, resolve_auth(cluster, cluster_file))
     text = render_node_file(cluster, name, files, Path(cluster_file).name)
     parse_node(text, str(out_path))  # never write a node file lvsctl itself would refuse
     if out_path.exists() and not force:
@@ -167,8 +178,8 @@ def init_command(cluster_file: str, name: str, output: str, secrets_dir: str | N
     except OSError as exc:
         raise _os_error(exc, out_path, "write the node file") from None
     click.echo(f"wrote {out_path}: director {name} of cluster {cluster.name}")
-    auth = cluster.zookeeper.auth_file
-    if auth is not None and not Path(auth).exists():
+    auth = files.zk_auth
+    if auth is not None and not auth.exists():
         warn(f"{auth} does not exist yet: write the ZooKeeper digest 'user:password' there "
              "(mode 0600)")
 

@@ -144,3 +144,19 @@ def test_check_accepts_what_init_wrote_and_rejects_a_broken_file(tmp_path: Path)
     bad = CliRunner().invoke(cli, ["node", "check", str(out)])
     assert bad.exit_code == 1
     assert f"{out}: director: required key is missing" in bad.stderr.splitlines()
+
+
+def test_relative_auth_file_is_resolved_beside_the_cluster_file(tmp_path: Path) -> None:
+    doc = yaml.safe_load(EXAMPLE.read_text())
+    doc["zookeeper"]["auth"] = "creds/zk.secret"
+    cluster = tmp_path / "conf" / "cluster.yaml"
+    cluster.parent.mkdir()
+    cluster.write_text(yaml.safe_dump(doc))
+    (tmp_path / "conf" / "creds").mkdir()
+    (tmp_path / "conf" / "creds" / "zk.secret").write_text("lvsctl:pw")
+    out = tmp_path / "elsewhere" / "node.yaml"
+    result = CliRunner().invoke(
+        cli, ["node", "init", "--cluster", str(cluster), "--name", "lb1", "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    assert load_node(out).zookeeper.auth_file == str(tmp_path / "conf" / "creds" / "zk.secret")
+    assert "does not exist yet" not in result.stderr
