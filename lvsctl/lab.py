@@ -311,28 +311,42 @@ class Lab:
 
     # -- building ----------------------------------------------------------------------------
 
-    def _netns(self, role: str) -> str:
-        name = self.ns(role)
-        self.state.namespaces.append(name)
-        self.state.save()  # recorded before it exists: down removes it even if we die now
-        run(["ip", "netns", "add", name])
-        run(["ip", "-n", name, "link", "set", "lo", "up"])
-        return name
+    def _batch(self, netns: str | None, lines: Sequence[Sequence[str]]) -> None:
+        """Many ``ip`` commands in one process (``ip -batch``): a process start costs a lot
+        under the VM's emulated CPU. Arguments are single words, so no quoting is needed."""
+        argv = ["ip", *(["-n", netns] if netns else []), "-batch", "-"]
+        text = "".join(" ".join(line) + "\n" for line in lines)
+        try:
+            proc = subprocess.run(argv, input=text, capture_output=True, text=True, timeout=60)
+        except subprocess.TimeoutExpired:
+            raise LabError(f"ip -batch in {netns or 'this namespace'} took over 60 s") from None
+        if proc.returncode != 0:
+            raise LabError(f"ip -batch in {netns or 'this namespace'} failed: "
+                           f"{proc.stderr.strip()[:400]}")
 
     def build_network(self) -> None:
-        sw = self._netns("sw")
+        roles = ["sw", *(h.role for h in hosts())]
+        # Recorded before they exist: down removes them even if we die half-way.
+        self.state.namespaces.extend(self.ns(r) for r in roles)
+        self.state.save()
+        self._batch(None, [["netns", "add", self.ns(r)] for r in roles])
+        sw = self.ns("sw")
+        switch: list[list[str]] = [["link", "set", "lo", "up"]]
         for bridge in ("front", "inside"):
-            run(["ip", "-n", sw, "link", "add", bridge, "type", "bridge"])
-            run(["ip", "-n", sw, "link", "set", bridge, "up"])
+            switch += [["link", "add", bridge, "type", "bridge"], ["link", "set", bridge, "up"]]
         for host in hosts():
-            ns = self._netns(host.role)
             for port in host.ports:
                 peer = f"{host.role}-{port.ifname}"
-                run(["ip", "-n", sw, "link", "add", peer, "type", "veth", "peer", "name",
-                     port.ifname, "netns", ns])
-                run(["ip", "-n", sw, "link", "set", peer, "master", port.bridge, "up"])
-                run(["ip", "-n", ns, "addr", "add", port.address, "dev", port.ifname])
-                run(["ip", "-n", ns, "link", "set", port.ifname, "up"])
+                switch += [["link", "add", peer, "type", "veth", "peer", "name", port.ifname,
+                            "netns", self.ns(host.role)],
+                           ["link", "set", peer, "master", port.bridge, "up"]]
+        self._batch(sw, switch)
+        for host in hosts():
+            lines = [["link", "set", "lo", "up"]]
+            for port in host.ports:
+                lines += [["addr", "add", port.address, "dev", port.ifname],
+                          ["link", "set", port.ifname, "up"]]
+            self._batch(self.ns(host.role), lines)
         for name in DIRECTORS:
             # A director forwards NAT traffic between its two interfaces (deploy/sysctl.d
             # does this on a real director).
@@ -508,10 +522,14 @@ class Lab:
             if self.state.alive(role) is not None:
                 self.kill(role)
                 removed.append(f"process {role}")
-        for name in reversed(self.state.namespaces):
-            if Path(f"/run/netns/{name}").exists():
-                run(["ip", "netns", "del", name], check=False)
-                removed.append(f"netns {name}")
+        present = [n for n in reversed(self.state.namespaces) if Path(f"/run/netns/{n}").exists()]
+        if present:
+            with contextlib.suppress(LabError):
+                self._batch(None, [["netns", "del", n] for n in present])
+            for name in present:
+                if Path(f"/run/netns/{name}").exists():  # the batch stopped early: one by one
+                    run(["ip", "netns", "del", name], check=False)
+            removed += [f"netns {n}" for n in present]
         shutil.rmtree(self.workdir, ignore_errors=True)
         return removed
 
