@@ -364,7 +364,7 @@ class Lab:
         self.state.save()
         return proc.pid
 
-    def start_zookeeper(self, timeout: float = 60) -> None:
+    def start_zookeeper(self) -> None:
         conf = self.workdir / "zk"
         (conf / "data").mkdir(parents=True, exist_ok=True)
         (conf / "log4j.properties").write_text(
@@ -379,6 +379,9 @@ class Lab:
         argv = [JAVA, *ZK_JVM, f"-Dlog4j.configuration=file:{conf / 'log4j.properties'}",
                 "-cp", ":".join([str(conf), *ZK_JARS]), ZK_MAIN, str(cfg)]
         self._start("zk", argv, "zk")
+
+    def wait_zookeeper(self, timeout: float = 150) -> None:
+        """Until ``srvr`` answers with a ``Mode:`` line (``ruok`` answers too early)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.state.alive("zk") is None:
@@ -502,17 +505,19 @@ class Lab:
     def up(self, step: Callable[[str], contextlib.AbstractContextManager[None]]) -> str:
         with step("network namespaces, bridges and addresses"):
             self.build_network()
-        with step("ZooKeeper"):
-            self.start_zookeeper()
-        with step("cluster file pushed (lvsctl config push)"):
-            self.write_files()
-            self.push_config()
-        with step("real servers set up with their rendered setup.sh, httpd started"):
+        # ZooKeeper (a JVM) starts while the real servers are set up: both take long in the VM.
+        self.start_zookeeper()
+        self.write_files()
+        with step("real servers set up with their rendered setup.sh, listeners started"):
             self.setup_realservers()
-        with step("directors started (lvsctl director run, kernel IPVS)"):
+        with step("ZooKeeper ready"):
+            self.wait_zookeeper()
+        with step("cluster file pushed (lvsctl config push)"):
+            self.push_config()
+        with step("directors started (lvsctl director run, kernel IPVS), one active"):
             for name in DIRECTORS:
                 self.start_director(name)
-            active = self.wait_active()
+            active = self.wait_active(timeout=120)
         return active
 
     def down(self) -> list[str]:
@@ -602,13 +607,45 @@ def ipvs_services(listing: str) -> int:
 
 
 def plan_is_empty(lab: Lab, director: str) -> tuple[bool, str]:
-    """Whether ``lvsctl ipvs plan`` finds nothing to change in ``director``'s table."""
-    proc = run(lvsctl_argv("ipvs", "--netns", lab.ns(director), "plan", "--json",
-                           str(lab.workdir / "cluster.yaml")), check=False, timeout=60)
-    if proc.returncode != 0:
-        return False, (proc.stderr or proc.stdout).strip()[:300]
-    ops = json.loads(proc.stdout).get("ops", [])
-    return not ops, "no op" if not ops else f"{len(ops)} op(s): {ops[:3]}"
+    """Whether ``lvsctl ipvs plan`` finds nothing to change in ``director``'s table, and
+    ``ipvsadm -Ln`` there lists exactly the lab's services.
+
+    The plan runs in this process through the command itself (a Python start costs seconds
+    under the VM's emulated CPU); ``--netns`` makes it read that director's table.
+    """
+    from click.testing import CliRunner
+
+    from lvsctl.cli import cli
+
+    result = CliRunner().invoke(cli, ["ipvs", "--netns", lab.ns(director), "plan", "--json",
+                                      str(lab.workdir / "cluster.yaml")])
+    if result.exit_code != 0:
+        return False, f"lvsctl ipvs plan exited {result.exit_code}: {result.output.strip()[:300]}"
+    try:
+        ops = json.loads(result.output).get("ops", [])
+    except ValueError:
+        return False, f"lvsctl ipvs plan printed no JSON: {result.output.strip()[:300]}"
+    listed = ipvsadm_services(lab.ipvsadm(director))
+    wanted = {f"TCP {svc.vip}:{svc.port}" for svc in ALL_SERVICES}
+    if ops:
+        return False, f"plan has {len(ops)} op(s): {ops[:3]}"
+    if set(listed) != wanted:
+        return False, f"ipvsadm -Ln lists {sorted(listed)}, expected {sorted(wanted)}"
+    return True, f"plan empty; ipvsadm -Ln: {sum(len(d) for d in listed.values())} real servers"
+
+
+def ipvsadm_services(listing: str) -> dict[str, list[str]]:
+    """``ipvsadm -Ln`` parsed: ``"TCP VIP:PORT"`` -> its real servers' ``"ADDR:PORT FWD"``."""
+    out: dict[str, list[str]] = {}
+    current: str | None = None
+    for line in listing.splitlines():
+        words = line.split()
+        if line.startswith(("TCP ", "UDP ", "SCTP ")) and len(words) >= 2:
+            current = f"{words[0]} {words[1]}"
+            out[current] = []
+        elif current is not None and words[:1] == ["->"] and len(words) >= 3:
+            out[current].append(f"{words[1]} {words[2]}")
+    return out
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float,
@@ -630,9 +667,15 @@ def ensure_ipvs(lab: Lab, active: str, echo: Echo, timeout: float = 20) -> Resul
         return Result("IPVS programmed by the active director", True, f"{took:.1f} s")
     # The director does not program IPVS (yet): say so, and apply the cluster file once with
     # `lvsctl ipvs apply` in both directors so the rest of the demo still carries traffic.
+    from click.testing import CliRunner
+
+    from lvsctl.cli import cli
+
     for name in DIRECTORS:
-        run(lvsctl_argv("ipvs", "--netns", lab.ns(name), "apply",
-                        str(lab.workdir / "cluster.yaml")), timeout=60)
+        result = CliRunner().invoke(cli, ["ipvs", "--netns", lab.ns(name), "apply",
+                                          str(lab.workdir / "cluster.yaml")])
+        if result.exit_code != 0:
+            raise LabError(f"lvsctl ipvs apply in {name}: {result.output.strip()[:300]}")
     echo(f"lab: {active} programmed no IPVS service within {timeout:.0f} s; applied the "
          "cluster file once with `lvsctl ipvs apply` in both directors instead")
     return Result("IPVS programmed by the active director", False,

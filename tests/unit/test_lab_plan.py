@@ -39,6 +39,8 @@ def test_ipvsadm_listing_count() -> None:
     listing = ("IP Virtual Server version 1.2.1 (size=4096)\nProt LocalAddress:Port Scheduler\n"
                "TCP  10.77.0.10:80 rr\n  -> 10.77.1.21:80 Masq 1 0 0\nUDP  10.77.0.10:53 rr\n")
     assert lab.ipvs_services(listing) == 2
+    assert lab.ipvsadm_services(listing) == {"TCP 10.77.0.10:80": ["10.77.1.21:80 Masq"],
+                                             "UDP 10.77.0.10:53": []}
 
 
 def test_state_guards_against_a_reused_pid(tmp_path: Path) -> None:
