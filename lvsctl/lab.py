@@ -414,10 +414,27 @@ class Lab:
         out = self.workdir / "realservers"
         run(lvsctl_argv("realserver", "render", str(self.workdir / "cluster.yaml"), "--all",
                         "--output", str(out)), timeout=120)
-        for svc in SERVICES:
-            for rs, _address in svc.realservers:
-                run(self.exec_argv(rs, ["sh", str(out / rs / "setup.sh"), "up"]), timeout=60)
-                self.start_listener(rs)
+        names = [rs for svc in SERVICES for rs, _ in svc.realservers]
+        # All at once: each is its own namespace. LVSCTL_STATE_DIR keeps what each script
+        # records for `setup.sh down` apart (they would share /var/lib/lvsctl otherwise).
+        procs = {rs: subprocess.Popen(
+            self.exec_argv(rs, ["env", f"LVSCTL_STATE_DIR={self.workdir / 'rs-state' / rs}",
+                                "bash", str(out / rs / "setup.sh"), "up"]),
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True) for rs in names}
+        failed = []
+        for rs, proc in procs.items():
+            try:
+                output, _ = proc.communicate(timeout=120)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                output, _ = proc.communicate()
+            if proc.returncode != 0:
+                failed.append(f"{rs}: {output.strip()[-300:]}")
+        if failed:
+            raise LabError("setup.sh up failed on " + "; ".join(failed))
+        for rs in names:
+            self.start_listener(rs)
 
     def start_listener(self, rs: str) -> None:
         """busybox httpd answering the real server's name on port 80 (its own process)."""
