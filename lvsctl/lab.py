@@ -228,6 +228,11 @@ class LabState:
         return pid if _start_time(pid) == started else None
 
 
+def running_in_vm() -> bool:
+    """True inside the kernel VM (lvsctl/vm.py sets LVSCTL_IN_VM for the guest command)."""
+    return os.environ.get("LVSCTL_IN_VM") == "1"
+
+
 def find_states(state_dir: Path = DEFAULT_STATE_DIR) -> list[LabState]:
     if not state_dir.is_dir():
         return []
@@ -300,12 +305,11 @@ class Lab:
         return ["ip", "netns", "exec", self.ns(role), *argv]
 
     @classmethod
-    def create(cls, state_dir: Path = DEFAULT_STATE_DIR, echo: Echo = lambda line: None,
-               in_vm: bool = False) -> Lab:
+    def create(cls, state_dir: Path = DEFAULT_STATE_DIR, echo: Echo = lambda line: None) -> Lab:
         lab_id = secrets.token_hex(3)
         workdir = state_dir / lab_id
         workdir.mkdir(parents=True, mode=0o700)
-        state = LabState(lab_id, str(workdir), in_vm=in_vm)
+        state = LabState(lab_id, str(workdir), in_vm=running_in_vm())
         state.save()
         return cls(state, echo)
 
@@ -539,7 +543,12 @@ class Lab:
 
     def down(self) -> list[str]:
         """Remove everything the state file lists; returns what was removed."""
-        removed = []
+        removed: list[str] = []
+        if self.state.in_vm and not running_in_vm():
+            # Made inside a kernel VM that has ended: its processes and namespaces ended with
+            # it, and its PIDs mean nothing here.
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            return removed
         for role in list(self.state.processes):
             if self.state.alive(role) is not None:
                 self.kill(role)

@@ -74,7 +74,7 @@ def demo_command(state_dir: str, here: bool, vm_timeout: float) -> None:
     if _needs_vm(here):
         _in_vm(["demo", "--dir", state_dir], vm_timeout)
     start = time.monotonic()
-    lab = labmod.Lab.create(Path(state_dir), _echo, in_vm=not here)
+    lab = labmod.Lab.create(Path(state_dir), _echo)
     results: list[labmod.Result] = []
     try:
         with labmod.timed_steps(_echo) as step:

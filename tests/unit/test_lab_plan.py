@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from lvsctl import lab
 from lvsctl.config import parse_cluster
 
@@ -54,3 +56,15 @@ def test_state_guards_against_a_reused_pid(tmp_path: Path) -> None:
     assert loaded.alive("me") == me
     assert loaded.alive("reused") is None
     assert loaded.alive("gone") is None
+
+
+def test_down_of_a_lab_made_in_an_ended_vm_signals_nothing(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LVSCTL_IN_VM", raising=False)
+    me = os.getpid()
+    state = lab.LabState("y", str(tmp_path / "y"), namespaces=["lvlab-y-sw"],
+                         processes={"me": [me, lab._start_time(me) or 0]}, in_vm=True)
+    Path(state.workdir).mkdir()
+    state.save()
+    assert lab.Lab(state).down() == []  # this test process (the recorded PID) still runs
+    assert not Path(state.workdir).exists()
