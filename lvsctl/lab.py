@@ -283,6 +283,20 @@ def in_netns(netns: str, fn: Callable[[], T]) -> T:
     return result["value"]
 
 
+def lvsctl_command(args: Sequence[str]) -> str:
+    """Run an lvsctl command in this process (the same code as the console script, without a
+    new Python: one costs seconds under the VM's emulated CPU); its output, or LabError."""
+    from click.testing import CliRunner
+
+    from lvsctl.cli import cli
+
+    result = CliRunner().invoke(cli, list(args))
+    if result.exit_code != 0:
+        detail = result.output.strip() or repr(result.exception)
+        raise LabError(f"lvsctl {' '.join(args[:2])} exited {result.exit_code}: {detail[:400]}")
+    return result.output
+
+
 def lvsctl_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "lvsctl", *args]
 
@@ -411,13 +425,14 @@ class Lab:
         return cluster
 
     def push_config(self) -> None:
-        run(self.exec_argv("lb1", lvsctl_argv("config", "push",
-                                               str(self.workdir / "cluster.yaml"))), timeout=120)
+        # From lb1's namespace, where ZooKeeper is reachable, as a director would push.
+        in_netns(self.ns("lb1"), lambda: lvsctl_command(
+            ["config", "push", str(self.workdir / "cluster.yaml")]))
 
     def setup_realservers(self) -> None:
         out = self.workdir / "realservers"
-        run(lvsctl_argv("realserver", "render", str(self.workdir / "cluster.yaml"), "--all",
-                        "--output", str(out)), timeout=120)
+        lvsctl_command(["realserver", "render", str(self.workdir / "cluster.yaml"), "--all",
+                        "--output", str(out)])
         names = [rs for svc in SERVICES for rs, _ in svc.realservers]
         # All at once: each is its own namespace. LVSCTL_STATE_DIR keeps what each script
         # records for `setup.sh down` apart (they would share /var/lib/lvsctl otherwise).
@@ -693,15 +708,9 @@ def ensure_ipvs(lab: Lab, active: str, echo: Echo, timeout: float = 20) -> Resul
         return Result("IPVS programmed by the active director", True, f"{took:.1f} s")
     # The director does not program IPVS (yet): say so, and apply the cluster file once with
     # `lvsctl ipvs apply` in both directors so the rest of the demo still carries traffic.
-    from click.testing import CliRunner
-
-    from lvsctl.cli import cli
-
     for name in DIRECTORS:
-        result = CliRunner().invoke(cli, ["ipvs", "--netns", lab.ns(name), "apply",
-                                          str(lab.workdir / "cluster.yaml")])
-        if result.exit_code != 0:
-            raise LabError(f"lvsctl ipvs apply in {name}: {result.output.strip()[:300]}")
+        lvsctl_command(["ipvs", "--netns", lab.ns(name), "apply",
+                        str(lab.workdir / "cluster.yaml")])
     echo(f"lab: {active} programmed no IPVS service within {timeout:.0f} s; applied the "
          "cluster file once with `lvsctl ipvs apply` in both directors instead")
     return Result("IPVS programmed by the active director", False,
