@@ -556,8 +556,9 @@ class Lab:
             active = self.wait_active(timeout=120)
         return active
 
-    def down(self) -> list[str]:
-        """Remove everything the state file lists; returns what was removed."""
+    def down(self, keep_logs: bool = False) -> list[str]:
+        """Remove everything the state file lists; returns what was removed. ``keep_logs``
+        leaves the processes' logs in the lab's folder (to read after a failure)."""
         removed: list[str] = []
         if self.state.in_vm and not running_in_vm():
             # Made inside a kernel VM that has ended: its processes and namespaces ended with
@@ -576,7 +577,12 @@ class Lab:
                 if Path(f"/run/netns/{name}").exists():  # the batch stopped early: one by one
                     run(["ip", "netns", "del", name], check=False)
             removed += [f"netns {n}" for n in present]
-        shutil.rmtree(self.workdir, ignore_errors=True)
+        if keep_logs:
+            for path in self.workdir.iterdir():
+                if path.suffix != ".log":
+                    shutil.rmtree(path) if path.is_dir() else path.unlink()
+        else:
+            shutil.rmtree(self.workdir, ignore_errors=True)
         return removed
 
 
@@ -802,8 +808,8 @@ def drill(lab: Lab, kind: str, echo: Echo) -> Result:
     return Result(f"{kind} drill", report.passed, detail)
 
 
-def demo(lab: Lab, step: Step, echo: Echo) -> list[Result]:
-    results: list[Result] = []
+def demo(lab: Lab, step: Step, echo: Echo, results: list[Result]) -> list[Result]:
+    """Every step of ``lvsctl lab demo``; appends to ``results`` as it goes (kept on failure)."""
     active = lab.up(step)
     echo(f"lab: {active} is active")
     with step("IPVS table on the active director"):

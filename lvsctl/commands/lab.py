@@ -79,10 +79,11 @@ def demo_command(state_dir: str, here: bool, vm_timeout: float) -> None:
     try:
         with labmod.timed_steps(_echo) as step:
             try:
-                results = labmod.demo(lab, step, _echo)
+                results = labmod.demo(lab, step, _echo, results)
             finally:
-                with step("tear down"):
-                    lab.down()
+                ok = bool(results) and all(r.passed for r in results)
+                with step("tear down" + ("" if ok else f" (logs kept in {lab.workdir})")):
+                    lab.down(keep_logs=not ok)
     except LvsctlError as exc:
         results.append(labmod.Result("demo", False, str(exc)))
     _echo("")
