@@ -553,7 +553,7 @@ class Lab:
         with step("directors started (lvsctl director run, kernel IPVS), one active"):
             for name in DIRECTORS:
                 self.start_director(name)
-            active = self.wait_active(timeout=120)
+            active = self.wait_active(timeout=300)
         return active
 
     def down(self, keep_logs: bool = False) -> list[str]:
