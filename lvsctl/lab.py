@@ -52,7 +52,8 @@ INSIDE_VIP = f"{INSIDE}.1"
 API_PORT = 9180
 PEER_PORT = 7946
 HTTP_PORT = 80
-SESSION = 2.5  # ZooKeeper session (s): short, so a crash drill takes over in seconds
+SESSION = 6.0  # ZooKeeper session (s): short enough for a quick crash takeover, long enough
+#               for the directors to stay confirmed under the VM's emulated CPU
 # Checks every second: each check costs CPU in both directors, and the VM's CPU is emulated.
 CHECK = {"interval": 1.0, "timeout": 0.5, "rise": 2, "fall": 2}
 ZK_AUTH = "lvsctl:lab-password"
