@@ -535,6 +535,13 @@ class Lab:
         return in_netns(self.ns("client"), lambda: [_http_get(vip, HTTP_PORT, timeout)
                                                     for _ in range(count)])
 
+    def log_tail(self, key: str, lines: int = 15) -> str:
+        try:
+            text = (self.workdir / f"{key}.log").read_text(errors="replace")
+        except OSError:
+            return "(no log)"
+        return "\n".join(line[:300] for line in text.splitlines()[-lines:])
+
     def ipvsadm(self, director: str) -> str:
         return run(self.exec_argv(director, ["ipvsadm", "-Ln"]), check=False).stdout
 

@@ -82,6 +82,11 @@ def demo_command(state_dir: str, here: bool, vm_timeout: float) -> None:
                 results = labmod.demo(lab, step, _echo, results)
             finally:
                 ok = bool(results) and all(r.passed for r in results)
+                if not ok and labmod.running_in_vm():
+                    # The VM's files go with it: show the directors' last log lines now.
+                    for name in labmod.DIRECTORS:
+                        _echo(f"--- {name}.log, last lines")
+                        _echo(lab.log_tail(name))
                 with step("tear down" + ("" if ok else f" (logs kept in {lab.workdir})")):
                     lab.down(keep_logs=not ok)
     except LvsctlError as exc:
