@@ -309,6 +309,7 @@ class Lab:
 
     state: LabState
     echo: Echo = lambda line: None
+    ipvs_result: Result | None = None  # set by whoever ran ensure_ipvs
 
     @property
     def workdir(self) -> Path:
@@ -729,7 +730,7 @@ def ensure_ipvs(lab: Lab, active: str, echo: Echo, timeout: float = 20) -> Resul
     echo(f"lab: {active} programmed no IPVS service within {timeout:.0f} s; applied the "
          "cluster file once with `lvsctl ipvs apply` in both directors instead")
     return Result("IPVS programmed by the active director", False,
-                  "not within 20 s: applied with `lvsctl ipvs apply` instead")
+                  f"not within {timeout:.0f} s: applied with `lvsctl ipvs apply` instead")
 
 
 def traffic(lab: Lab, echo: Echo, count: int = 12) -> list[Result]:

@@ -30,7 +30,11 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[lab.Lab]:
     the_lab = lab.Lab.create(Path(tmp_path_factory.mktemp("lab")), print)
     try:
         with lab.timed_steps(print) as step:
-            the_lab.up(step)
+            active = the_lab.up(step)
+        # Whether the active director programmed its table itself is the first test's
+        # question; when it did not, the file is applied once (as the demo does) so the other
+        # tests still examine the data path and the directors' other duties.
+        the_lab.ipvs_result = lab.ensure_ipvs(the_lab, active, print, timeout=30)
         yield the_lab
     finally:
         for name in lab.DIRECTORS:
@@ -47,11 +51,9 @@ def _tables_equal_plan(the_lab: lab.Lab, when: str) -> None:
         assert ok, f"{name} {when}: {detail}\n{the_lab.ipvsadm(name)}"
 
 
-def test_directors_program_every_service(running: lab.Lab) -> None:
-    active = running.wait_active()
-    took = lab.wait_until(
-        lambda: lab.ipvs_services(running.ipvsadm(active)) == len(lab.ALL_SERVICES), 30, 0.3)
-    assert took is not None, running.ipvsadm(active)
+def test_the_active_director_programs_every_service(running: lab.Lab) -> None:
+    result = running.ipvs_result
+    assert result is not None and result.passed, result
     _tables_equal_plan(running, "after up")
 
 
