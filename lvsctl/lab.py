@@ -769,7 +769,9 @@ def health_cycle(lab: Lab, echo: Echo, service: LabService = SERVICES[0]) -> lis
     return [
         Result(f"{rs} leaves when unhealthy", left is not None and left <= leave_limit,
                "never" if left is None else f"{left:.1f} s (limit {leave_limit:.1f} s)"),
-        Result(f"{rs} returns when healthy", back is not None and back <= back_limit,
+        # Coming back means something only after it left.
+        Result(f"{rs} returns when healthy",
+               left is not None and back is not None and back <= back_limit,
                "never" if back is None else f"{back:.1f} s (limit {back_limit:.1f} s)"),
     ]
 
@@ -777,10 +779,19 @@ def health_cycle(lab: Lab, echo: Echo, service: LabService = SERVICES[0]) -> lis
 def netns_drill_lab(lab: Lab) -> Any:
     """The drills' ``Lab`` (failover/netns_lab.py) for this lab's processes and namespaces."""
     from failover.netns_lab import NetnsLab
+    from failover.vipwatch import NetnsVipObserver
 
-    return NetnsLab({name: lab.ns(name) for name in DIRECTORS}, pid=lab.state.alive,
-                    restarter=lab.start_director, zookeeper_port=2181, peer_port=PEER_PORT,
-                    client_netns=lab.ns("client"))
+    class SlowStartLab(NetnsLab):
+        # The watchers are Python processes: in the VM one takes well over the default 10 s
+        # to start.
+        def observer(self, vips: Sequence[str]) -> NetnsVipObserver:
+            return NetnsVipObserver(dict(self.namespaces), vips, ready_timeout=90.0)
+
+    return SlowStartLab({name: lab.ns(name) for name in DIRECTORS}, pid=lab.state.alive,
+                        restarter=lab.start_director, zookeeper_port=2181,
+                        # No probe namespace: drill() runs in the client's namespace already,
+                        # so the probe runs as a thread there instead of a new Python process.
+                        peer_port=PEER_PORT, client_netns=None)
 
 
 def drill(lab: Lab, kind: str, echo: Echo) -> Result:
