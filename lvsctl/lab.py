@@ -816,7 +816,8 @@ def drill(lab: Lab, kind: str, echo: Echo) -> Result:
             return Drill(directors=directors, expected=Expected.from_cluster(cluster),
                          kind=kind, rounds=1, cluster=cluster.name, lab=netns_drill_lab(lab),
                          probe=ProbeTarget.parse(f"http://{SERVICES[0].vip}:{HTTP_PORT}/"),
-                         wait=30, on_progress=lambda line: echo(f"lab:   {line}")).run()
+                         # A restarted director needs well over 30 s to rejoin in the VM.
+                         wait=120, on_progress=lambda line: echo(f"lab:   {line}")).run()
 
     # The drill talks to ZooKeeper and the directors' APIs from the client's namespace.
     report = in_netns(lab.ns("client"), go)
