@@ -88,6 +88,8 @@ def check_address(value: str, what: str) -> str:
         address = ipaddress.ip_address(value)
     except ValueError:
         raise SetupError(f"{what} {value!r}: not an IPv4 or IPv6 address") from None
+    if getattr(address, "scope_id", None) is not None:  # fe80::1%eth0: a zone is no VIP
+        raise SetupError(f"{what} {value!r}: an address with a %zone is not a VIP or gateway")
     if (address.is_multicast or address.is_unspecified or address.is_loopback
             or address.is_link_local or str(address) == "255.255.255.255"):
         raise SetupError(f"{what} {value}: not a unicast address a real server can use")
