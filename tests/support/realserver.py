@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import copy
+import difflib
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 from lvsctl.config import parse_cluster
 from lvsctl.model import Cluster
 from templates.render import RealServerSetup, setup_adhoc, setup_for
 from tests.conftest import MINIMAL
+from tests.support.netns import Lab, Netns
 
 
 def dr_and_tun_cluster() -> Cluster:
@@ -19,8 +28,6 @@ def dr_and_tun_cluster() -> Cluster:
         {"name": "mail", "vip": "192.0.2.11", "port": 25, "forwarding": "tun",
          "realservers": [{"name": "web1", "address": "192.0.2.21"}]}
     )
-    import yaml
-
     return parse_cluster(yaml.safe_dump(data), "dr-tun.yaml").cluster
 
 
@@ -34,3 +41,100 @@ GOLDEN_CASES: dict[str, RealServerSetup] = {
     "nat-ipv6": setup_adhoc("nat", [], gateway="fd00:1::1"),
     "dr-tun-ipv4": setup_for(dr_and_tun_cluster(), "web1", interface="eth0.100"),
 }
+
+
+# ---------------------------------------------------------------------------------------------
+# A real server in a network namespace: run the rendered script and verify inside it
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RealServerHost:
+    """One namespace playing a real server; the script's state file goes to ``state_dir``."""
+
+    ns: Netns
+    state_dir: Path
+
+    def script(self, script: Path, action: str) -> subprocess.CompletedProcess[str]:
+        argv = self.ns.argv(["env", f"LVSCTL_STATE_DIR={self.state_dir}", "bash", str(script),
+                             action])
+        return subprocess.run(argv, capture_output=True, text=True, timeout=60)
+
+    def verify(self, selector: list[str]) -> tuple[int, dict[str, Any]]:
+        """``lvsctl realserver verify SELECTOR --json`` run inside the namespace."""
+        argv = self.ns.argv([sys.executable, "-m", "lvsctl", "realserver", "verify", *selector,
+                             "--json"])
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+        assert proc.returncode in (0, 1), proc.stderr
+        return proc.returncode, json.loads(proc.stdout)
+
+    def snapshot(self) -> str:
+        """Everything a setup may change: links, addresses, routes, per-device sysctls."""
+        parts = [
+            self.ns.run(["ip", "-d", "link", "show"]),
+            self.ns.run(["ip", "addr", "show"]),
+            self.ns.run(["ip", "-4", "route", "show", "table", "all"]),
+            self.ns.run(["ip", "-6", "route", "show", "table", "all"]),
+            # grep prints path:value for every readable file; a few are write-only (check=False).
+            self.ns.run(["grep", "-r", ".", "/proc/sys/net/ipv4/conf", "/proc/sys/net/ipv6/conf"],
+                        check=False),
+        ]
+        return "\n".join(parts)
+
+
+def realserver_host(lab: Lab, state_dir: Path, address: str, gateway: str | None = None,
+                    ) -> RealServerHost:
+    """A namespace whose eth0 (a veth to a second namespace) has ``address`` (with prefix)."""
+    ns = lab.netns("rs")
+    # No duplicate address detection: a link-local address turning from tentative to valid
+    # meanwhile would show up as a change the setup never made.
+    ns.run(["sysctl", "-q", "-w", "net.ipv6.conf.default.accept_dad=0"])
+    peer = lab.netns("gw")
+    lab.link(ns, None, peer, None)
+    extra = ["nodad"] if ":" in address else []  # usable at once, no DAD wait
+    ns.ip("addr", "add", address, "dev", "eth0", *extra)
+    if gateway is not None:
+        ns.ip("route", "add", "default", "via", gateway, "dev", "eth0")
+    return RealServerHost(ns, state_dir)
+
+
+def _assert_same(expected: str, actual: str, what: str) -> None:
+    # tests/support is not rewritten by pytest: say what differs ourselves.
+    if expected != actual:
+        diff = difflib.unified_diff(expected.splitlines(), actual.splitlines(), lineterm="")
+        raise AssertionError(f"{what}:\n" + "\n".join(diff))
+
+
+def check_up_down_cycle(host: RealServerHost, script: Path, selector: list[str]) -> None:
+    """The whole contract of a rendered setup.sh, asserted against the live namespace:
+    verify finds it wrong before; up -> verify all ok; a second up changes nothing; status ok;
+    down -> verify all wrong again, and the namespace is exactly as before up."""
+    before = host.snapshot()
+    rc, report = host.verify(selector)
+    assert rc == 1 and not report["ok"]
+
+    up = host.script(script, "up")
+    assert up.returncode == 0, up.stderr
+    rc, report = host.verify(selector)
+    assert rc == 0, report
+    assert report["findings"] and all(f["ok"] for f in report["findings"])
+    after_up = host.snapshot()
+    assert after_up != before
+
+    again = host.script(script, "up")
+    assert again.returncode == 0, again.stderr
+    assert again.stdout == ""  # it reports every change it makes: here, none
+    _assert_same(after_up, host.snapshot(), "a second up changed the state")
+
+    status = host.script(script, "status")
+    assert status.returncode == 0, status.stdout
+    assert "missing" not in status.stdout
+
+    down = host.script(script, "down")
+    assert down.returncode == 0, down.stderr
+    rc, report = host.verify(selector)
+    assert rc == 1
+    assert not any(f["ok"] for f in report["findings"]), report
+    _assert_same(before, host.snapshot(), "down did not restore the state before up")
+    status = host.script(script, "status")
+    assert status.returncode == 1 and "missing" in status.stdout
