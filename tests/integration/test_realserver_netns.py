@@ -100,3 +100,18 @@ def test_verify_prints_one_line_per_requirement_with_the_fix(lab: Lab, tmp_path:
     assert lines[5].split() == ["wrong", "192.0.2.10/32", "on", "lo", "absent", "ip", "addr",
                                 "add", "192.0.2.10/32", "dev", "lo"]
     assert lines[6] == "realserver (dr (IPv4)): 1 ok, 4 wrong"
+
+
+def test_up_on_a_host_without_the_interface_changes_nothing(lab: Lab, tmp_path: Path) -> None:
+    setup = setup_adhoc("dr", ["192.0.2.10"], interface="ens3")
+    (script,) = write_files(tmp_path / "out", render_shell(setup))
+    host = realserver_host(lab, tmp_path / "state", "192.0.2.21/24")
+    before = host.snapshot()
+    up = host.script(script, "up")
+    assert up.returncode == 1
+    assert up.stderr.strip() == (
+        "setup.sh: no interface ens3 here: render again with --interface NAME "
+        "(the outward interface)"
+    )
+    assert host.snapshot() == before
+    assert not (tmp_path / "state").exists()

@@ -96,6 +96,8 @@ sysctl_is() { [ -e "/proc/sys/$1" ] && [ "$(cat "/proc/sys/$1")" = "$2" ]; }
 default_is() { [ "$(best_gateway "$1")" = "$2" ]; }
 
 up() {
+  # Checked before anything changes: the ARP settings name this interface.
+  link_exists eth0 || die 'no interface eth0 here: render again with --interface NAME (the outward interface)'
   ensure_sysctl net/ipv4/conf/all/arp_ignore 1
   ensure_sysctl net/ipv4/conf/all/arp_announce 2
   ensure_sysctl net/ipv4/conf/eth0/arp_ignore 1

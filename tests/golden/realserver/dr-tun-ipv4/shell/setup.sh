@@ -101,6 +101,8 @@ sysctl_is() { [ -e "/proc/sys/$1" ] && [ "$(cat "/proc/sys/$1")" = "$2" ]; }
 default_is() { [ "$(best_gateway "$1")" = "$2" ]; }
 
 up() {
+  # Checked before anything changes: the ARP settings name this interface.
+  link_exists eth0.100 || die 'no interface eth0.100 here: render again with --interface NAME (the outward interface)'
   ensure_module ipip tunl0
   ensure_sysctl net/ipv4/conf/all/rp_filter 0
   ensure_sysctl net/ipv4/conf/default/rp_filter 0

@@ -100,6 +100,8 @@ sysctl_is() { [ -e "/proc/sys/$1" ] && [ "$(cat "/proc/sys/$1")" = "$2" ]; }
 default_is() { [ "$(best_gateway "$1")" = "$2" ]; }
 
 up() {
+  # Checked before anything changes: the ARP settings name this interface.
+  link_exists ens3 || die 'no interface ens3 here: render again with --interface NAME (the outward interface)'
   ensure_module ipip tunl0
   ensure_sysctl net/ipv4/conf/all/rp_filter 0
   ensure_sysctl net/ipv4/conf/default/rp_filter 0
