@@ -117,6 +117,19 @@ def _read_sysctl(path: str, root: Path) -> str | None:
         return None
 
 
+def local_addresses() -> frozenset[str]:
+    """Every address configured in this network namespace (canonical spelling)."""
+    from pyroute2 import IPRoute
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    try:
+        with IPRoute() as ipr:
+            found = {msg.get("IFA_LOCAL") or msg.get("IFA_ADDRESS") for msg in ipr.get_addr()}
+    except (NetlinkError, OSError) as exc:
+        raise KernelError(f"cannot read this host's addresses: {exc}") from None
+    return frozenset(str(ipaddress.ip_address(a.split("%")[0])) for a in found if a)
+
+
 def observe(requirements: Iterable[Requirement], proc_sys: Path = Path("/proc/sys")) -> Observed:
     """Read links, addresses, default routes and the requirements' sysctls of this namespace.
 

@@ -14,6 +14,7 @@ from templates.render import (
     FORMATS,
     Format,
     RealServerSetup,
+    SetupError,
     files_for,
     requirements,
     setup_adhoc,
@@ -113,15 +114,33 @@ def render_command(cluster_file: str | None, server: str | None, mode: str | Non
     click.echo(f"wrote {len(written)} file(s) under {output}", err=True)
 
 
+def _this_server(cluster_file: str, addresses: frozenset[str]) -> str:
+    """The real server of the cluster whose address this host has (verify runs on it)."""
+    loaded = load_cluster(cluster_file)
+    names = {rs.name: rs.address for s in loaded.cluster.services for rs in s.realservers}
+    here = sorted(name for name, address in names.items() if address in addresses)
+    if len(here) != 1:
+        what = "none" if not here else ", ".join(here)
+        raise SetupError(
+            f"{loaded.source}: cannot tell which real server this host is (address match: "
+            f"{what}): give --server NAME"
+        )
+    return here[0]
+
+
 @realserver_group.command("verify")
 @_selector_options
 @click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
 def verify_command(cluster_file: str | None, server: str | None, mode: str | None,
                    vips: tuple[str, ...], gateway: str | None, interface: str,
                    as_json: bool) -> None:
-    """Check this host's live state against the setup it needs; exit 1 if anything is wrong."""
-    from templates.verify import check, observe
+    """Check this host's live state against the setup it needs; exit 1 if anything is wrong.
 
+    With CLUSTER_FILE and no --server, the real server is the one whose address this host has."""
+    from templates.verify import check, local_addresses, observe
+
+    if cluster_file is not None and server is None and not (mode or vips or gateway):
+        server = _this_server(cluster_file, local_addresses())
     setups, _ = _setups(cluster_file, server, False, mode, vips, gateway, interface)
     setup = setups[0]
     reqs = requirements(setup)

@@ -3,6 +3,8 @@ families), then checked with ``lvsctl realserver verify`` run inside the same na
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -90,7 +92,7 @@ def test_verify_prints_one_line_per_requirement_with_the_fix(lab: Lab, tmp_path:
     host = realserver_host(lab, tmp_path / "state", "192.0.2.21/24")
     host.ns.run(["sysctl", "-q", "-w", "net.ipv4.conf.eth0.arp_announce=2"])
     proc = host.ns.run(
-        [__import__("sys").executable, "-m", "lvsctl", "realserver", "verify", "--mode", "dr",
+        [sys.executable, "-m", "lvsctl", "realserver", "verify", "--mode", "dr",
          "--vip", "192.0.2.10"], check=False)
     lines = proc.splitlines()
     assert lines[0].split() == ["STATUS", "REQUIREMENT", "FOUND", "FIX"]
@@ -115,3 +117,21 @@ def test_up_on_a_host_without_the_interface_changes_nothing(lab: Lab, tmp_path: 
     )
     assert host.snapshot() == before
     assert not (tmp_path / "state").exists()
+
+
+def test_verify_finds_which_server_this_host_is(lab: Lab, tmp_path: Path,
+                                               example_rendered: Path) -> None:
+    host = realserver_host(lab, tmp_path / "state", "192.0.2.22/24")
+    assert host.script(example_rendered / "web2" / "setup.sh", "up").returncode == 0
+    rc, report = host.verify([str(EXAMPLE)])
+    assert (rc, report["server"], report["ok"]) == (0, "web2", True)
+
+    other = realserver_host(lab, tmp_path / "state2", "198.51.100.9/24")
+    result = subprocess.run(other.ns.argv([sys.executable, "-m", "lvsctl", "realserver",
+                                           "verify", str(EXAMPLE)]),
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "lvsctl: cluster.yaml: cannot tell which real server this host is (address match: "
+        "none): give --server NAME"
+    )

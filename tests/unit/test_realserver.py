@@ -313,7 +313,7 @@ def test_the_setup_refuses_unvalidated_values_built_directly() -> None:
         ["realserver", "render", str(EXAMPLE), "--server", "web1", "--mode", "dr"],
         ["realserver", "render", "--server", "web1", "--mode", "dr"],
         ["realserver", "render", str(EXAMPLE), "--all"],
-        ["realserver", "verify", str(EXAMPLE)],
+        ["realserver", "verify", str(EXAMPLE), "--mode", "dr"],
     ],
 )
 def test_wrong_usage_exits_2(args: list[str]) -> None:
