@@ -86,6 +86,10 @@ def check_one(req: Requirement, observed: Observed) -> Finding:
     if isinstance(req, Sysctl):
         value = observed.sysctls.get(req.path)
         if value is None:
+            parts = req.path.split("/")
+            device = parts[3] if len(parts) == 5 and parts[2] == "conf" else None
+            if device and device not in ("all", "default") and device not in observed.links:
+                return Finding(req.label, False, f"no interface {device}", req.fix)
             return Finding(req.label, False, f"no {req.key}", req.fix)
         return Finding(req.label, value == req.value, value, req.fix)
     if isinstance(req, DefaultRoute):
