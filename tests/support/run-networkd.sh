@@ -7,6 +7,7 @@
 set -eu
 config=$1 want=$2
 
+mkdir -p /run/systemd
 mount -t tmpfs tmpfs /run/systemd
 mkdir -p /run/systemd/network /run/systemd/netif
 cp -r "$config"/. /run/systemd/network/

@@ -112,7 +112,11 @@ down() {
     return 0
   fi
   # Newest change first; recorded values are single words (numbers, names, addresses).
-  while read -r kind a b c d; do
+  # (An array, not `< <(tac ...)`: process substitution needs /dev/fd, which minimal
+  # systems may lack.)
+  mapfile -t records <"$state"
+  for ((i = ${#records[@]} - 1; i >= 0; i--)); do
+    read -r kind a b c d <<<"${records[i]}"
     case $kind in
       sysctl)
         if [ -e "/proc/sys/$a" ]; then printf '%s\n' "$b" >"/proc/sys/$a"; say "restored $a = $b"; fi ;;
@@ -130,7 +134,7 @@ down() {
         say "restored default route via $b" ;;
       *) die "$state: unknown record '$kind'" ;;
     esac
-  done < <(tac "$state")
+  done
   rm -f -- "$state"
 }
 
