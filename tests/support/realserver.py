@@ -49,7 +49,7 @@ GOLDEN_CASES: dict[str, RealServerSetup] = {
 # ---------------------------------------------------------------------------------------------
 
 
-_QDISC = re.compile(r"qdisc \S+")
+_KERNEL_KEPT = re.compile(r"qdisc \S+ |addrgenmode \S+ ")
 
 
 @dataclass
@@ -77,13 +77,16 @@ class RealServerHost:
         parts = [
             # Not the qdisc: the kernel attaches one when a device first goes up and keeps it
             # after it goes down again ("noop" -> "noqueue"); no setting of ours is behind it.
-            _QDISC.sub("qdisc -", self.ns.run(["ip", "-d", "link", "show"])),
-            _QDISC.sub("qdisc -", self.ns.run(["ip", "addr", "show"])),
+            # Nor IPv6's per-device state (addrgenmode, net/ipv6/conf/DEV), which the kernel
+            # creates when a device like tunl0 first goes up and keeps until it is deleted.
+            _KERNEL_KEPT.sub("", self.ns.run(["ip", "-d", "link", "show"])),
+            _KERNEL_KEPT.sub("", self.ns.run(["ip", "addr", "show"])),
             self.ns.run(["ip", "-4", "route", "show", "table", "all"]),
             self.ns.run(["ip", "-6", "route", "show", "table", "all"]),
             # grep prints path:value for every readable file; a few are write-only (check=False).
-            self.ns.run(["grep", "-r", ".", "/proc/sys/net/ipv4/conf", "/proc/sys/net/ipv6/conf"],
-                        check=False),
+            self.ns.run(["grep", "-r", ".", "/proc/sys/net/ipv4/conf",
+                         *(f"/proc/sys/net/ipv6/conf/{dev}" for dev in ("all", "default", "lo")),
+                         ], check=False),
         ]
         return "\n".join(parts)
 
