@@ -24,7 +24,7 @@ import shutil
 import socket
 import struct
 import subprocess
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from functools import cmp_to_key
@@ -451,6 +451,7 @@ def _daemon_msg_class() -> Any:
 
 CLONE_NEWNET = 0x40000000
 BATCH = 256  # requests per send: well inside the default socket buffers
+ANSWER_TIMEOUT = 30.0  # seconds; the kernel answers at once, this only ends a lost exchange
 
 
 @contextlib.contextmanager
@@ -487,7 +488,8 @@ class KernelIpvs:
     ipvsadm does), KernelError when the socket cannot be opened.
     """
 
-    def __init__(self, netns: str | None = None) -> None:
+    def __init__(self, netns: str | None = None, *, family_name: str = "IPVS",
+                 modprobe: Callable[[], bool] | None = None) -> None:
         self.netns = netns
         self.writes = 0
         self._seq = 0
@@ -496,12 +498,13 @@ class KernelIpvs:
             self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_GENERIC)
         try:
             self._sock.bind((0, 0))
+            self._sock.settimeout(ANSWER_TIMEOUT)
             self._sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
             self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
             self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
-            family = self._family_id()
-            if family is None and _modprobe_ip_vs():
-                family = self._family_id()
+            family = self._family_id(family_name)
+            if family is None and (modprobe or _modprobe_ip_vs)():
+                family = self._family_id(family_name)
             if family is None:
                 raise NoIpvsError()
             self.family = family
@@ -531,7 +534,11 @@ class KernelIpvs:
 
     def _messages(self) -> Iterator[tuple[int, int, memoryview]]:
         """(type, seq, whole message) for each netlink message of the next datagram."""
-        size = self._sock.recv_into(self._buf)
+        try:
+            size = self._sock.recv_into(self._buf)
+        except TimeoutError:
+            raise KernelError(f"the kernel did not answer an IPVS request within "
+                              f"{ANSWER_TIMEOUT:g} s", errno=errnos.ETIMEDOUT) from None
         view = memoryview(self._buf)[:size]
         offset = 0
         while offset + _NLMSGHDR.size <= size:
@@ -541,16 +548,16 @@ class KernelIpvs:
             yield kind, seq, view[offset:offset + length]
             offset += (length + 3) & ~3
 
-    def _family_id(self) -> int | None:
+    def _family_id(self, name: str) -> int | None:
         from pyroute2.netlink import CTRL_CMD_GETFAMILY, GENL_ID_CTRL, ctrlmsg
 
         msg = ctrlmsg()
         msg["cmd"] = CTRL_CMD_GETFAMILY
         msg["version"] = 1
-        msg["attrs"] = [("CTRL_ATTR_FAMILY_NAME", "IPVS")]
+        msg["attrs"] = [("CTRL_ATTR_FAMILY_NAME", name)]
         msg["header"]["type"] = GENL_ID_CTRL
         msg["header"]["flags"] = NLM_F_REQUEST
-        msg["header"]["seq"] = seq = self._next_seq()
+        msg["header"]["sequence_number"] = seq = self._next_seq()
         msg.encode()
         self._sock.send(msg.data)
         while True:
@@ -670,7 +677,7 @@ class KernelIpvs:
         msg["attrs"] = [("IPVS_CMD_ATTR_DAEMON", {"attrs": attrs})]
         msg["header"]["type"] = self.family
         msg["header"]["flags"] = NLM_F_REQUEST | NLM_F_ACK
-        msg["header"]["seq"] = seq = self._next_seq()
+        msg["header"]["sequence_number"] = seq = self._next_seq()
         msg.encode()
         self._sock.send(msg.data)
         self.writes += 1
@@ -700,6 +707,15 @@ class KernelIpvs:
         if code:
             raise kernel_error(f"stop sync daemon {state.label}", code)
         return True
+
+
+def open_ipvs(netns: str | None = None, fake: str | None = None) -> IpvsTable:
+    """The kernel's IPVS (in ``netns`` if given), or the fake stored in file ``fake``."""
+    if fake is not None:
+        from director.fake_ipvs import FakeIpvs
+
+        return FakeIpvs(fake)
+    return KernelIpvs(netns=netns)
 
 
 def check_sync_args(what: str, interface: str, sync_id: int) -> None:
