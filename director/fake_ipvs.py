@@ -55,6 +55,10 @@ from lvsctl.model import (
 
 _State = dict[str, Any]
 
+# The schedulers the fake offers: those Debian 12's kernel ships as modules. The kernel answers
+# ENOENT for a scheduler it has no module for, and "twos" (Linux 5.11) is not built there.
+SCHEDULERS_AVAILABLE = frozenset(SCHEDULERS) - {"twos"}
+
 
 def _empty() -> _State:
     return {"services": {}, "daemons": {}, "writes": 0}
@@ -79,8 +83,10 @@ def _dkey(key: DestKey) -> str:
 class FakeIpvs:
     """IpvsTable in memory (or in a JSON file shared between processes)."""
 
-    def __init__(self, path: str | Path | None = None) -> None:
+    def __init__(self, path: str | Path | None = None,
+                 schedulers: frozenset[str] = SCHEDULERS_AVAILABLE) -> None:
         self.path = Path(path) if path is not None else None
+        self.schedulers = schedulers
         self._state = _empty()
         if self.path is not None and not self.path.exists():
             with self._locked():
@@ -135,7 +141,7 @@ class FakeIpvs:
         with self._locked() as state:
             for op in ops:
                 state["writes"] += 1
-                code = _apply(state, op)
+                code = _apply(state, op, self.schedulers)
                 if code and not done_errno(op, code):
                     raise kernel_error(op, code)
                 results.append(code == 0)
@@ -186,7 +192,7 @@ def _observed(key: ServiceKey, raw: dict[str, Any]) -> ObservedService:
     return ObservedService(key, spec, dests)
 
 
-def _apply(state: _State, op: Op) -> int:
+def _apply(state: _State, op: Op, schedulers: frozenset[str]) -> int:
     """Apply one op to the state as the kernel would; its errno (0 = done)."""
     services = state["services"]
     if isinstance(op, AddService | EditService):
@@ -196,7 +202,7 @@ def _apply(state: _State, op: Op) -> int:
             return errnos.EEXIST
         if isinstance(op, EditService) and not exists:
             return errnos.ESRCH
-        if op.spec.scheduler not in SCHEDULERS:
+        if op.spec.scheduler not in schedulers:
             return errnos.ENOENT
         old = services.get(_skey(op.key), {"dests": {}})
         services[_skey(op.key)] = {**old, **_service_entry(op.spec)}

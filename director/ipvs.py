@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno as errnos
+import functools
 import ipaddress
 import os
 import shutil
@@ -248,7 +249,9 @@ def _addr16(family: Family, address: str) -> bytes:
     return socket.inet_pton(af, address).ljust(16, b"\0")
 
 
+@functools.lru_cache(maxsize=65536)
 def _service_key_attrs(key: ServiceKey) -> bytes:
+    """A service's identity attributes; cached, since every dest op of a service repeats them."""
     if key.fwmark:
         return _nla(SVC_AF, _U16.pack(key.family)) + _nla(SVC_FWMARK, _U32.pack(key.fwmark))
     assert key.protocol is not None and key.address is not None
@@ -280,17 +283,24 @@ def _service_attrs(key: ServiceKey, spec: ServiceSpec) -> bytes:
                 + _nla(SVC_NETMASK, _netmask_bytes(key.family, spec.netmask)))
 
 
+# A whole dest nest in one pack (this is the hot path of a full apply): nest header, ADDR,
+# PORT (network order, padded), ADDR_FAMILY (padded), then FWD_METHOD, WEIGHT, U_THRESH and
+# L_THRESH for add/edit.
+_DEST_KEY = struct.Struct("=HH HH16s HHH2x HHH2x")
+_DEST_FULL = struct.Struct("=HH HH16s HHH2x HHH2x HHI HHI HHI HHI")
+
+
 def _dest_attrs(key: DestKey, spec: DestSpec | None) -> bytes:
-    family = Family.of(key.address)
-    body = (_nla(DEST_ADDR, _addr16(family, key.address))
-            + _nla(DEST_PORT, _BE16.pack(key.port))
-            + _nla(DEST_ADDR_FAMILY, _U16.pack(family)))
-    if spec is not None:
-        body += (_nla(DEST_FWD_METHOD, _U32.pack(spec.forwarding.value))
-                 + _nla(DEST_WEIGHT, _U32.pack(spec.weight))
-                 + _nla(DEST_U_THRESH, _U32.pack(0))
-                 + _nla(DEST_L_THRESH, _U32.pack(0)))
-    return _nla(ATTR_DEST | NLA_F_NESTED, body)
+    six = ":" in key.address
+    family = Family.INET6 if six else Family.INET
+    packed = socket.inet_pton(socket.AF_INET6 if six else socket.AF_INET, key.address)
+    head = (20, DEST_ADDR, packed, 6, DEST_PORT, socket.htons(key.port),
+            6, DEST_ADDR_FAMILY, int(family))
+    if spec is None:
+        return _DEST_KEY.pack(_DEST_KEY.size, ATTR_DEST | NLA_F_NESTED, *head)
+    return _DEST_FULL.pack(_DEST_FULL.size, ATTR_DEST | NLA_F_NESTED, *head,
+                           8, DEST_FWD_METHOD, spec.forwarding.value, 8, DEST_WEIGHT, spec.weight,
+                           8, DEST_U_THRESH, 0, 8, DEST_L_THRESH, 0)
 
 
 def op_request(op: Op) -> tuple[int, bytes]:
