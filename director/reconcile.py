@@ -13,7 +13,7 @@ is draining, so a restarted director picks up where the old one stopped.
 
 from __future__ import annotations
 
-import ipaddress
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Literal
@@ -329,23 +329,28 @@ def update_drain_state(
 # ---------------------------------------------------------------------------------------------
 
 
-def service_order(key: ServiceKey) -> tuple[int, int, int, int, int]:
+def _packed(address: str) -> bytes:
+    six = ":" in address
+    return socket.inet_pton(socket.AF_INET6 if six else socket.AF_INET, address)
+
+
+def service_order(key: ServiceKey) -> tuple[int, int, int, bytes, int]:
     """A total order on service keys (ServiceKey's own order breaks on protocol enums)."""
-    address = int(ipaddress.ip_address(key.address)) if key.address is not None else 0
+    address = _packed(key.address) if key.address is not None else b""
     protocol = key.protocol.value if key.protocol is not None else 0
     return (key.fwmark, int(key.family), protocol, address, key.port)
 
 
-def dest_order(key: DestKey) -> tuple[int, int, int]:
-    address = ipaddress.ip_address(key.address)
-    return (address.version, int(address), key.port)
+def dest_order(key: DestKey) -> tuple[bytes, int]:
+    """Dests by address (IPv4 before IPv6: the length leads), then port."""
+    packed = _packed(key.address)
+    return (bytes([len(packed)]) + packed, key.port)
 
 
 def _scope(desired: DesiredTable, observed: ObservedTable,
            retired: Mapping[ServiceKey, float] | None) -> list[ServiceKey]:
     """Observed services lvsctl manages; any other service in the kernel is left alone."""
-    return sorted((k for k in observed if k in desired or k in (retired or {})),
-                  key=service_order)
+    return [k for k in observed if k in desired or k in (retired or {})]
 
 
 def kernel_spec(key: ServiceKey, spec: ServiceSpec) -> ServiceSpec:
@@ -389,45 +394,65 @@ def plan(
     The deadline is ``drain_state[(service, dest)] + drain_timeout``; a dest not in the drain
     state started draining ``now``.
     """
-    adds: list[Op] = []
-    deletes: list[Op] = []
-    for skey in sorted(desired, key=service_order):
-        want = desired[skey]
+    # Walk the tables unsorted and sort only the ops found: a no-op pass over 10,000 dests
+    # must stay cheap (bench/reconcile.py), and ops are few.
+    adds: list[tuple[tuple[object, ...], Op]] = []
+    deletes: list[tuple[tuple[object, ...], Op]] = []
+    complete: set[ServiceKey] = set()  # observed services holding no dest beyond the desired
+    for skey, want in desired.items():
         have = observed.get(skey) if observed is not None else None
         spec = kernel_spec(skey, want.spec)
         if have is None:
-            adds.append(AddService(skey, spec))
+            adds.append(((skey, 0, None), AddService(skey, spec)))
         elif have.spec != spec:
-            adds.append(EditService(skey, spec))
-        for dkey in sorted(want.dests, key=dest_order):
-            dspec = want.dests[dkey]
-            dest = have.dests.get(dkey) if have is not None else None
+            adds.append(((skey, 0, None), EditService(skey, spec)))
+        have_dests = have.dests if have is not None else {}
+        found = 0
+        for dkey, dspec in want.dests.items():
+            dest = have_dests.get(dkey)
             if dest is None:
-                adds.append(AddDest(skey, dkey, dspec))
-            elif not _dest_matches(dest, dspec):
-                adds.append(EditDest(skey, dkey, dspec))
-    if observed is None:
-        return adds
-
-    for skey in _scope(desired, observed, retired):
-        have = observed[skey]
-        want_dests = desired[skey].dests if skey in desired else {}
-        timeout = desired[skey].drain_timeout if skey in desired else (retired or {})[skey]
-        remaining = 0
-        for dkey in sorted(have.dests, key=dest_order):
-            if dkey in want_dests:
-                remaining += 1
+                adds.append(((skey, 1, dkey), AddDest(skey, dkey, dspec)))
                 continue
-            op = _retire_dest(skey, have.dests[dkey], drain_state, now, timeout)
-            if op is not None:
-                deletes.append(op)
-            if not isinstance(op, DelDest):
-                remaining += 1
-        if skey not in desired and remaining == 0:
-            deletes.append(DelService(skey))
-    # Dest-first deletes: every DelDest/DrainDest before any DelService.
-    deletes.sort(key=lambda op: isinstance(op, DelService))
-    return adds + deletes
+            found += 1
+            if dest.weight != dspec.weight or dest.fwd != _FWD_VALUE[dspec.forwarding]:
+                adds.append(((skey, 1, dkey), EditDest(skey, dkey, dspec)))
+        if found == len(have_dests):
+            complete.add(skey)
+    if observed is not None:
+        for skey in _scope(desired, observed, retired):
+            if skey in complete:
+                continue
+            have = observed[skey]
+            want_dests = desired[skey].dests if skey in desired else {}
+            timeout = desired[skey].drain_timeout if skey in desired else (retired or {})[skey]
+            remaining = 0
+            for dkey, dest in have.dests.items():
+                if dkey in want_dests:
+                    remaining += 1
+                    continue
+                op = _retire_dest(skey, dest, drain_state, now, timeout)
+                if op is not None:
+                    deletes.append(((0, skey, dkey), op))
+                if not isinstance(op, DelDest):
+                    remaining += 1
+            if skey not in desired and remaining == 0:
+                # Dest-first deletes: every DelDest/DrainDest before any DelService.
+                deletes.append(((1, skey, None), DelService(skey)))
+    return [op for _, op in sorted(adds, key=_op_order)] + \
+        [op for _, op in sorted(deletes, key=_op_order)]
+
+
+_FWD_VALUE = {f: f.value for f in Forwarding}
+
+
+def _op_order(item: tuple[tuple[object, ...], Op]) -> tuple[object, ...]:
+    """Sort key of a planned op: services in address order, a service before its dests."""
+    return tuple(
+        service_order(part) if isinstance(part, ServiceKey)
+        else dest_order(part) if isinstance(part, DestKey)
+        else (-1,) if part is None else part
+        for part in item[0]
+    )
 
 
 def _retire_dest(
