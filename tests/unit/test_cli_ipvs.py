@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -116,3 +118,14 @@ def test_no_ipvs_is_one_sentence() -> None:
         KernelIpvs(family_name="LVSCTL_NONE", modprobe=lambda: False)
     assert str(excinfo.value).startswith("this kernel has no IPVS:")
     assert "\n" not in str(excinfo.value)
+
+
+def test_fake_table_is_shared_with_another_process(files: tuple[Path, Path]) -> None:
+    """The installed executable writes the fake's file; this process reads the same table."""
+    cluster, state = files
+    exe = Path(sys.executable).parent / "lvsctl"
+    done = subprocess.run([str(exe), "ipvs", "--fake-ipvs", str(state), "apply", str(cluster)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert set(FakeIpvs(state).observe()) == {WWW, APP}
+    assert FakeIpvs(state).writes == 5
