@@ -210,6 +210,7 @@ _REASONS = {
 NETLINK_GENERIC = 16
 SOL_NETLINK = 270
 NETLINK_CAP_ACK = 10
+SO_RCVBUFFORCE = 33
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 NLM_F_REQUEST, NLM_F_ACK, NLM_F_DUMP = 0x1, 0x4, 0x300
 NLA_F_NESTED = 0x8000
@@ -236,6 +237,7 @@ _U16, _U32, _U64, _BE16 = struct.Struct("=H"), struct.Struct("=I"), struct.Struc
     struct.Struct("!H")
 _FLAGS = struct.Struct("=II")
 GENL_VERSION = 1
+_DUMPS = {4: "list IPVS services", 8: "list IPVS dests", 11: "list IPVS sync daemons"}
 
 
 def _nla(kind: int, payload: bytes) -> bytes:
@@ -510,7 +512,10 @@ class KernelIpvs:
             self._sock.bind((0, 0))
             self._sock.settimeout(ANSWER_TIMEOUT)
             self._sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
-            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+            try:  # past net.core.rmem_max (as root): room for a whole batch of acks
+                self._sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 1 << 20)
+            except OSError:
+                self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
             self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
             family = self._family_id(family_name)
             if family is None and (modprobe or _modprobe_ip_vs)():
@@ -549,6 +554,9 @@ class KernelIpvs:
         except TimeoutError:
             raise KernelError(f"the kernel did not answer an IPVS request within "
                               f"{ANSWER_TIMEOUT:g} s", errno=errnos.ETIMEDOUT) from None
+        except OSError as exc:  # ENOBUFS: answers were lost; the table must be read again
+            raise KernelError(f"reading IPVS answers failed: {exc.strerror}",
+                              errno=exc.errno) from None
         view = memoryview(self._buf)[:size]
         offset = 0
         while offset + _NLMSGHDR.size <= size:
@@ -598,7 +606,7 @@ class KernelIpvs:
                 if kind == NLMSG_ERROR:
                     code = -struct.unpack_from("=i", data, 16)[0]
                     if code:
-                        raise kernel_error(f"dump (command {cmd})", code)
+                        raise kernel_error(_DUMPS.get(cmd, f"dump {cmd}"), code)
                     continue
                 out.append(memoryview(bytes(data[_NLMSGHDR.size + _GENLHDR.size:])))
 
