@@ -128,7 +128,8 @@ class FakeIpvs:
 
     # -- IpvsTable ----------------------------------------------------------------------------
 
-    def observe(self) -> dict[ServiceKey, ObservedService]:
+    def observe(self, *, stats: bool = True) -> dict[ServiceKey, ObservedService]:
+        """The table; ``stats`` changes nothing (the fake carries no traffic)."""
         with self._locked() as state:
             return {_parse_skey(k): _observed(_parse_skey(k), v)
                     for k, v in state["services"].items()}

@@ -159,7 +159,7 @@ class IpvsTable(Protocol):
 
     writes: int
 
-    def observe(self) -> dict[ServiceKey, ObservedService]: ...
+    def observe(self, *, stats: bool = True) -> dict[ServiceKey, ObservedService]: ...
 
     def apply(self, op: Op) -> bool: ...
 
@@ -345,8 +345,19 @@ _STATS_NAMES = ("conns", "inpkts", "outpkts", "inbytes", "outbytes", "cps", "inp
 _STATS32_FORMS = ("I", "I", "I", "Q", "Q", "I", "I", "I", "I", "I")
 
 
+# The kernel writes the 64-bit stats nest as ten u64 attributes, types 1..10, in order; one
+# unpack reads them all, and anything else takes the generic path below.
+_STATS64_FIXED = struct.Struct("=" + "HHQ" * 10)
+_STATS64_HEADS = [(12, i + 1) for i in range(10)]
+
+
 def _stats(attrs: dict[int, bytes | memoryview], a32: int, a64: int) -> Stats:
     raw = attrs.get(a64)
+    if raw is not None and len(raw) == _STATS64_FIXED.size:
+        fields = _STATS64_FIXED.unpack_from(raw)
+        if [(fields[i] & 0xFFFF, fields[i + 1] & NLA_TYPE_MASK)
+                for i in range(0, 30, 3)] == _STATS64_HEADS:
+            return Stats(*fields[2::3])
     wide = raw is not None
     if raw is None:
         raw = attrs.get(a32)
@@ -402,23 +413,97 @@ def decode_service(payload: bytes | memoryview) -> ObservedService | None:
                            _stats(a, SVC_STATS, SVC_STATS64))
 
 
-def decode_dest(payload: bytes | memoryview, family: Family) -> ObservedDest:
-    a = _attrs(payload, 0, len(payload))
-    af = _u(a, DEST_ADDR_FAMILY, _U16, family)
+_U8 = struct.Struct("=B")
+# Dest attributes read as plain unsigned numbers: type -> (codec, field index in _DEST_FIELDS).
+_DEST_FIELDS = ("port", "fwd", "weight", "u_threshold", "l_threshold", "active_conns",
+                "inactive_conns", "persist_conns", "af", "tun_type", "tun_port", "tun_flags")
+_DEST_NUMBERS = {
+    DEST_PORT: (_BE16, 0), DEST_FWD_METHOD: (_U32, 1), DEST_WEIGHT: (_U32, 2),
+    DEST_U_THRESH: (_U32, 3), DEST_L_THRESH: (_U32, 4), DEST_ACTIVE_CONNS: (_U32, 5),
+    DEST_INACT_CONNS: (_U32, 6), DEST_PERSIST_CONNS: (_U32, 7), DEST_ADDR_FAMILY: (_U16, 8),
+    DEST_TUN_TYPE: (_U8, 9), DEST_TUN_PORT: (_BE16, 10), DEST_TUN_FLAGS: (_U16, 11),
+}
+
+
+# The order and sizes in which Linux (ip_vs_genl_fill_dest, 5.2 and later) writes a dest's
+# numbers. When a nest starts exactly so, one unpack reads them; otherwise the loop below does.
+_DEST_LAYOUT = struct.Struct("=HH16s HHH2x HHI HHI HHB3x HHH2x HHH2x HHI HHI HHI HHI HHI HHH2x")
+_DEST_LENS = (20, 6, 8, 8, 5, 6, 6, 8, 8, 8, 8, 8, 6)
+_DEST_TYPES = (DEST_ADDR, DEST_PORT, DEST_FWD_METHOD, DEST_WEIGHT, DEST_TUN_TYPE,
+               DEST_TUN_PORT, DEST_TUN_FLAGS, DEST_U_THRESH, DEST_L_THRESH, DEST_ACTIVE_CONNS,
+               DEST_INACT_CONNS, DEST_PERSIST_CONNS, DEST_ADDR_FAMILY)
+
+
+def _decode_dest_fast(buf: bytes, stats: bool) -> ObservedDest | None:
+    if len(buf) < _DEST_LAYOUT.size:
+        return None
+    f = _DEST_LAYOUT.unpack_from(buf)
+    if f[0::3] != _DEST_LENS or f[1::3] != _DEST_TYPES:
+        return None
+    counters = _NO_STATS
+    offset = _DEST_LAYOUT.size
+    while stats and offset + 4 <= len(buf):  # the two stats nests follow; read the 64-bit one
+        size, kind = _NLA.unpack_from(buf, offset)
+        if size < 4:
+            break
+        if kind & NLA_TYPE_MASK == DEST_STATS64:
+            counters = _stats({DEST_STATS64: buf[offset + 4:offset + size]}, 0, DEST_STATS64)
+            break
+        offset += (size + 3) & ~3
     return ObservedDest(
-        key=DestKey(_address(af, a[DEST_ADDR]), _u(a, DEST_PORT, _BE16)),
-        weight=_u(a, DEST_WEIGHT, _U32),
-        fwd=_u(a, DEST_FWD_METHOD, _U32) & 0x7,
-        active_conns=_u(a, DEST_ACTIVE_CONNS, _U32),
-        inactive_conns=_u(a, DEST_INACT_CONNS, _U32),
-        persist_conns=_u(a, DEST_PERSIST_CONNS, _U32),
-        u_threshold=_u(a, DEST_U_THRESH, _U32),
-        l_threshold=_u(a, DEST_L_THRESH, _U32),
-        tun_type=_u(a, DEST_TUN_TYPE, struct.Struct("=B")),
-        tun_port=_u(a, DEST_TUN_PORT, _BE16),
-        tun_flags=_u(a, DEST_TUN_FLAGS, _U16),
-        stats=_stats(a, DEST_STATS, DEST_STATS64),
+        key=DestKey(_address(f[38], f[2]), socket.ntohs(f[5])),
+        weight=f[11], fwd=f[8] & 0x7, active_conns=f[29], inactive_conns=f[32],
+        persist_conns=f[35], u_threshold=f[23], l_threshold=f[26], tun_type=f[14],
+        tun_port=socket.ntohs(f[17]), tun_flags=f[20], stats=counters,
     )
+
+
+def decode_dest(payload: bytes | memoryview, family: Family, stats: bool = True
+                ) -> ObservedDest:
+    """An ObservedDest from a dest nest: with 10,000 dests this is most of what observing the
+    table costs, hence the fixed-layout fast path."""
+    buf = bytes(payload)
+    fast = _decode_dest_fast(buf, stats)
+    if fast is not None:
+        return fast
+    values = [0] * len(_DEST_FIELDS)
+    values[8] = int(family)
+    raw_addr = b""
+    nested: dict[int, bytes | memoryview] = {}
+    offset, end = 0, len(buf)
+    numbers = _DEST_NUMBERS
+    while offset + 4 <= end:
+        size, kind = _NLA.unpack_from(buf, offset)
+        if size < 4:
+            break
+        kind &= NLA_TYPE_MASK
+        number = numbers.get(kind)
+        if number is not None:
+            values[number[1]] = number[0].unpack_from(buf, offset + 4)[0]
+        elif kind == DEST_ADDR:
+            raw_addr = buf[offset + 4:offset + size]
+        elif stats and kind in (DEST_STATS, DEST_STATS64):
+            nested[kind] = buf[offset + 4:offset + size]
+        offset += (size + 3) & ~3
+    (port, fwd, weight, u_threshold, l_threshold, active, inactive, persist, af, tun_type,
+     tun_port, tun_flags) = values
+    return ObservedDest(
+        key=DestKey(_address(af, raw_addr), port),
+        weight=weight,
+        fwd=fwd & 0x7,
+        active_conns=active,
+        inactive_conns=inactive,
+        persist_conns=persist,
+        u_threshold=u_threshold,
+        l_threshold=l_threshold,
+        tun_type=tun_type,
+        tun_port=tun_port,
+        tun_flags=tun_flags,
+        stats=_stats(nested, DEST_STATS, DEST_STATS64) if stats else _NO_STATS,
+    )
+
+
+_NO_STATS = Stats()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -632,8 +717,9 @@ class KernelIpvs:
 
     # -- IpvsTable ----------------------------------------------------------------------------
 
-    def observe(self) -> dict[ServiceKey, ObservedService]:
-        """One pass over the table: every service and its dests, with counters and rates."""
+    def observe(self, *, stats: bool = True) -> dict[ServiceKey, ObservedService]:
+        """One pass over the table: every service and its dests with their connection counts,
+        and (``stats``) their traffic counters and rates, which a reconcile pass can skip."""
         table: dict[ServiceKey, ObservedService] = {}
         for attrs in self._dump(CMD_GET_SERVICE, b""):
             nest = _attrs(attrs, 0, len(attrs)).get(ATTR_SERVICE)
@@ -645,7 +731,7 @@ class KernelIpvs:
             for dattrs in self._dump(CMD_GET_DEST, key_attrs):
                 dnest = _attrs(dattrs, 0, len(dattrs)).get(ATTR_DEST)
                 if dnest is not None:
-                    dest = decode_dest(dnest, service.key.family)
+                    dest = decode_dest(dnest, service.key.family, stats)
                     dests[dest.key] = dest
             table[service.key] = ObservedService(service.key, service.spec, dests,
                                                  service.pe_name, service.stats)

@@ -148,7 +148,7 @@ def _plan(ipvs: IpvsTable, file: str) -> tuple[str, list[Op]]:
     # No health results here: every real server counts as healthy (desired_table's warm-start
     # rule), so the plan is what the file says.
     desired = desired_table(loaded.cluster, {})
-    observed = ipvs.observe()
+    observed = ipvs.observe(stats=False)
     now = time.monotonic()
     drain = update_drain_state({}, desired, observed, now)
     return loaded.source, plan(desired, observed, drain, now)
