@@ -23,7 +23,7 @@ from director.reconcile import (
     plan,
     update_drain_state,
 )
-from lvsctl.config import load_cluster
+from lvsctl.config import Loaded, load_cluster
 from lvsctl.errors import KernelError
 from lvsctl.model import Family, ServiceKey
 from lvsctl.output import echo_json, warn
@@ -141,10 +141,15 @@ def save_command(ctx: click.Context) -> None:
         click.echo(save_text(ipvs.observe()), nl=False)
 
 
-def _plan(ipvs: IpvsTable, file: str) -> tuple[str, list[Op]]:
+def _load(file: str) -> Loaded:
+    """The cluster file, checked before the kernel is asked anything."""
     loaded = load_cluster(file)
     for issue in loaded.warnings:
         warn(issue.line(loaded.source))
+    return loaded
+
+
+def _plan(ipvs: IpvsTable, loaded: Loaded) -> tuple[str, list[Op]]:
     # No health results here: every real server counts as healthy (desired_table's warm-start
     # rule), so the plan is what the file says.
     desired = desired_table(loaded.cluster, {})
@@ -160,8 +165,9 @@ def _plan(ipvs: IpvsTable, file: str) -> tuple[str, list[Op]]:
 @click.pass_context
 def plan_command(ctx: click.Context, file: str, as_json: bool) -> None:
     """Show what `apply FILE` would change in the live table; change nothing."""
+    loaded = _load(file)
     with _closing(_open(ctx)) as ipvs:
-        source, ops = _plan(ipvs, file)
+        source, ops = _plan(ipvs, loaded)
     if as_json:
         echo_json({"file": file, "ops": [op_dict(op) for op in ops]})
         return
@@ -182,8 +188,9 @@ def apply_command(ctx: click.Context, file: str) -> None:
     Only the file's services are touched. A real server no longer in the file is drained
     (weight 0) and deleted once idle; run apply again later to finish a drain.
     """
+    loaded = _load(file)
     with _closing(_open(ctx)) as ipvs:
-        source, ops = _plan(ipvs, file)
+        source, ops = _plan(ipvs, loaded)
         if not ops:
             click.echo(f"{source}: the IPVS table already matches; nothing to do")
             return
