@@ -361,10 +361,6 @@ def kernel_spec(key: ServiceKey, spec: ServiceSpec) -> ServiceSpec:
     return spec
 
 
-def _dest_matches(dest: ObservedDest, spec: DestSpec) -> bool:
-    return dest.weight == spec.weight and dest.fwd == spec.forwarding.value
-
-
 def plan(
     desired: DesiredTable,
     observed: ObservedTable | None,
