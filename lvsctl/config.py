@@ -81,11 +81,11 @@ def parse_cluster(text: str, source: str) -> Loaded:
         # Report the rules that span keys too, for the parts that are well-formed, so one
         # run shows every problem of the file, not only its shape errors.
         issues = pydantic_issues(exc, data) + _salvage_issues(data)
-        raise ConfigError(source, _sorted_unique(issues)) from None
+        raise ConfigError(source, sorted_unique(issues)) from None
     resolver = _Resolver()
     cluster = resolver.cluster(raw)
     if resolver.errors or cluster is None:
-        raise ConfigError(source, _sorted_unique(resolver.errors))
+        raise ConfigError(source, sorted_unique(resolver.errors))
     return Loaded(cluster, tuple(resolver.warnings), text, source)
 
 
@@ -94,7 +94,7 @@ def _path_order(issue: ConfigIssue) -> list[tuple[int, int | str]]:
     return [(0, int(p)) if p.isascii() and p.isdigit() else (1, p) for p in parts if p]
 
 
-def _sorted_unique(issues: list[ConfigIssue]) -> list[ConfigIssue]:
+def sorted_unique(issues: list[ConfigIssue]) -> list[ConfigIssue]:
     return sorted(dict.fromkeys(issues), key=_path_order)
 
 
