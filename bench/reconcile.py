@@ -194,7 +194,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="full loads per tool (kernel)")
     args = parser.parse_args()
     print(f"command: {shlex.join([sys.executable, *sys.argv])}")
-    print(f"python {sys.version.split()[0]}, {os.uname().sysname} {os.uname().release}")
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"python {sys.version.split()[0]}, {os.uname().sysname} {os.uname().release}, "
+          f"{os.cpu_count()} CPUs, load {load}")
     host_part(args.repeat)
     if args.kernel:
         kernel_part(args.rounds)

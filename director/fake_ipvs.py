@@ -150,7 +150,9 @@ class FakeIpvs:
 
     def sync_daemons(self) -> list[SyncDaemon]:
         with self._locked() as state:
-            return [SyncDaemon(SyncState(int(s)), d["interface"], d["sync_id"], 1472 - 28,
+            # The kernel's defaults: payload = MTU 1500 - IPv4 and UDP headers, IPVS's group
+            # and port, TTL 1.
+            return [SyncDaemon(SyncState(int(s)), d["interface"], d["sync_id"], 1472,
                                "224.0.0.81", 8848, 1)
                     for s, d in sorted(state["daemons"].items())]
 

@@ -270,6 +270,8 @@ def test_sync_daemon(target: Target) -> None:
     daemons = ipvs.sync_daemons()
     assert [(d.state, d.interface, d.sync_id) for d in daemons] == [
         (SyncState.MASTER, interface, 7), (SyncState.BACKUP, interface, 7)]
+    # The kernel's defaults: IPVS's multicast group and port, TTL 1.
+    assert {(d.group, d.port, d.ttl) for d in daemons} == {("224.0.0.81", 8848, 1)}
     assert ipvs.stop_sync_daemon(SyncState.MASTER) is True
     assert ipvs.stop_sync_daemon(SyncState.MASTER) is False
     assert [d.state for d in ipvs.sync_daemons()] == [SyncState.BACKUP]
