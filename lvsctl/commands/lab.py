@@ -87,8 +87,9 @@ def demo_command(state_dir: str, here: bool, vm_timeout: float) -> None:
                     for name in labmod.DIRECTORS:
                         _echo(f"--- {name}.log, last lines")
                         _echo(lab.log_tail(name))
-                with step("tear down" + ("" if ok else f" (logs kept in {lab.workdir})")):
-                    lab.down(keep_logs=not ok)
+                kept = not ok and not labmod.running_in_vm()  # the VM's files go with it
+                with step("tear down" + (f" (logs kept in {lab.workdir})" if kept else "")):
+                    lab.down(keep_logs=kept)
     except LvsctlError as exc:
         results.append(labmod.Result("demo", False, str(exc)))
     _echo("")
