@@ -1,0 +1,161 @@
+"""The client probe against real listeners that are stopped and restarted: the outage it
+records must cover the time the listener was really down, and nothing more than a cadence."""
+
+from __future__ import annotations
+
+import http.server
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from failover.probe import Probe, ProbeError, Target
+from failover.timeline import outage_windows
+from tests.support.netns import Lab
+
+ROOT = Path(__file__).resolve().parents[2]
+LISTENER = (
+    "import socket, sys\n"
+    "s = socket.socket()\n"
+    "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+    "s.bind((sys.argv[1], int(sys.argv[2])))\n"
+    "s.listen(128)\n"
+    "print('ready', flush=True)\n"
+    "while True:\n"
+    "    c, _ = s.accept()\n"
+    "    c.close()\n"
+)
+
+
+def test_target_parsing() -> None:
+    assert Target.parse("tcp://192.0.2.10:80") == Target("tcp", "192.0.2.10", 80,
+                                                          "tcp://192.0.2.10:80")
+    assert Target.parse("http://192.0.2.10/health").port == 80
+    assert Target.parse("https://[2001:db8::10]/").port == 443
+    for bad, why in [("ftp://x/", "expected http"), ("tcp://192.0.2.10", "needs a port"),
+                     ("tcp://192.0.2.10:99999", "not a number"), ("192.0.2.10:80", "expected")]:
+        with pytest.raises(ProbeError, match=why):
+            Target.parse(bad)
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def _serve(port: int) -> http.server.ThreadingHTTPServer:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), _Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_http_probe_in_process_measures_a_stopped_listener() -> None:
+    server = _serve(0)
+    port = server.server_address[1]
+    probe = Probe(Target.parse(f"http://127.0.0.1:{port}/health"), timeout=0.3, duration=20)
+    probe.start()
+    try:
+        time.sleep(0.4)
+        server.shutdown()
+        server.server_close()
+        down = time.time()
+        time.sleep(0.5)
+        server = _serve(port)
+        up = time.time()
+        time.sleep(0.4)
+    finally:
+        samples = probe.stop()
+        server.shutdown()
+        server.server_close()
+    windows = outage_windows(samples)
+    assert len(windows) == 1, windows
+    (window,) = windows
+    # The client's window sits around the real downtime, to within a probe cadence or two.
+    assert window.start >= down - 0.05 and window.start <= down + 0.1
+    assert window.end >= up - 0.05 and window.end <= up + 0.15
+    assert sum(1 for s in samples if s.ok) > 20
+    assert {s.error for s in samples if not s.ok} == {"ConnectionError"}
+
+
+@pytest.mark.netns
+def test_tcp_probe_from_a_namespace_measures_a_listener_stopped_and_restarted(lab: Lab) -> None:
+    server_ns, client_ns = lab.netns("srv"), lab.netns("cli")
+    lab.link(server_ns, "198.51.100.1/24", client_ns, "198.51.100.2/24")
+    port = 8080  # inside a namespace of our own: no other process can hold it
+
+    def listen() -> object:
+        proc = lab.start(server_ns, [sys.executable, "-c", LISTENER, "198.51.100.1", str(port)],
+                         stdout=-1, text=True)
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        return proc
+
+    proc = listen()
+    probe = Probe(Target.parse(f"tcp://198.51.100.1:{port}"), netns=client_ns.name,
+                  timeout=0.3, duration=30)
+    probe.start()
+    try:
+        _wait_for(lambda: sum(1 for s in probe.samples() if s.ok) >= 10, 10)
+        proc.kill()  # type: ignore[attr-defined]
+        proc.wait()  # type: ignore[attr-defined]
+        down = time.time()
+        time.sleep(0.6)
+        listen()
+        up = time.time()
+        _wait_for(lambda: any(s.ok and s.wall > up for s in probe.samples()), 10)
+        time.sleep(0.2)
+    finally:
+        samples = probe.stop()
+    windows = outage_windows(samples)
+    assert len(windows) == 1, windows
+    (window,) = windows
+    assert down - 0.05 <= window.start <= down + 0.1
+    assert up - 0.05 <= window.end <= up + 0.2
+    assert 0.5 <= window.length <= 0.6 + 0.4
+    refused = {s.error for s in samples if not s.ok}
+    assert refused == {"Connection refused"}
+    # The cadence held: about one probe every 20 ms over the whole run.
+    span = samples[-1].wall - samples[0].wall
+    assert len(samples) >= span / 0.02 * 0.5
+
+
+@pytest.mark.netns
+def test_probe_into_a_namespace_that_does_not_exist_fails_clearly() -> None:
+    probe = Probe(Target.parse("tcp://198.51.100.1:80"), netns="lvsnosuchns0", duration=2)
+    probe.start()
+    with pytest.raises(ProbeError, match="the probe in namespace lvsnosuchns0 failed"):
+        probe.stop()
+
+
+def _wait_for(predicate: object, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return
+        time.sleep(0.02)
+    raise AssertionError("timed out")
+
+
+def test_probe_entry_point_streams_json_lines(tmp_path: Path) -> None:
+    import json
+    import subprocess
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(64)
+        port = listener.getsockname()[1]
+        out = subprocess.run(
+            [sys.executable, "-m", "failover.probe", f"tcp://127.0.0.1:{port}", "--count", "5",
+             "--interval", "0.01"], capture_output=True, text=True, timeout=30, cwd=ROOT)
+    lines = [json.loads(line) for line in out.stdout.splitlines()]
+    assert out.returncode == 0 and len(lines) == 5
+    assert all(line["ok"] for line in lines)
+    bad = subprocess.run([sys.executable, "-m", "failover.probe", "udp://x:1"],
+                         capture_output=True, text=True, timeout=30, cwd=ROOT)
+    assert bad.returncode == 2 and "expected http://VIP" in bad.stderr
