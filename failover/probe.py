@@ -202,6 +202,12 @@ class Probe:
             except (ValueError, KeyError, TypeError):
                 self._errors.append(line.strip()[:200])
 
+    @property
+    def running(self) -> bool:
+        if self._proc is not None:
+            return self._proc.poll() is None
+        return self._thread is not None and self._thread.is_alive()
+
     def samples(self) -> list[Sample]:
         with self._lock:
             return sorted(self._samples, key=lambda s: s.wall)
@@ -210,8 +216,10 @@ class Probe:
         """Stop probing and return every sample. Raises ProbeError if the probe process failed."""
         if self._loop is not None:
             self._loop.stop()
+        stopped_by_us = False
         if self._proc is not None:
             if self._proc.poll() is None:
+                stopped_by_us = True
                 self._proc.terminate()
             try:
                 self._proc.wait(timeout=self.timeout + 5)
@@ -220,7 +228,7 @@ class Probe:
                 self._proc.wait(timeout=5)
         if self._thread is not None:
             self._thread.join(timeout=self.timeout + 5)
-        if self._proc is not None and self._proc.returncode not in (0, -15):
+        if self._proc is not None and self._proc.returncode != 0 and not stopped_by_us:
             err = self._proc.stderr.read().strip() if self._proc.stderr else ""
             raise ProbeError(f"the probe in namespace {self.netns} failed "
                              f"({self._proc.returncode}): {err.splitlines()[-1:] or ''}")

@@ -129,6 +129,7 @@ def test_tcp_probe_from_a_namespace_measures_a_listener_stopped_and_restarted(la
 def test_probe_into_a_namespace_that_does_not_exist_fails_clearly() -> None:
     probe = Probe(Target.parse("tcp://198.51.100.1:80"), netns="lvsnosuchns0", duration=2)
     probe.start()
+    _wait_for(lambda: not probe.running, 10)
     with pytest.raises(ProbeError, match="the probe in namespace lvsnosuchns0 failed"):
         probe.stop()
 
