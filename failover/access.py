@@ -40,10 +40,19 @@ def read_token(path: str | Path) -> str:
     return token
 
 
-def api_url(address: str, path: str) -> str:
-    """``http://HOST:PORT/path`` from a status's ``"api": "HOST:PORT"`` (IPv6 bracketed)."""
+WILDCARDS = frozenset({"", "0.0.0.0", "::"})
+
+
+def api_url(address: str, path: str, director_address: str | None = None) -> str:
+    """``http://HOST:PORT/path`` from a status's ``"api": "HOST:PORT"`` (IPv6 bracketed).
+
+    An API listening on every address (0.0.0.0, ::) is reached at ``director_address``, the
+    director's address from the cluster file.
+    """
     host, _, port = address.rpartition(":")
     host = host.strip("[]")
+    if host in WILDCARDS and director_address:
+        host = director_address
     if ":" in host:
         host = f"[{host}]"
     return f"http://{host}:{port}{path}"
@@ -114,6 +123,7 @@ class ZkDirectors:
     view: ClusterView
     token: str | None
     timeout: float = 1.0
+    addresses: Mapping[str, str] = field(default_factory=dict)  # director -> cluster address
     _api: dict[str, str] = field(default_factory=dict)
     _records: list[tuple[str, Record]] = field(default_factory=list)
 
@@ -131,7 +141,8 @@ class ZkDirectors:
         if address is None:
             return None
         try:
-            resp = requests.get(api_url(address, "/status"), timeout=self.timeout)
+            resp = requests.get(api_url(address, "/status", self.addresses.get(director)),
+                                timeout=self.timeout)
             data = resp.json() if resp.ok else None
         except (requests.RequestException, ValueError):
             self._address(director)  # it may have come back elsewhere
@@ -148,7 +159,7 @@ class ZkDirectors:
         address = self._address(director)
         if address is None:
             raise ApiError(f"{director} publishes no API address in ZooKeeper")
-        url = api_url(address, f"/{action}")
+        url = api_url(address, f"/{action}", self.addresses.get(director))
         try:
             resp = requests.post(url, params=dict(params or {}), timeout=max(self.timeout, 5.0),
                                  headers={"Authorization": f"Bearer {self.token}"})

@@ -82,7 +82,8 @@ def drill_command(zk: ZkOptions, kind: str, rounds: int, probe_url: str | None,
             raise ZooKeeperError(f"nothing pushed yet for cluster {conn.paths.cluster}: "
                                  "lvsctl config push FILE")
         cluster = current.load().cluster
-        directors = ZkDirectors(ClusterView(conn), secret)
+        directors = ZkDirectors(ClusterView(conn), secret,
+                                addresses={d.name: d.address for d in cluster.directors})
         rounds_done: list[Any] = []
 
         def progress(line: str) -> None:
