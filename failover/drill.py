@@ -199,8 +199,13 @@ class Lab(Protocol):
 class StatusObserver:
     """VIP holds from polling both directors' /status every ``interval`` (their belief).
 
-    A director that does not answer counts as holding nothing: after a crash its VIP lease
-    lapses in the kernel within the lifetime, which this cannot see; the lab's observer can.
+    Each poll is an observation at the midpoint of its request; a hold runs from the first
+    observation that showed the VIP to the last one that did. So two holds overlap only when
+    both directors were each seen holding at the same instants, not merely because one was
+    polled a little later than the other (a single sighting is an instant: it takes two to
+    show an overlap, so its resolution is the poll interval). A director that does not
+    answer holds nothing as far as this can tell (after a crash its VIP lease lapses in the
+    kernel, which only the lab's observer sees).
     """
 
     def __init__(self, directors: Directors, names: Sequence[str], interval: float = 0.05,
@@ -209,7 +214,7 @@ class StatusObserver:
         self.names = list(names)
         self.interval = interval
         self.wall = wall
-        self._open: dict[tuple[str, str], float] = {}
+        self._open: dict[tuple[str, str], tuple[float, float]] = {}  # first seen, last seen
         self._holds: list[Hold] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="vip-status", daemon=True)
@@ -217,15 +222,20 @@ class StatusObserver:
     def start(self) -> None:
         self._thread.start()
 
+    def observe(self, name: str, held: set[str], at: float) -> None:
+        """One observation: ``name`` held exactly ``held`` at ``at``."""
+        for key in [k for k in self._open if k[0] == name and k[1] not in held]:
+            first, last = self._open.pop(key)
+            self._holds.append(Hold(name, key[1], first, last))
+        for vip in held:
+            first, _ = self._open.get((name, vip), (at, at))
+            self._open[(name, vip)] = (first, at)
+
     def _poll(self) -> None:
         for name in self.names:
+            sent = self.wall()
             st = self.directors.status(name)
-            now = self.wall()
-            held = set((st or {}).get("vips", []))
-            for key in [k for k in self._open if k[0] == name and k[1] not in held]:
-                self._holds.append(Hold(name, key[1], self._open.pop(key), now))
-            for vip in held:
-                self._open.setdefault((name, vip), now)
+            self.observe(name, set((st or {}).get("vips", [])), (sent + self.wall()) / 2)
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -235,9 +245,10 @@ class StatusObserver:
 
     def stop(self) -> list[Hold]:
         self._stop.set()
-        self._thread.join(timeout=10)
-        return sorted(self._holds + [Hold(d, v, t) for (d, v), t in self._open.items()],
-                      key=lambda h: (h.start, h.director))
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+        return sorted(self._holds + [Hold(d, v, first) for (d, v), (first, _) in
+                                     self._open.items()], key=lambda h: (h.start, h.director))
 
 
 # -- the drill -------------------------------------------------------------------------------

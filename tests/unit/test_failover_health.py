@@ -87,3 +87,26 @@ def test_partitions_need_the_lab_and_kinds_are_checked() -> None:
         Drill(directors=None, expected=EXPECTED, kind="zk-partition")  # type: ignore[arg-type]
     with pytest.raises(DrillError, match="expected one of stepdown, crash"):
         Drill(directors=None, expected=EXPECTED, kind="reboot")  # type: ignore[arg-type]
+
+
+def test_status_observations_overlap_only_when_both_were_seen_holding_together() -> None:
+    from failover.drill import StatusObserver
+    from failover.timeline import Hold, overlaps
+
+    obs = StatusObserver(directors=None, names=["lb1", "lb2"])  # type: ignore[arg-type]
+    # Polled in turn every 50 ms: lb1 lets go between its polls at 1.00 and 1.05, lb2 is seen
+    # holding at 1.03 — a poll later than lb1's last sighting, not at the same time.
+    for at, name, held in [(1.00, "lb1", {VIP}), (1.01, "lb2", set()),
+                           (1.05, "lb1", set()), (1.03, "lb2", {VIP}),
+                           (1.10, "lb1", set()), (1.08, "lb2", {VIP})]:
+        obs.observe(name, held, at)
+    holds = obs.stop()
+    assert holds == [Hold("lb1", VIP, 1.00, 1.00), Hold("lb2", VIP, 1.03)]
+    assert overlaps(holds, 2.0) == []
+    # Seen holding at the same time, poll after poll: an overlap.
+    obs2 = StatusObserver(directors=None, names=["lb1", "lb2"])  # type: ignore[arg-type]
+    for at, name, held in [(1.00, "lb1", {VIP}), (1.01, "lb2", {VIP}), (1.05, "lb1", {VIP}),
+                           (1.06, "lb2", {VIP}), (1.10, "lb1", {VIP}), (1.11, "lb2", set())]:
+        obs2.observe(name, held, at)
+    (found,) = overlaps(obs2.stop(), 2.0)
+    assert (found.start, found.end) == (1.01, 1.06)
