@@ -220,6 +220,7 @@ class StatusObserver:
         self._thread = threading.Thread(target=self._run, name="vip-status", daemon=True)
 
     def start(self) -> None:
+        self._poll()  # what each director holds when the round begins, before it begins
         self._thread.start()
 
     def observe(self, name: str, held: set[str], at: float) -> None:
@@ -420,8 +421,10 @@ class Drill:
         lab_observer = self.lab.observer(self.expected.vips) if self.lab else None
         observer = lab_observer or StatusObserver(self.directors, self.expected.directors,
                                                   wall=self.wall)
-        started = self.wall()
         observer.start()
+        # The round begins once the observer knows what each director holds: holds it saw
+        # at its start are older than the round, not acquired in it.
+        started = self.wall()
         if probe is not None:
             probe.start()
         restored = False

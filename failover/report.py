@@ -132,7 +132,8 @@ class Picture:
 def _view(tl: Timeline) -> tuple[float, float]:
     """The time range worth drawing: the round, trimmed to what happened in it."""
     times = [tl.injected]
-    times += [h.start for h in tl.holds if h.start >= tl.start]
+    # A hold that was there when observing began started before the round: not an event.
+    times += [h.start for h in tl.holds if h.start > tl.start]
     times += [h.end for h in tl.holds if h.end is not None]
     times += [s.start for s in tl.spans if s.start > tl.start]
     times += [w.end for w in tl.outages] + [w.start for w in tl.outages]
@@ -214,13 +215,14 @@ def layout(tl: Timeline, width: float = WIDTH) -> Picture:
     step = _tick_step(hi - lo)
     ticks: list[Label] = []
     grid: list[float] = []
-    first = math.ceil((lo - tl.injected) / step) * step
-    t = first
-    while tl.injected + t <= hi + 1e-9:
+    # Whole multiples of the step (k * step, rounded): no 1e-17 from adding floats up.
+    k = math.ceil((lo - tl.injected) / step - 1e-9)
+    while tl.injected + k * step <= hi + 1e-9:
+        t = round(k * step, 6)
         gx = x(tl.injected + t)
         grid.append(gx)
-        ticks.append(Label(gx, y + 16, f"{t:+g}s" if t else "0", "tick"))
-        t += step
+        ticks.append(Label(gx, y + 16, f"{t:+g}s" if k else "0", "tick"))
+        k += 1
     return Picture(
         width=width, height=y + AXIS, rects=tuple(rects), marks=tuple(marks),
         labels=tuple(labels), ticks=tuple(ticks), grid=tuple(grid),

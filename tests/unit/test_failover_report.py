@@ -76,3 +76,18 @@ def test_html_escapes_what_directors_wrote() -> None:
     page = render_html(DrillReport("t", "stepdown", 1, (passing(),)))
     assert "won &lt;the&gt; election" in page and "<the>" not in page
     assert "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
+
+
+def test_ticks_are_round_numbers_and_old_holds_do_not_widen_the_view() -> None:
+    result = evaluate(round_input(records=RECORDS, started=100.0, injected=101.3,
+                                  holds=(Hold("lb1", VIP, 100.0, 101.35),
+                                         Hold("lb2", VIP, 101.6))))
+    pic = layout(result.timeline)
+    texts = [t.text for t in pic.ticks]
+    assert "0" in texts and all("e-" not in t for t in texts)
+    # lb1's hold began before the round (the observer found it): it is drawn from the left
+    # edge, and the view starts half a second before the first thing that happened in it
+    # (the client's outage at 101.0, i.e. -0.3 s): the view opens at -0.8 s.
+    (lb1,) = [r for r in pic.rects if r.cls == "hold" and "lb1" in r.title]
+    assert lb1.x == LABEL
+    assert texts[0] == "-0.8s"
