@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from lvsctl import __version__
+from lvsctl.commands.check import check_group
 from lvsctl.commands.config import config_group
 from lvsctl.commands.failover import failover_group
 from lvsctl.errors import ConfigError, LvsctlError
@@ -33,6 +34,7 @@ def cli() -> None:
 
 
 cli.add_command(config_group)
+cli.add_command(check_group)
 cli.add_command(failover_group)
 
 
