@@ -58,14 +58,16 @@ def test_kernel_watcher_sees_holds_expiry_and_an_overlap_behind_the_back(lab: La
         time.sleep(0.2)
         _ip(ns["lb1"], "addr", "add", f"{VIP6}/128", "dev", "eth0")
         # Behind lb1's back: lb2 gets the VIP too, for a moment.
+        behind = time.time()
         _ip(ns["lb2"], "addr", "add", f"{VIP}/32", "dev", "eth0")
         time.sleep(0.3)
         _ip(ns["lb2"], "addr", "del", f"{VIP}/32", "dev", "eth0")
+        back = time.time()
         _ip(ns["lb1"], "addr", "del", f"{VIP}/32", "dev", "eth0")
         # A kernel lease: the address goes by itself when its lifetime ends.
+        added = time.time()
         _ip(ns["lb2"], "addr", "add", f"{VIP}/32", "dev", "eth0", "valid_lft", "1",
             "preferred_lft", "1")
-        added = time.time()
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if len([h for h in observer.holds() if h.director == "lb2" and h.end]) == 2:
@@ -80,10 +82,10 @@ def test_kernel_watcher_sees_holds_expiry_and_an_overlap_behind_the_back(lab: La
     lb2 = [h for h in holds if h.director == "lb2"]
     assert len(lb2) == 2 and all(h.end is not None for h in lb2)
     lapse = lb2[1].end - added  # type: ignore[operator]
-    assert 0.9 <= lapse <= 3.0  # the kernel removed it after its 1 s lifetime
+    assert lapse >= 0.95  # the kernel removed it by itself, once its 1 s lifetime was over
     (found,) = overlaps(holds, time.time())
     assert found.vip == VIP and found.directors == ("lb1", "lb2")
-    assert 0.25 <= found.length <= 1.0
+    assert behind <= found.start < found.end <= back
 
 
 def test_cut_and_heal_zookeeper_and_peer_traffic(lab: Lab) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from failover.probe import Probe, ProbeError, Target
-from failover.timeline import outage_windows
+from failover.timeline import Sample, outage_windows
 from tests.support.netns import Lab
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -56,32 +56,47 @@ def _serve(port: int) -> http.server.ThreadingHTTPServer:
     return server
 
 
+def assert_outage_matches(samples: list[Sample], stopping: float, stopped: float,
+                          starting: float, started: float) -> None:
+    """The probe saw exactly the downtime: one window; every probe started while the listener
+    was surely down failed, and no probe failed while it was surely up. (Probes started
+    while it was stopping or starting may go either way.) Bounds from the test's own clock
+    readings around each action, so a loaded machine cannot make this flaky."""
+    windows = outage_windows(samples)
+    assert len(windows) == 1, windows
+    down = [s for s in samples if stopped <= s.wall <= starting]
+    assert len(down) >= 3 and not any(s.ok for s in down)
+    assert all(stopping <= s.wall <= started for s in samples if not s.ok)
+    (window,) = windows
+    assert stopping <= window.start <= min(s.wall for s in down)
+    assert window.end >= starting
+    assert any(s.ok and s.wall < stopping for s in samples)
+    assert any(s.ok and s.wall > started for s in samples)
+
+
 def test_http_probe_in_process_measures_a_stopped_listener() -> None:
     server = _serve(0)
     port = server.server_address[1]
     probe = Probe(Target.parse(f"http://127.0.0.1:{port}/health"), timeout=0.3, duration=20)
     probe.start()
     try:
-        time.sleep(0.4)
+        _wait_for(lambda: sum(1 for s in probe.samples() if s.ok) >= 10, 10)
+        stopping = time.time()
         server.shutdown()
         server.server_close()
-        down = time.time()
+        stopped = time.time()
         time.sleep(0.5)
+        starting = time.time()
         server = _serve(port)
-        up = time.time()
-        time.sleep(0.4)
+        started = time.time()
+        _wait_for(lambda: sum(1 for s in probe.samples() if s.wall > started) >= 10, 10)
     finally:
         samples = probe.stop()
         server.shutdown()
         server.server_close()
-    windows = outage_windows(samples)
-    assert len(windows) == 1, windows
-    (window,) = windows
-    # The client's window sits around the real downtime, to within a probe cadence or two.
-    assert window.start >= down - 0.05 and window.start <= down + 0.1
-    assert window.end >= up - 0.05 and window.end <= up + 0.15
-    assert sum(1 for s in samples if s.ok) > 20
-    assert {s.error for s in samples if not s.ok} == {"ConnectionError"}
+    assert_outage_matches(samples, stopping, stopped, starting, started)
+    assert {s.error for s in samples if not s.ok} <= {"ConnectionError", "ReadTimeout",
+                                                      "ConnectTimeout"}
 
 
 @pytest.mark.netns
@@ -102,27 +117,20 @@ def test_tcp_probe_from_a_namespace_measures_a_listener_stopped_and_restarted(la
     probe.start()
     try:
         _wait_for(lambda: sum(1 for s in probe.samples() if s.ok) >= 10, 10)
+        stopping = time.time()
         proc.kill()  # type: ignore[attr-defined]
         proc.wait()  # type: ignore[attr-defined]
-        down = time.time()
+        stopped = time.time()
         time.sleep(0.6)
+        starting = time.time()
         listen()
-        up = time.time()
-        _wait_for(lambda: any(s.ok and s.wall > up for s in probe.samples()), 10)
-        time.sleep(0.2)
+        started = time.time()
+        _wait_for(lambda: sum(1 for s in probe.samples() if s.wall > started) >= 10, 10)
     finally:
         samples = probe.stop()
-    windows = outage_windows(samples)
-    assert len(windows) == 1, windows
-    (window,) = windows
-    assert down - 0.05 <= window.start <= down + 0.1
-    assert up - 0.05 <= window.end <= up + 0.2
-    assert 0.5 <= window.length <= 0.6 + 0.4
-    refused = {s.error for s in samples if not s.ok}
-    assert refused == {"Connection refused"}
-    # The cadence held: about one probe every 20 ms over the whole run.
-    span = samples[-1].wall - samples[0].wall
-    assert len(samples) >= span / 0.02 * 0.5
+    assert_outage_matches(samples, stopping, stopped, starting, started)
+    # Refused at once (RST from the namespace's own stack): no probe needed its timeout.
+    assert {s.error for s in samples if not s.ok} == {"Connection refused"}
 
 
 @pytest.mark.netns
