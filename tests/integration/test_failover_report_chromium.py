@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 
 from failover.report import DrillReport, write_html
 from tests.support import chromium
@@ -36,7 +37,8 @@ class Dom(HTMLParser):
                 if t == tag and wanted <= set(a.get("class", "").split())]
 
 
-def test_report_renders_in_chromium_with_a_timeline_per_round(tmp_path: Path) -> None:
+def test_report_renders_in_chromium_with_a_timeline_per_round(tmp_path: Path,
+                                                              record_property: Any) -> None:
     report = DrillReport("t", "stepdown", 3, (passing(1), overlapping(2), passing(3)),
                          probe="tcp://192.0.2.10:80")
     page = tmp_path / "report.html"
@@ -66,4 +68,4 @@ def test_report_renders_in_chromium_with_a_timeline_per_round(tmp_path: Path) ->
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
     assert (width, height) == (1100, 1400)
-    print(f"screenshot: {shot}")
+    record_property("screenshot", str(shot))  # in the JUnit XML, for CI to keep
