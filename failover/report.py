@@ -85,7 +85,7 @@ def summary_rows(results: Sequence[RoundResult]) -> list[list[str]]:
 # -- the timeline picture --------------------------------------------------------------------
 
 STATE_CLASSES = {"ACTIVE": "active", "STANDBY": "standby", "CANDIDATE": "candidate",
-                 "FENCED": "fenced", "DOWN": "down"}
+                 "FENCED": "fenced", "DOWN": "down", "FROZEN": "frozen"}
 
 
 @dataclass(frozen=True)

@@ -392,8 +392,14 @@ def evaluate(inp: RoundInput) -> RoundResult:
                              | {r.director for r in inp.records}))
     # Before the round the roles are those of the health check; a record before the window
     # refines them (state_spans replays records up to ``started``).
-    spans = tuple(state_spans(inp.records, {d: inp.before.roles.get(d, "DOWN")
-                                            for d in directors}, *window))
+    # A crashed or frozen director writes nothing while it is out: its state from the failure
+    # to its next record is what the drill did to it, not the last state it wrote.
+    caused = {"crash": "DOWN", "freeze": "FROZEN"}.get(inp.kind)
+    replay = inp.records + ((Record(inp.target, "transition", inp.injected, state=caused,
+                                    reason=f"{inp.kind} caused by the drill"),)
+                            if caused else ())
+    spans = tuple(state_spans(replay, {d: inp.before.roles.get(d, "DOWN")
+                                       for d in directors}, *window))
     before, after = inp.before, inp.after
     new_active = after.active
     takeover = None

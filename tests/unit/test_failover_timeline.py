@@ -223,3 +223,13 @@ def test_records_outside_the_round_are_not_its_events() -> None:
     records = (rec("lb1", "vip_released", 90, vip=VIP), rec("lb1", "vip_released", 101, vip=VIP))
     got = evaluate(round_input(records=records))
     assert [r.wall for r in got.timeline.events] == [101]
+
+
+@pytest.mark.parametrize(("kind", "state"), [("crash", "DOWN"), ("freeze", "FROZEN")])
+def test_a_crashed_or_frozen_director_is_drawn_so_until_its_next_record(kind: str,
+                                                                        state: str) -> None:
+    records = (rec("lb1", "transition", 103.5, state="STANDBY", epoch=7),)
+    got = evaluate(round_input(kind=kind, records=records))
+    lb1 = [(s.state, s.start, s.end) for s in got.timeline.spans if s.director == "lb1"]
+    assert lb1 == [("ACTIVE", 100.0, 101.0), (state, 101.0, 103.5), ("STANDBY", 103.5, 106.0)]
+    assert [r.state for r in got.timeline.events] == ["STANDBY"]  # not a record of its own
