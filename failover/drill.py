@@ -308,12 +308,11 @@ class Drill:
             self.sleep(0.05)
 
     def _someone_else_leads(self, before: str) -> bool:
-        state, _ = check_health(self.statuses(), self.expected)
+        statuses = self.statuses()
+        state = pair_state(statuses, self.expected.directors)
         new = [n for n, r in state.roles.items() if r == "ACTIVE" and n != before]
-        if not new:
-            return False
-        st = self.directors.status(new[0]) or {}
-        return set(self.expected.vips) <= set(st.get("vips", []))
+        return bool(new) and set(self.expected.vips) <= set(
+            (statuses.get(new[0]) or {}).get("vips", []))
 
     def wait_whole(self, timeout: float | None = None) -> PairState:
         """Wait until the pair passes the health check again. Raises DrillError with why not."""
