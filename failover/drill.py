@@ -68,6 +68,7 @@ class Expected:
     vips: tuple[str, ...]
     realservers: Mapping[str, frozenset[str]]  # service name -> real server names
     session_timeout: float
+    checked: Mapping[str, frozenset[str]] = field(default_factory=dict)  # ... with a check
 
     @classmethod
     def from_cluster(cls, cluster: Cluster) -> Expected:
@@ -77,6 +78,8 @@ class Expected:
             realservers={s.name: frozenset(rs.name for rs in s.realservers)
                          for s in cluster.services},
             session_timeout=cluster.zookeeper.session_timeout,
+            checked={s.name: frozenset(rs.name for rs in s.realservers if rs.check is not None)
+                     for s in cluster.services},
         )
 
 
@@ -120,8 +123,11 @@ def check_health(statuses: Mapping[str, Mapping[str, Any] | None],
             for svc in st.get("services", []):
                 if svc.get("name") != service:
                     continue
+                # A real server with a check must have a result: until then the active would
+                # take over a service whose servers it has not judged yet.
+                checked = expected.checked.get(service, frozenset())
                 unknown = sorted(str(rs.get("name")) for rs in svc.get("realservers", [])
-                                 if rs.get("health", "known") in ("unknown", None))
+                                 if rs.get("name") in checked and rs.get("health") is None)
                 if unknown:
                     problems.append(f"{name} has no health result yet for {', '.join(unknown)} "
                                     f"of service {service}")

@@ -11,7 +11,8 @@ from failover.drill import Drill, DrillError, Expected, check_health, pair_state
 from failover.timeline import PairState
 
 VIP, VIP6 = "192.0.2.10", "2001:db8::10"
-EXPECTED = Expected(("lb1", "lb2"), (VIP, VIP6), {"www": frozenset({"web1", "web2"})}, 2.0)
+EXPECTED = Expected(("lb1", "lb2"), (VIP, VIP6), {"www": frozenset({"web1", "web2"})}, 2.0,
+                    checked={"www": frozenset({"web2"})})
 
 
 def status(name: str, role: str, epoch: int, vips: list[str]) -> dict[str, Any]:
@@ -70,11 +71,14 @@ def test_an_unfit_pair_says_why(changes: dict[str, Any], expected: list[str]) ->
     assert problems == expected
 
 
-def test_a_real_server_without_a_health_result_is_not_known_yet() -> None:
+def test_a_checked_real_server_without_a_health_result_is_not_known_yet() -> None:
     statuses = copy.deepcopy(HEALTHY)
-    statuses["lb1"]["services"][0]["realservers"][1]["health"] = "unknown"
+    for rs in statuses["lb1"]["services"][0]["realservers"]:
+        rs["health"] = None  # web1 has no check: no result ever; web2 has one: not yet
     _, problems = check_health(statuses, EXPECTED)
     assert problems == ["lb1 has no health result yet for web2 of service www"]
+    statuses["lb1"]["services"][0]["realservers"][1]["health"] = {"healthy": False}
+    assert check_health(statuses, EXPECTED)[1] == []  # known, even if down
 
 
 def test_pair_state_marks_silent_directors_down() -> None:
