@@ -158,9 +158,10 @@ def test_drill_reads_each_directors_api_and_refuses_an_unfit_pair(env: Env) -> N
             servers.append(server)
             port = server.server_address[1]
             st = status(name, role, 7, vips)
-            st["services"] = [{"name": "www", "realservers": [{"name": "web1"},
-                                                               {"name": "web2"}]},
-                              {"name": "app", "realservers": [{"name": "app1"}]}]
+            known = {"healthy": True, "weight": 1, "reason": "ok"}
+            st["services"] = [{"name": "www", "realservers": [{"name": "web1", "health": known},
+                                                               {"name": "web2", "health": known}]},
+                              {"name": "app", "realservers": [{"name": "app1", "health": None}]}]
             st["api"] = f"127.0.0.1:{port}"
             _Api.statuses[port] = st
             env.publish(name, st)

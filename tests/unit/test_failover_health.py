@@ -22,9 +22,11 @@ def status(name: str, role: str, epoch: int, vips: list[str]) -> dict[str, Any]:
         "zookeeper": "connected", "vips": vips,
         "config": {"version": "/lvsctl/t/config@v3", "error": ""},
         "services": [{"name": "www", "service": "tcp 192.0.2.10:80", "forwarding": "dr",
-                      "realservers": [{"name": "web1", "address": "192.0.2.21:80", "weight": 1},
-                                      {"name": "web2", "address": "192.0.2.22:80",
-                                       "weight": 1}]}],
+                      "realservers": [{"name": "web1", "address": "192.0.2.21:80", "weight": 1,
+                                       "health": None},
+                                      {"name": "web2", "address": "192.0.2.22:80", "weight": 1,
+                                       "health": {"healthy": True, "weight": 1,
+                                                  "reason": "HTTP 200"}}]}],
         "api": "127.0.0.1:9180", "transitions": [],
     }
 
@@ -73,8 +75,8 @@ def test_an_unfit_pair_says_why(changes: dict[str, Any], expected: list[str]) ->
 
 def test_a_checked_real_server_without_a_health_result_is_not_known_yet() -> None:
     statuses = copy.deepcopy(HEALTHY)
-    for rs in statuses["lb1"]["services"][0]["realservers"]:
-        rs["health"] = None  # web1 has no check: no result ever; web2 has one: not yet
+    # web1 has no check: no result ever; web2 has one: not yet.
+    statuses["lb1"]["services"][0]["realservers"][1]["health"] = None
     _, problems = check_health(statuses, EXPECTED)
     assert problems == ["lb1 has no health result yet for web2 of service www"]
     statuses["lb1"]["services"][0]["realservers"][1]["health"] = {"healthy": False}
