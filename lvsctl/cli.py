@@ -11,6 +11,8 @@ from lvsctl import __version__
 from lvsctl.commands.check import check_group
 from lvsctl.commands.config import config_group
 from lvsctl.commands.failover import failover_group
+from lvsctl.commands.node import node_group
+from lvsctl.commands.vm import vm_group
 from lvsctl.errors import ConfigError, LvsctlError
 
 
@@ -34,7 +36,9 @@ def cli() -> None:
 
 
 cli.add_command(config_group)
+cli.add_command(vm_group)
 cli.add_command(check_group)
+cli.add_command(node_group)
 cli.add_command(failover_group)
 
 
