@@ -47,6 +47,15 @@ class DrillError(LvsctlError):
     """A drill that cannot go on: a director refused an action, a wait ran out, ..."""
 
 
+class PairChanged(DrillError):
+    """The pair changed by itself between the pre-round check and the failure."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("the pair changed before the failure was caused: "
+                         + "; ".join(self.problems))
+
+
 class DrillRefused(DrillError):
     """The cluster is not healthy enough to drill; ``problems`` says why."""
 
@@ -394,10 +403,10 @@ class Drill:
         started = self.wall()
         refused: str | None = None
         for number in range(1, self.rounds + 1):
-            state, problems = self.health()
+            _, problems = self.health()
             if problems and number > 1:
                 with contextlib.suppress(DrillError):
-                    state = self.wait_whole()
+                    self.wait_whole()
                     problems = []
             if problems:
                 if number == 1:
@@ -405,7 +414,7 @@ class Drill:
                 refused = f"before round {number}: " + "; ".join(problems)
                 break
             try:
-                result = self.run_round(number, state)
+                result = self._round_with_retries(number)
             except LvsctlError as exc:  # an action refused, a probe that died, ...
                 refused = f"round {number}: {exc}"
                 break
@@ -415,9 +424,20 @@ class Drill:
                            probe=None if self.probe is None else self.probe.url,
                            started=started, refused=refused)
 
-    def run_round(self, number: int, before: PairState) -> RoundResult:
-        target = before.active
-        assert target is not None  # the health check guarantees one active
+    def _round_with_retries(self, number: int, attempts: int = 3) -> RoundResult:
+        for attempt in range(1, attempts + 1):
+            try:
+                return self.run_round(number)
+            except PairChanged as exc:
+                if attempt == attempts:
+                    raise
+                self.on_progress(f"round {number}/{self.rounds}: {exc}; once it is whole "
+                                 f"again, round {number} starts over")
+                self.wait_whole()
+        raise AssertionError("unreachable")
+
+    def run_round(self, number: int) -> RoundResult:
+        """One round. Raises PairChanged when the pair was not fit just before the failure."""
         probe = observer = None
         if self.probe is not None:
             probe = Probe(self.probe, netns=self.lab.probe_netns if self.lab else None,
@@ -433,8 +453,16 @@ class Drill:
         if probe is not None:
             probe.start()
         restored = False
+        target: str | None = None
         try:
             self.sleep(self.settle)
+            # Check again just before the failure: a pair that changed by itself since the
+            # pre-round check (a lease that ran out on a busy host) would otherwise be drilled
+            # on a director that no longer leads, and its "takeover" measured from nothing.
+            before, problems = self.health()
+            if problems or before.active is None:
+                raise PairChanged(problems or ["no director is active"])
+            target = before.active
             self.on_progress(f"round {number}/{self.rounds}: {self.kind} on {target} "
                              f"(epoch {before.epoch})")
             injected, injected_mono = self.wall(), self.monotonic()
@@ -451,7 +479,7 @@ class Drill:
                 after = self.health()[0]
             self.sleep(self.settle)
         finally:
-            if not restored:
+            if not restored and target is not None:
                 with contextlib.suppress(Exception):
                     self._restore(target)
             ended = self.wall()

@@ -431,6 +431,15 @@ def _verdict(inp: RoundInput, found: Sequence[Overlap], takeover: float | None,
         return (f"VIP {first.vip} held by {first.directors[0]} and {first.directors[1]} at "
                 f"once for {_ms(sum(o.length for o in found))} "
                 f"(from +{first.start - inp.injected:.3f} s)")
+    # The failure must have hit the director that held the VIPs then; from status polls a
+    # hold is known only to its last sighting, up to a poll or so before the failure.
+    grace = 0.0 if inp.holds_observed else 0.25
+    missing = [v for v in inp.vips if not any(
+        h.director == inp.target and h.vip == v and h.start <= inp.injected
+        and h.until(math.inf) >= inp.injected - grace for h in holds)]
+    if missing:
+        return (f"{inp.target} did not hold VIP {', '.join(missing)} when the failure was "
+                "caused: the pair changed under the drill")
     before, after = inp.before, inp.after
     if inp.kind in TAKEOVER_KINDS:
         if after.active is None:

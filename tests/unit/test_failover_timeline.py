@@ -173,6 +173,10 @@ def test_a_clean_takeover_passes_with_its_figures() -> None:
     ({"after": PairState({"lb1": "DOWN", "lb2": "ACTIVE"}, 6)},
      "the pair is not whole again after the round (lb1 DOWN, lb2 ACTIVE)"),
     ({"max_outage": 0.1}, "clients saw an outage of 200 ms (limit 100 ms)"),
+    # lb2 had already taken over (by itself) when the drill stepped lb1 down.
+    ({"holds": (Hold("lb1", VIP, 50, 100.6), Hold("lb2", VIP, 100.7))},
+     "lb1 did not hold VIP 192.0.2.10 when the failure was caused: the pair changed under "
+     "the drill"),
 ])
 def test_failing_rounds_say_why(changes: dict[str, object], reason: str) -> None:
     got = evaluate(round_input(**changes))
@@ -210,6 +214,12 @@ def test_peer_partition_fails_on_any_change(changes: dict[str, object], reason: 
     base.update(changes)
     got = evaluate(round_input(**base))
     assert not got.passed and got.reason == reason
+
+
+def test_holds_from_status_polls_may_end_a_poll_before_the_failure() -> None:
+    polled = (Hold("lb1", VIP, 50, 100.9), Hold("lb2", VIP, 101.3))  # last seen 100 ms before
+    assert evaluate(round_input(holds=polled, holds_observed=False)).passed
+    assert not evaluate(round_input(holds=polled, holds_observed=True)).passed
 
 
 def test_without_a_probe_there_is_no_client_figure() -> None:
