@@ -11,6 +11,7 @@ from lvsctl import __version__
 from lvsctl.commands.check import check_group
 from lvsctl.commands.config import config_group
 from lvsctl.commands.failover import failover_group
+from lvsctl.commands.ipvs import ipvs_group
 from lvsctl.commands.node import node_group
 from lvsctl.commands.vm import vm_group
 from lvsctl.errors import ConfigError, LvsctlError
@@ -39,6 +40,7 @@ cli.add_command(config_group)
 cli.add_command(vm_group)
 cli.add_command(check_group)
 cli.add_command(node_group)
+cli.add_command(ipvs_group)
 cli.add_command(failover_group)
 
 
