@@ -31,7 +31,7 @@ from failover.timeline import Sample
 from lvsctl.errors import LvsctlError
 
 INTERVAL = 0.02
-TIMEOUT = 0.5
+TIMEOUT = 1.0  # outage windows go by start times: a longer wait only avoids false alarms
 MAX_DURATION = 3600.0  # no probe runs longer than an hour, whatever it was asked
 MAX_IN_FLIGHT = 64
 

@@ -41,7 +41,9 @@ def test_target_parsing() -> None:
             Target.parse(bad)
 
 
-TIMEOUT = 0.3
+# Generous: on a loaded machine a probe thread or the listener may be starved for a while,
+# and a probe that times out counts as an outage. Refused connections fail at once anyway.
+TIMEOUT = 2.0
 HTTP_SERVER = (
     "import socket, sys\n"
     "s = socket.socket()\n"
@@ -71,7 +73,9 @@ def assert_outage_matches(samples: list[Sample], stopping: float, stopped: float
     down = [s for s in samples if stopped <= s.wall <= starting]
     assert len(down) >= 3 and not any(s.ok for s in down), down
     failed = [s for s in samples if not s.ok]
-    assert all(stopping - TIMEOUT <= s.wall <= started for s in failed), failed
+    stray = [(round(s.wall - stopping, 3), s.error) for s in failed
+             if not stopping - TIMEOUT <= s.wall <= started]
+    assert not stray, (stray, round(started - stopping, 3))
     assert any(s.ok and s.wall < stopping for s in samples)
     assert any(s.ok and s.wall > started for s in samples)
     (window,) = [w for w in outage_windows(samples) if w.start <= down[0].wall <= w.end]
