@@ -286,7 +286,7 @@ class Drill:
     settle: float = 0.5  # quiet time observed before the failure and after the recovery
     max_outage: float | None = None
     probe_interval: float = 0.02
-    probe_timeout: float = 1.0
+    probe_timeout: float = 0.5
     on_round: Callable[[RoundResult], None] = lambda r: None
     on_progress: Callable[[str], None] = lambda line: None
     sleep: Callable[[float], None] = time.sleep

@@ -31,7 +31,10 @@ from failover.timeline import Sample
 from lvsctl.errors import LvsctlError
 
 INTERVAL = 0.02
-TIMEOUT = 1.0  # outage windows go by start times: a longer wait only avoids false alarms
+# Below Linux's initial SYN retransmission timeout (1 s): a probe whose first SYN went to a
+# director that no longer holds the VIP must count as unanswered, not be rescued a second
+# later by the retransmission after the takeover (the outage would shrink by that second).
+TIMEOUT = 0.5
 MAX_DURATION = 3600.0  # no probe runs longer than an hour, whatever it was asked
 MAX_IN_FLIGHT = 64
 
