@@ -53,3 +53,5 @@ def lab():  # type: ignore[no-untyped-def]
         yield made
     finally:
         made.close()
+
+pytest_plugins = ["tests.support.zookeeper"]

@@ -1,0 +1,87 @@
+"""The ZooKeeper test server itself: it starts, serves kazoo, pauses, restarts, and stops."""
+
+from __future__ import annotations
+
+import pytest
+from kazoo.client import KazooClient
+from kazoo.handlers.threading import KazooTimeoutError
+
+from tests.support.netns import Lab, run
+from tests.support.zookeeper import ZooKeeperServer
+
+pytestmark = pytest.mark.zookeeper
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            return stat.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_serves_kazoo_with_a_short_session_and_stops(zookeeper: ZooKeeperServer) -> None:
+    assert "Mode: standalone" in zookeeper.four_letter("srvr")
+    client = KazooClient(hosts=zookeeper.hosts, timeout=0.4)
+    client.start(timeout=10)
+    try:
+        client.create("/probe", b"hello")
+        assert client.get("/probe")[0] == b"hello"
+        # tickTime 100 ms allows a 400 ms session: the director tests rely on it.
+        assert client._session_timeout == 400  # the timeout the server granted
+    finally:
+        client.stop()
+        client.close()
+    pid = zookeeper.pid
+    assert pid is not None and _pid_alive(pid)
+    zookeeper.stop()
+    assert not _pid_alive(pid)
+    assert zookeeper.proc is not None and zookeeper.proc.returncode is not None
+
+
+def test_pause_freezes_and_restart_keeps_data(zookeeper: ZooKeeperServer) -> None:
+    client = KazooClient(hosts=zookeeper.hosts, timeout=2.0)
+    client.start(timeout=10)
+    client.create("/kept", b"1")
+    zookeeper.pause()
+    try:
+        with pytest.raises(OSError):
+            zookeeper.four_letter("srvr", timeout=0.5)
+    finally:
+        zookeeper.resume()
+    assert "Mode:" in zookeeper.four_letter("srvr")
+    client.stop()
+    client.close()
+    port = zookeeper.port
+    zookeeper.kill()
+    down = KazooClient(hosts=zookeeper.hosts, timeout=1.0)
+    with pytest.raises(KazooTimeoutError):
+        down.start(timeout=1.0)
+    down.close()
+    zookeeper.start()
+    assert zookeeper.port == port
+    again = KazooClient(hosts=zookeeper.hosts)
+    again.start(timeout=10)
+    try:
+        assert again.get("/kept")[0] == b"1"
+    finally:
+        again.stop()
+        again.close()
+
+
+@pytest.mark.netns
+def test_runs_inside_a_network_namespace(lab: Lab) -> None:
+    ns = lab.netns("zk")
+    ns.ip("addr", "add", "10.201.0.1/24", "dev", "lo")
+    server = ZooKeeperServer(netns=ns, host="10.201.0.1")
+    try:
+        server.start()
+        assert server.hosts == "10.201.0.1:2181"
+        assert "Mode: standalone" in server.four_letter("srvr")
+        # It listens in the namespace, not on the host.
+        # (Java lists an IPv4 listener as [::ffff:10.201.0.1]:2181.)
+        assert "10.201.0.1]:2181" in ns.run(["ss", "-Hltn"])
+        assert "10.201.0.1]:2181" not in run(["ss", "-Hltn"])
+    finally:
+        server.close()
+    assert server.proc is not None and server.proc.returncode is not None
