@@ -15,8 +15,9 @@ import ipaddress
 import socket
 import struct
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -24,6 +25,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from lvsctl.errors import KernelError
 from lvsctl.model import Announce, Family, Vip
 
+T = TypeVar("T")
 IFA_F_NODAD = 0x02  # no duplicate address detection: the VIP is usable at once
 ETH_P_ARP = 0x0806
 ETH_P_IPV6 = 0x86DD
@@ -60,16 +62,26 @@ class VipTable(Protocol):
 
 
 class KernelVips:
-    """VIPs on real interfaces through rtnetlink (pyroute2) in the current network namespace."""
+    """VIPs on real interfaces through rtnetlink (pyroute2) in the current network namespace.
+
+    pyroute2's synchronous API runs its own event loop, which cannot run inside the daemon's:
+    every call goes to one worker thread (started here, so it shares our network namespace)
+    and we wait for it — a netlink request takes well under a millisecond.
+    """
 
     def __init__(self) -> None:
-        self._ipr = IPRoute()
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rtnl")
+        self._ipr: IPRoute = self._worker.submit(IPRoute).result()
+
+    def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return self._worker.submit(fn, *args, **kwargs).result()
 
     def close(self) -> None:
-        self._ipr.close()
+        self._call(self._ipr.close)
+        self._worker.shutdown()
 
     def _index(self, ifname: str) -> int:
-        found = self._ipr.link_lookup(ifname=ifname)
+        found = self._call(self._ipr.link_lookup, ifname=ifname)
         if not found:
             raise KernelError(f"interface {ifname} does not exist", errno=errno.ENODEV)
         return int(found[0])
@@ -82,7 +94,8 @@ class KernelVips:
         # "replace" both adds and renews: the kernel restarts the lifetime from now.
         extra = {"flags": IFA_F_NODAD} if family is Family.INET6 else {}
         try:
-            self._ipr.addr(
+            self._call(
+                self._ipr.addr,
                 "replace",
                 index=self._index(vip.interface),
                 address=vip.address,
@@ -99,8 +112,8 @@ class KernelVips:
     def release(self, vip: Vip) -> bool:
         family = Family.of(vip.address)
         try:
-            self._ipr.addr(
-                "del", index=self._index(vip.interface), address=vip.address,
+            self._call(
+                self._ipr.addr, "del", index=self._index(vip.interface), address=vip.address,
                 prefixlen=family.host_prefix,
             )
         except NetlinkError as exc:
@@ -117,14 +130,14 @@ class KernelVips:
     def held(self, vips: tuple[Vip, ...]) -> frozenset[str]:
         wanted = {vip.address for vip in vips}
         present = set()
-        for msg in self._ipr.get_addr():
+        for msg in self._call(self._ipr.get_addr):
             address = msg.get_attr("IFA_ADDRESS")
             if address is not None and str(ipaddress.ip_address(address)) in wanted:
                 present.add(str(ipaddress.ip_address(address)))
         return frozenset(present)
 
     def mac(self, ifname: str) -> bytes:
-        links = self._ipr.get_links(self._index(ifname))
+        links = self._call(self._ipr.get_links, self._index(ifname))
         text = links[0].get_attr("IFLA_ADDRESS") or "00:00:00:00:00:00"
         return bytes.fromhex(text.replace(":", ""))
 

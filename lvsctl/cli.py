@@ -9,6 +9,7 @@ import click
 
 from lvsctl import __version__
 from lvsctl.commands.config import config_group
+from lvsctl.commands.director import director_group
 from lvsctl.errors import ConfigError, LvsctlError
 
 
@@ -32,6 +33,7 @@ def cli() -> None:
 
 
 cli.add_command(config_group)
+cli.add_command(director_group)
 
 
 def main() -> None:

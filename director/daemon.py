@@ -1,0 +1,506 @@
+"""The director daemon: one asyncio loop wiring election, config watch, peer link, VIPs and IPVS.
+
+``lvsctl director run --node NODE.yaml`` runs it. The loop's heartbeat is ``_hold_once``: it
+asks the election whether leadership is confirmed (election.py) and renews, adds or removes
+the VIPs accordingly — every VIP action logged with the epoch. Kazoo's threads only hand
+events over with ``call_soon_threadsafe``.
+
+Signals: SIGTERM/SIGINT = graceful stepdown (VIPs released first, then the election znode
+deleted) and exit; SIGHUP = re-read the node file. With ``NOTIFY_SOCKET`` set, READY=1 and
+STOPPING=1 go to systemd.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kazoo.client import KazooClient
+from kazoo.exceptions import KazooException, NodeExistsError
+from kazoo.recipe.watchers import DataWatch
+from kazoo.security import OPEN_ACL_UNSAFE, make_digest_acl
+
+from director.election import Election, State, Timing, Transition
+from director.peer import Beat, PeerLink, read_secret
+from director.vip import KernelVips, Lease, VipTable, announce
+from lvsctl.config import Loaded, parse_cluster
+from lvsctl.errors import ConfigError, ConfigIssue, LvsctlError
+from lvsctl.model import Cluster, Vip
+from lvsctl.node import Node, load_node
+
+log = logging.getLogger("lvsctl.director")
+
+RENEW_INTERVAL = 0.1  # how often the VIP lease is checked and renewed
+STALL_LIMIT = 0.1  # a renewal that took longer than this may rest on a stale verdict
+TRANSITIONS_KEPT = 200
+
+
+# ---------------------------------------------------------------------------------------------
+# Logging: one JSON object per line on stderr (journald keeps each as one entry)
+# ---------------------------------------------------------------------------------------------
+
+_STD_ATTRS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    def __init__(self, director: str) -> None:
+        super().__init__()
+        self.director = director
+
+    def format(self, record: logging.LogRecord) -> str:
+        data: dict[str, Any] = {
+            "ts": round(record.created, 6), "level": record.levelname.lower(),
+            "director": self.director, "msg": record.getMessage(),
+        }
+        data.update({k: v for k, v in vars(record).items() if k not in _STD_ATTRS})
+        if record.exc_info:
+            data["exc"] = self.formatException(record.exc_info)
+        return json.dumps(data, default=str)
+
+
+def setup_logging(node: Node) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if node.log_format == "json":
+        handler.setFormatter(JsonFormatter(node.director))
+    else:
+        handler.setFormatter(logging.Formatter(f"%(asctime)s {node.director} %(levelname)s "
+                                               "%(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    logging.getLogger("kazoo").setLevel(logging.WARNING)
+
+
+def sd_notify(message: str) -> None:
+    """Tell systemd (Type=notify) about READY=1 / STOPPING=1; nothing without NOTIFY_SOCKET."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]  # abstract namespace socket
+    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.sendto(message.encode(), address)
+
+
+# ---------------------------------------------------------------------------------------------
+# ZooKeeper access
+# ---------------------------------------------------------------------------------------------
+
+
+def read_auth(path: str | None) -> tuple[str, str] | None:
+    if path is None:
+        return None
+    try:
+        text = Path(path).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        issue = ConfigIssue("", f"cannot read the ZooKeeper auth file: {exc.strerror}")
+        raise ConfigError(path, [issue]) from None
+    user, sep, password = text.partition(":")
+    if not (sep and user and password):
+        raise ConfigError(path, [ConfigIssue("", "expected one line 'user:password'")])
+    return user, password
+
+
+def make_client(node: Node) -> KazooClient:
+    """A kazoo client with the cluster's digest credentials on every znode it creates."""
+    auth = read_auth(node.zookeeper.auth_file)
+    return KazooClient(
+        hosts=",".join(node.zookeeper.hosts),
+        timeout=node.zookeeper.session_timeout,
+        auth_data=[("digest", f"{auth[0]}:{auth[1]}")] if auth else None,
+        default_acl=[make_digest_acl(auth[0], auth[1], all=True)] if auth else OPEN_ACL_UNSAFE,
+        # Reconnect quickly and forever: a returning ensemble must be found within a second.
+        connection_retry={"max_tries": -1, "delay": 0.05, "backoff": 1.5, "max_delay": 0.5},
+    )
+
+
+def decode_config(data: bytes, where: str) -> Loaded:
+    """The cluster file held by the config znode, validated. Raises LvsctlError."""
+    try:
+        raw = json.loads(data.decode("utf-8"))
+        text, version = str(raw["text"]), raw.get("version", "?")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(where, [ConfigIssue("", f"not an lvsctl config znode: {exc}")]) from None
+    return parse_cluster(text, f"{where}@v{version}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The daemon
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Daemon:
+    node: Node
+    node_path: str
+    vips: VipTable = field(default_factory=KernelVips)
+    monotonic: Callable[[], float] = time.monotonic
+    client: KazooClient | None = None
+    cluster: Cluster | None = None
+    config_version: str = ""
+    config_error: str = ""
+    election: Election | None = None
+    peer: PeerLink | None = None
+    held: set[str] = field(default_factory=set)
+    last_reconcile: dict[str, Any] = field(default_factory=dict)
+    transitions: list[dict[str, Any]] = field(default_factory=list)
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    _config_ready: asyncio.Event = field(default_factory=asyncio.Event)
+    _loop: asyncio.AbstractEventLoop | None = None
+    _announcing: set[asyncio.Task[int]] = field(default_factory=set)
+    _records: asyncio.Queue[dict[str, Any]] = field(default_factory=asyncio.Queue)
+    _api: Any = None
+
+    # -- paths -------------------------------------------------------------------------------
+
+    @property
+    def base(self) -> str:
+        return self.node.cluster_path
+
+    @property
+    def me(self) -> str:
+        return self.node.director
+
+    # -- configuration -----------------------------------------------------------------------
+
+    def _config_cache(self) -> Path:
+        return Path(self.node.state_dir) / f"{self.node.cluster}.config.json"
+
+    def _on_config_data(self, data: bytes | None) -> None:
+        where = f"{self.base}/config"
+        if data is None:
+            self.config_error = f"{where} does not exist: push a config with 'lvsctl config push'"
+            log.warning(self.config_error, extra={"event": "config_missing"})
+            return
+        try:
+            loaded = decode_config(data, where)
+            loaded.cluster.director(self.me)
+        except KeyError:
+            self._reject(f"director {self.me} is not one of the cluster's directors")
+            return
+        except LvsctlError as exc:
+            self._reject("; ".join(exc.lines()))
+            return
+        self.apply_config(loaded, data)
+
+    def _reject(self, why: str) -> None:
+        # Never apply what we cannot validate: the running config stays (STYLE.md 2).
+        self.config_error = why
+        log.error("config rejected, keeping version %s: %s", self.config_version or "none", why,
+                  extra={"event": "config_rejected", "reason": why})
+        self.record({"event": "config_rejected", "reason": why})
+
+    def apply_config(self, loaded: Loaded, data: bytes | None = None) -> None:
+        old = self.cluster
+        self.cluster = loaded.cluster
+        self.config_version = loaded.source
+        self.config_error = ""
+        log.info("config %s applied", loaded.source, extra={"event": "config_applied",
+                                                            "version": loaded.source})
+        if data is not None:
+            with contextlib.suppress(OSError):
+                self._config_cache().parent.mkdir(parents=True, exist_ok=True)
+                self._config_cache().write_bytes(data)
+        if old is not None:
+            # VIPs that left the config are no longer ours to hold.
+            kept = {vip.address for vip in loaded.cluster.vips}
+            for vip in old.vips:
+                if vip.address not in kept and vip.address in self.held:
+                    self._release(vip, "removed from the config")
+        self._config_ready.set()
+
+    def _load_cached_config(self) -> None:
+        path = self._config_cache()
+        with contextlib.suppress(OSError, LvsctlError):
+            data = path.read_bytes()
+            loaded = decode_config(data, str(path))
+            loaded.cluster.director(self.me)
+            log.info("starting from the cached config %s", path, extra={"event": "config_cached"})
+            self.apply_config(loaded)
+
+    # -- records for status and drills -------------------------------------------------------
+
+    def record(self, entry: dict[str, Any]) -> None:
+        full = {"director": self.me, "monotonic": round(self.monotonic(), 6),
+                "wall": round(time.time(), 6), **entry}
+        self.transitions.append(full)
+        del self.transitions[:-50]
+        self._records.put_nowait(full)
+
+    async def _write_records(self) -> None:
+        """Persist records under transitions/ and our status under directors/<name>."""
+        assert self.client is not None
+        while True:
+            entry = await self._records.get()
+            while not self.client.connected:
+                await asyncio.sleep(0.2)
+            with contextlib.suppress(KazooException, asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.to_thread(self._persist, entry), 5.0)
+
+    def _persist(self, entry: dict[str, Any]) -> None:
+        assert self.client is not None
+        path = f"{self.base}/transitions"
+        self.client.ensure_path(path)
+        self.client.create(f"{path}/t_", json.dumps(entry).encode(), sequence=True)
+        self._write_status()
+        children = sorted(self.client.get_children(path))
+        for old in children[:-TRANSITIONS_KEPT]:
+            with contextlib.suppress(KazooException):
+                self.client.delete(f"{path}/{old}")
+
+    def _write_status(self) -> None:
+        assert self.client is not None
+        path = f"{self.base}/directors/{self.me}"
+        data = json.dumps(self.status()).encode()
+        if self.client.exists(path) is None:
+            self.client.ensure_path(f"{self.base}/directors")
+            with contextlib.suppress(NodeExistsError):
+                self.client.create(path, data, ephemeral=True)
+                return
+        self.client.set(path, data)
+
+    def status(self) -> dict[str, Any]:
+        election = self.election
+        cluster = self.cluster
+        services = []
+        if cluster is not None:
+            for svc in cluster.services:
+                services.append({
+                    "name": svc.name, "service": str(svc.key), "forwarding": svc.forwarding.label,
+                    "realservers": [{"name": rs.name, "address": str(rs.key),
+                                     "weight": rs.weight} for rs in svc.realservers],
+                })
+        return {
+            "director": self.me, "cluster": self.node.cluster,
+            "role": election.state.value if election else State.CANDIDATE.value,
+            "epoch": election.epoch if election else 0,
+            "since": election.since if election else None,
+            "zookeeper": "connected" if election and election.zk_connected else "disconnected",
+            "vips": sorted(self.held),
+            "config": {"version": self.config_version, "error": self.config_error},
+            "services": services,
+            "last_reconcile": self.last_reconcile,
+            "api": f"{self.node.api.host}:{self.node.api.port}",
+            "transitions": self.transitions[-10:],
+        }
+
+    # -- VIPs --------------------------------------------------------------------------------
+
+    def _epoch(self) -> int:
+        return self.election.epoch if self.election else 0
+
+    def _release(self, vip: Vip, why: str) -> None:
+        try:
+            self.vips.release(vip)
+        except LvsctlError as exc:
+            log.error("cannot release VIP %s: %s", vip.address, exc,
+                      extra={"event": "vip_error", "vip": vip.address, "epoch": self._epoch()})
+        self.held.discard(vip.address)
+        log.info("VIP %s released (%s)", vip.address, why,
+                 extra={"event": "vip_released", "vip": vip.address, "epoch": self._epoch()})
+        self.record({"event": "vip_released", "vip": vip.address, "epoch": self._epoch(),
+                     "reason": why})
+
+    def release_all(self, why: str) -> None:
+        if self.cluster is None:
+            return
+        for vip in self.cluster.vips:
+            if vip.address in self.held:
+                self._release(vip, why)
+        if self.election is not None:
+            self.election.advertise_holding(False)
+
+    def _hold_once(self) -> None:
+        """Renew, add or drop the VIPs according to the election's verdict right now."""
+        election, cluster = self.election, self.cluster
+        if election is None or cluster is None:
+            return
+        verdict = election.permission()
+        if verdict not in ("zk", "peer"):
+            if self.held:
+                self.release_all(f"leadership {election.state.value}, verdict {verdict}")
+            return
+        lease = Lease(election.timing.lifetime)
+        for vip in cluster.vips:
+            started = self.monotonic()
+            try:
+                self.vips.renew(vip, lease)
+            except LvsctlError as exc:
+                log.error("cannot hold VIP %s: %s", vip.address, exc,
+                          extra={"event": "vip_error", "vip": vip.address, "epoch": election.epoch})
+                continue
+            if self.monotonic() - started > STALL_LIMIT:
+                # We were stopped or starved between the verdict and the kernel call: the
+                # verdict may be stale, so undo at once and ask again on the next pass.
+                self.release_all("renewal stalled; verdict may be stale")
+                return
+            if vip.address not in self.held:
+                self.held.add(vip.address)
+                log.info("VIP %s acquired", vip.address, extra={
+                    "event": "vip_acquired", "vip": vip.address, "epoch": election.epoch,
+                    "basis": verdict})
+                self.record({"event": "vip_acquired", "vip": vip.address, "epoch": election.epoch,
+                             "basis": verdict})
+                self._announce(vip, cluster, election.epoch)
+        election.advertise_holding(bool(self.held))
+
+    def _announce(self, vip: Vip, cluster: Cluster, epoch: int) -> None:
+        if not isinstance(self.vips, KernelVips):
+            return
+        try:
+            mac = self.vips.mac(vip.interface)
+        except LvsctlError:
+            return
+
+        async def burst() -> int:
+            sent = await announce(vip, mac, cluster.announce,
+                                  still_held=lambda: vip.address in self.held)
+            log.info("announced VIP %s (%d frames)", vip.address, sent, extra={
+                "event": "garp_sent", "vip": vip.address, "epoch": epoch, "count": sent})
+            self.record({"event": "garp_sent", "vip": vip.address, "epoch": epoch,
+                         "count": sent})
+            return sent
+
+        task = asyncio.create_task(burst())
+        self._announcing.add(task)
+        task.add_done_callback(self._announcing.discard)
+
+    def _on_transition(self, t: Transition) -> None:
+        # Runs synchronously inside the election's transition: leaving ACTIVE releases the
+        # VIPs before anything else happens (before the znode is deleted on a stepdown).
+        if t.state is not State.ACTIVE:
+            self.release_all(f"leadership {t.state.value}: {t.reason}")
+        self.record({"event": "transition", "state": t.state.value, "epoch": t.epoch,
+                     "reason": t.reason, "monotonic": round(t.monotonic, 6),
+                     "wall": round(t.wall, 6)})
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def adopt_existing(self) -> None:
+        """At start: VIPs we find configured are ours only once we win; note them, no flush."""
+        if self.cluster is None:
+            return
+        found = self.vips.held(self.cluster.vips)
+        if found:
+            # A VIP left over from an earlier run is a lease about to lapse; we do not renew
+            # it on a stale belief: it is released until the election says otherwise.
+            for vip in self.cluster.vips:
+                if vip.address in found:
+                    self.held.add(vip.address)
+            self.release_all("left over from an earlier run")
+
+    async def run(self) -> int:
+        self._loop = asyncio.get_running_loop()
+        loop = self._loop
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopping.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload_node)
+        self.client = make_client(self.node)
+        self.client.start_async()
+        self._load_cached_config()
+        DataWatch(self.client, f"{self.base}/config", lambda data, stat, *_: (
+            loop.call_soon_threadsafe(self._on_config_data, data), None)[1])
+        log.info("waiting for a valid config", extra={"event": "starting"})
+        waiter = asyncio.create_task(self._config_ready.wait())
+        stopper = asyncio.create_task(self.stopping.wait())
+        await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        if self.stopping.is_set():
+            await self._shutdown()
+            return 0
+        assert self.cluster is not None
+        me = self.cluster.director(self.me)
+        other = next(d for d in self.cluster.directors if d.name != self.me)
+        # Our beats must not say "I cannot reach ZooKeeper" merely because we have not
+        # connected yet: that would let the other director lean on our word (election.py).
+        deadline = self.monotonic() + self.node.zookeeper.session_timeout
+        while not self.client.connected and self.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        self.peer = PeerLink(
+            self.me, read_secret(self.node.peer_secret_file),
+            (me.peer_address, me.peer_port), (other.peer_address, other.peer_port),
+        )
+        self.peer.local = Beat(self.me, zk_connected=self.client.connected)
+        timing = Timing(session_timeout=self.node.zookeeper.session_timeout)
+        self.election = Election(self.client, f"{self.base}/election", self.me, timing,
+                                 peer=self.peer, on_transition=self._on_transition)
+        self.peer.on_beat = self.election.on_peer_beat
+        self.adopt_existing()
+        await self.peer.start()
+        await self.election.start()
+        writer = asyncio.create_task(self._write_records())
+        await self._start_api()
+        sd_notify("READY=1")
+        log.info("running", extra={"event": "ready"})
+        while not self.stopping.is_set():
+            self._hold_once()
+            stop = asyncio.create_task(self.stopping.wait())
+            change = asyncio.create_task(self.election.changed(RENEW_INTERVAL))
+            await asyncio.wait({stop, change}, return_when=asyncio.FIRST_COMPLETED)
+            stop.cancel()
+            change.cancel()
+        await self._shutdown()
+        writer.cancel()
+        return 0
+
+    async def stepdown(self) -> None:
+        if self.election is not None:
+            await self.election.stepdown(release=lambda: self.release_all("stepdown"))
+
+    async def _shutdown(self) -> None:
+        sd_notify("STOPPING=1")
+        log.info("stopping: stepping down", extra={"event": "stopping"})
+        if self.election is not None:
+            await self.election.stop(release=lambda: self.release_all("stopping"))
+        if self.peer is not None:
+            await self.peer.stop()
+        if self._api is not None:
+            await self._api.cleanup()
+        if self.client is not None:
+            client = self.client
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.to_thread(client.stop), 3.0)
+            with contextlib.suppress(Exception):
+                client.close()
+        log.info("stopped", extra={"event": "stopped", "epoch": self._epoch()})
+
+    def reload_node(self) -> None:
+        try:
+            node = load_node(self.node_path)
+        except LvsctlError as exc:
+            log.error("node file not reloaded: %s", "; ".join(exc.lines()),
+                      extra={"event": "node_rejected"})
+            return
+        if (node.cluster, node.director) != (self.node.cluster, self.node.director):
+            log.error("node file not reloaded: cluster and director cannot change at run time",
+                      extra={"event": "node_rejected"})
+            return
+        self.node = node
+        if self.peer is not None:
+            with contextlib.suppress(LvsctlError):
+                self.peer.secret = read_secret(node.peer_secret_file)
+        log.info("node file reloaded", extra={"event": "node_reloaded"})
+
+    async def _start_api(self) -> None:
+        from director.api import start_api
+
+        with contextlib.suppress(OSError):
+            self._api = await start_api(self)
+
+
+def run_director(node_path: str) -> int:
+    node = load_node(node_path)
+    setup_logging(node)
+    daemon = Daemon(node, node_path)
+    return asyncio.run(daemon.run())
