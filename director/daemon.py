@@ -33,7 +33,7 @@ from kazoo.security import OPEN_ACL_UNSAFE, make_digest_acl
 
 from director.election import Election, State, Timing, Transition
 from director.peer import Beat, PeerLink, read_secret
-from director.vip import KernelVips, Lease, VipTable, announce
+from director.vip import KernelVips, Lease, StaleLease, VipTable, announce
 from lvsctl.config import Loaded, parse_cluster
 from lvsctl.errors import ConfigError, ConfigIssue, LvsctlError
 from lvsctl.model import Cluster, Vip
@@ -42,7 +42,6 @@ from lvsctl.node import Node, load_node
 log = logging.getLogger("lvsctl.director")
 
 RENEW_INTERVAL = 0.1  # how often the VIP lease is checked and renewed
-STALL_LIMIT = 0.1  # a renewal that took longer than this may rest on a stale verdict
 TRANSITIONS_KEPT = 200
 
 
@@ -333,17 +332,20 @@ class Daemon:
             return
         lease = Lease(election.timing.lifetime)
         for vip in cluster.vips:
-            started = self.monotonic()
             try:
-                self.vips.renew(vip, lease)
+                self.vips.renew(vip, lease, not_after=election.hold_deadline())
+            except StaleLease:
+                break  # the verdict ran out under us: the next pass decides afresh
             except LvsctlError as exc:
                 log.error("cannot hold VIP %s: %s", vip.address, exc,
                           extra={"event": "vip_error", "vip": vip.address, "epoch": election.epoch})
                 continue
-            if self.monotonic() - started > STALL_LIMIT:
-                # We were stopped or starved between the verdict and the kernel call: the
-                # verdict may be stale, so undo at once and ask again on the next pass.
-                self.release_all("renewal stalled; verdict may be stale")
+            # The renewal took effect at some instant before now. If the verdict still holds
+            # now, the address cannot outlive our leadership; if not (we were stopped or
+            # starved between the verdict and the kernel call), undo it at once.
+            if election.permission() not in ("zk", "peer"):
+                self.held.add(vip.address)  # so that release_all removes this one too
+                self.release_all("verdict changed while renewing")
                 return
             if vip.address not in self.held:
                 self.held.add(vip.address)
@@ -436,6 +438,7 @@ class Daemon:
         self.election = Election(self.client, f"{self.base}/election", self.me, timing,
                                  peer=self.peer, on_transition=self._on_transition)
         self.peer.on_beat = self.election.on_peer_beat
+        self.peer.on_send = self.election.on_beat_sent
         self.adopt_existing()
         await self.peer.start()
         await self.election.start()

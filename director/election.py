@@ -15,16 +15,18 @@ lives at most ``lifetime + kernel_slack`` more, so renewing is allowed only whil
 That is the SUSPENDED lease: it runs out on its own when round trips stop. Past it the active
 keeps the VIPs only on the peer link's word (fail-static when the whole ensemble is down)::
 
-    peer beat fresh | peer reaches ZooKeeper | peer claims ACTIVE or holds | may hold
-    ----------------+-----------------------+----------------------------+---------
-    no              | -                     | -                          | no  -> FENCED
-    yes             | yes                   | -                          | no  -> FENCED
-    yes             | no                    | yes                        | no  -> FENCED
-    yes             | no                    | no                         | yes ("peer")
+    peer beat fresh | peer vouches | peer claims ACTIVE or holds | may hold
+    ----------------+--------------+----------------------------+---------
+    no              | -            | -                          | no  -> FENCED
+    yes             | no           | -                          | no  -> FENCED
+    yes             | yes          | yes                        | no  -> FENCED
+    yes             | yes          | no                         | yes ("peer")
 
-A peer that vouched for us while it could not reach ZooKeeper has promised not to take the VIPs
-until that word has run out: after winning it waits ``dead_after + lifetime + slack + margin``
-from its last such beat, unless we acknowledge its epoch and say we hold nothing.
+A director *vouches* (``Beat.vouch``) while it is not active and the other director's beats
+say it cannot reach ZooKeeper. Each vouching beat is a promise: the voucher will not take the
+VIPs until ``dead_after + lifetime + slack + margin`` after it, even if it wins the election
+meanwhile — unless the other acknowledges its epoch and says it holds nothing. A director that
+never vouched (the other was connected: a crash, a freeze) takes over as soon as it wins.
 
 Kazoo runs its own threads: its listeners and watches only hand events to the asyncio loop
 with ``call_soon_threadsafe`` and never block.
@@ -124,7 +126,7 @@ def hold_permission(
     if (
         peer is not None
         and now - peer.at <= timing.peer_dead_after
-        and not peer.beat.zk_connected
+        and peer.beat.vouch
         and peer.beat.state != State.ACTIVE.value
         and not peer.beat.holding
     ):
@@ -167,6 +169,7 @@ class Election:
     _prefix: str = field(init=False, default_factory=lambda: uuid.uuid4().hex)
     _stopping: bool = field(init=False, default=False)
     _peer_active_epoch: int = field(init=False, default=0)
+    _confirmed_sent: float = field(init=False, default=-math.inf)
 
     # -- state ------------------------------------------------------------------------------
 
@@ -182,9 +185,16 @@ class Election:
     def _advertise(self, holding: bool | None = None) -> None:
         if self.peer is None:
             return
+        heard = self.peer.latest()
+        vouch = (self.state is not State.ACTIVE and heard is not None
+                 and not heard.beat.zk_connected)
+        # "Reaching ZooKeeper" means round trips are coming back, not merely that kazoo has
+        # not noticed a dead connection yet (it takes 2/3 of the session timeout to notice).
+        fresh = self.monotonic() - self._confirmed_sent <= 3 * self.timing.confirm_interval
         changes: dict[str, Any] = {
-            "state": self.state.value, "epoch": self.epoch, "zk_connected": self.zk_connected,
-            "ack_epoch": self._peer_active_epoch,
+            "state": self.state.value, "epoch": self.epoch,
+            "zk_connected": self.zk_connected and fresh,
+            "ack_epoch": self._peer_active_epoch, "vouch": vouch,
         }
         if holding is not None:
             changes["holding"] = holding
@@ -193,8 +203,17 @@ class Election:
     def advertise_holding(self, holding: bool) -> None:
         self._advertise(holding)
 
+    def hold_deadline(self) -> float:
+        """The last monotonic instant at which a renewal is still covered by the verdict."""
+        deadline = self.confirmed_until - self.timing.hold_span
+        heard = self.peer.latest() if self.peer is not None else None
+        if heard is not None and heard.beat.vouch:
+            deadline = max(deadline, heard.at + self.timing.peer_dead_after)
+        return deadline
+
     def permission(self) -> str | None:
         """``hold_permission`` for now; fences (ACTIVE -> FENCED) when it says no."""
+        self._advertise()
         peer = self.peer.latest() if self.peer is not None else None
         verdict = hold_permission(
             self.monotonic(), state=self.state, epoch=self.epoch,
@@ -236,11 +255,6 @@ class Election:
     def _on_zk_state(self, zk_state: str) -> None:
         was = self.zk_connected
         self.zk_connected = zk_state == KazooState.CONNECTED
-        if self.zk_connected and not was:
-            # Until now our beats said "I cannot reach ZooKeeper", which lets the other
-            # director keep the VIPs on our word: we must not take them before that word
-            # has run out (or the other acknowledges our epoch holding nothing).
-            self._note_promise()
         log.info("zookeeper %s", zk_state, extra={"event": "zookeeper", "zk": zk_state})
         if zk_state == KazooState.LOST:
             self.confirmed_until = -math.inf
@@ -253,15 +267,17 @@ class Election:
             self._restart_campaign_later()
         self._wake.set()
 
-    def _note_promise(self) -> None:
-        self.promise_until = max(self.promise_until, self.monotonic() + self.timing.peer_dead_after
-                                 + self.timing.hold_span)
+    def on_beat_sent(self, beat: Any) -> None:
+        """Called by the peer link for each beat it sends: a vouching beat is a promise."""
+        if beat.vouch:
+            self.promise_until = max(self.promise_until, self.monotonic()
+                                     + self.timing.peer_dead_after + self.timing.hold_span)
 
     def on_peer_beat(self, beat: Any) -> None:
         """Called by the peer link for each authentic beat."""
         if beat.state == State.ACTIVE.value:
             self._peer_active_epoch = max(self._peer_active_epoch, beat.epoch)
-            self._advertise()
+        self._advertise()  # whether we vouch follows what the other says
         self._wake.set()
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -398,6 +414,7 @@ class Election:
                 except (TimeoutError, KazooException):
                     pass
                 else:
+                    self._confirmed_sent = max(self._confirmed_sent, sent)
                     self.confirmed_until = max(
                         self.confirmed_until,
                         sent + self.timing.session_timeout - self.timing.margin,

@@ -39,6 +39,7 @@ class Beat:
     holding: bool = False  # holds (or may still hold) at least one VIP
     ack_epoch: int = 0  # highest epoch it has seen the other director claim ACTIVE with
     stamp: int = 0  # strictly increasing per sender (wall-clock ns)
+    vouch: bool = False  # "you cannot reach ZooKeeper, I am not active: lean on me" (a promise)
 
     def encode(self, secret: bytes) -> bytes:
         payload = json.dumps(asdict(self), separators=(",", ":"), sort_keys=True).encode()
@@ -96,6 +97,7 @@ class PeerLink(asyncio.DatagramProtocol):
     monotonic: Callable[[], float] = time.monotonic
     wall_ns: Callable[[], int] = time.time_ns
     on_beat: Callable[[Beat], None] | None = None
+    on_send: Callable[[Beat], None] | None = None  # called just before each beat goes out
     local: Beat = field(init=False)
     heard: Heard | None = field(init=False, default=None)
     rejected: dict[str, int] = field(init=False, default_factory=dict)
@@ -140,6 +142,8 @@ class PeerLink(asyncio.DatagramProtocol):
         # Strictly increasing even if the wall clock steps back or two beats share a tick.
         self._last_stamp = max(self.wall_ns(), self._last_stamp + 1)
         beat = replace(self.local, stamp=self._last_stamp)
+        if self.on_send is not None:
+            self.on_send(beat)
         with contextlib.suppress(OSError):  # unreachable peer: the beats just do not arrive
             self._transport.sendto(beat.encode(self.secret), self.peer)
 

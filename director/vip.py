@@ -12,8 +12,11 @@ from __future__ import annotations
 import asyncio
 import errno
 import ipaddress
+import itertools
+import os
 import socket
 import struct
+import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -34,6 +37,46 @@ ALL_NODES_MAC = b"\x33\x33\x00\x00\x00\x01"  # ff02::1
 ALL_NODES = ipaddress.IPv6Address("ff02::1").packed
 
 
+class StaleLease(KernelError):
+    """A renewal not sent because its verdict had expired by the time of the kernel call."""
+
+
+# rtnetlink constants (linux/netlink.h, linux/rtnetlink.h, linux/if_addr.h)
+RTM_NEWADDR = 20
+NLM_F_REQUEST, NLM_F_ACK, NLM_F_REPLACE, NLM_F_CREATE = 0x1, 0x4, 0x100, 0x400
+NLMSG_ERROR = 2
+IFA_ADDRESS, IFA_LOCAL, IFA_CACHEINFO, IFA_FLAGS = 1, 2, 6, 8
+RT_SCOPE_UNIVERSE = 0
+
+
+def _attr(kind: int, payload: bytes) -> bytes:
+    length = 4 + len(payload)
+    return struct.pack("=HH", length, kind) + payload + b"\x00" * ((4 - length % 4) % 4)
+
+
+def newaddr_message(index: int, address: str, lifetime: int, seq: int) -> bytes:
+    """RTM_NEWADDR (create or replace) of a host address with a lifetime, as bytes."""
+    ip = ipaddress.ip_address(address)
+    family = socket.AF_INET if ip.version == 4 else socket.AF_INET6
+    flags = 0 if ip.version == 4 else IFA_F_NODAD
+    body = struct.pack("=BBBBI", family, ip.max_prefixlen, flags & 0xFF, RT_SCOPE_UNIVERSE, index)
+    body += _attr(IFA_ADDRESS, ip.packed)
+    if ip.version == 4:
+        body += _attr(IFA_LOCAL, ip.packed)
+    body += _attr(IFA_CACHEINFO, struct.pack("=IIII", lifetime, lifetime, 0, 0))
+    body += _attr(IFA_FLAGS, struct.pack("=I", flags))
+    head = struct.pack("=IHHII", 16 + len(body), RTM_NEWADDR,
+                       NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE, seq, 0)
+    return head + body
+
+
+def _ack(reply: bytes) -> int:
+    """The errno of a netlink ACK (0 = success)."""
+    if len(reply) >= 20 and struct.unpack_from("=H", reply, 4)[0] == NLMSG_ERROR:
+        return -struct.unpack_from("=i", reply, 16)[0]
+    return 0
+
+
 @dataclass(frozen=True)
 class Lease:
     """How long the kernel keeps an address unless renewed, in whole seconds (kernel unit)."""
@@ -48,11 +91,12 @@ class Lease:
 class VipTable(Protocol):
     """What the daemon needs from VIP handling; the kernel implementation is ``KernelVips``."""
 
-    def acquire(self, vip: Vip, lease: Lease) -> None:
+    def acquire(self, vip: Vip, lease: Lease, not_after: float | None = None) -> None:
         """Add (or renew) the address with the lease's lifetime. Raises KernelError."""
 
-    def renew(self, vip: Vip, lease: Lease) -> None:
-        """Restart the address's lifetime. Raises KernelError."""
+    def renew(self, vip: Vip, lease: Lease, not_after: float | None = None) -> None:
+        """Restart the address's lifetime, unless the monotonic clock is past ``not_after``
+        at the moment of the kernel call (raises StaleLease). Raises KernelError."""
 
     def release(self, vip: Vip) -> bool:
         """Remove the address; True if it was present. Raises KernelError."""
@@ -72,11 +116,16 @@ class KernelVips:
     def __init__(self) -> None:
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rtnl")
         self._ipr: IPRoute = self._worker.submit(IPRoute).result()
+        # Renewals go through a plain rtnetlink socket of ours (see renew()).
+        self._nl = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)  # NETLINK_ROUTE
+        self._nl.bind((0, 0))
+        self._seq = itertools.count(1)
 
     def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return self._worker.submit(fn, *args, **kwargs).result()
 
     def close(self) -> None:
+        self._nl.close()
         self._call(self._ipr.close)
         self._worker.shutdown()
 
@@ -86,28 +135,25 @@ class KernelVips:
             raise KernelError(f"interface {ifname} does not exist", errno=errno.ENODEV)
         return int(found[0])
 
-    def acquire(self, vip: Vip, lease: Lease) -> None:
-        self.renew(vip, lease)
+    def acquire(self, vip: Vip, lease: Lease, not_after: float | None = None) -> None:
+        self.renew(vip, lease, not_after)
 
-    def renew(self, vip: Vip, lease: Lease) -> None:
-        family = Family.of(vip.address)
-        # "replace" both adds and renews: the kernel restarts the lifetime from now.
-        extra = {"flags": IFA_F_NODAD} if family is Family.INET6 else {}
-        try:
-            self._call(
-                self._ipr.addr,
-                "replace",
-                index=self._index(vip.interface),
-                address=vip.address,
-                prefixlen=family.host_prefix,
-                IFA_CACHEINFO={"ifa_preferred": lease.lifetime, "ifa_valid": lease.lifetime},
-                **extra,
-            )
-        except NetlinkError as exc:
+    def renew(self, vip: Vip, lease: Lease, not_after: float | None = None) -> None:
+        # The message is built first, so that the clock check is the very last thing before
+        # the send: a director frozen (SIGSTOP) or starved after deciding to renew must not
+        # re-add, on resuming, a VIP its leadership no longer covers. "replace" both adds and
+        # renews: the kernel restarts the lifetime from when it handles the message.
+        message = newaddr_message(self._index(vip.interface), vip.address, lease.lifetime,
+                                  next(self._seq))
+        if not_after is not None and time.monotonic() > not_after:
+            raise StaleLease(f"renewal of {vip.address} came too late; not sent")
+        self._nl.send(message)
+        code = _ack(self._nl.recv(65536))
+        if code:
             raise KernelError(
-                f"cannot add VIP {vip.address} on {vip.interface}: {exc.args[-1]}",
-                op=("add", vip.address), errno=exc.code,
-            ) from None
+                f"cannot add VIP {vip.address} on {vip.interface}: {os.strerror(code)}",
+                op=("add", vip.address), errno=code,
+            )
 
     def release(self, vip: Vip) -> bool:
         family = Family.of(vip.address)

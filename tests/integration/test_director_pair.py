@@ -7,10 +7,11 @@ Every scenario asserts who holds the VIP and that both never held it at the same
 from __future__ import annotations
 
 import signal
+import time
 
 import pytest
 
-from tests.support.director_lab import VIP, VIP6, DirectorPair
+from tests.support.director_lab import PEER_PORT, SESSION, VIP, VIP6, DirectorPair, cluster_yaml
 
 pytestmark = [pytest.mark.netns, pytest.mark.zookeeper]
 
@@ -42,4 +43,113 @@ def test_graceful_stop_hands_over_at_once(pair: DirectorPair) -> None:
     assert took < 1.0  # far below a session timeout: the znode was deleted, not expired
     st = pair.status("lb2")
     assert st is not None and st["role"] == "ACTIVE" and VIP in st["vips"]
+    assert_never_both(pair)
+
+
+def test_kill_9_of_the_active_the_standby_takes_over_after_the_lease(pair: DirectorPair) -> None:
+    pair.signal("lb1", signal.SIGKILL)
+    killed = time.monotonic()
+    pair.wait_holder("lb2", 10)
+    pair.wait_holder("lb2", 5, addr=VIP6)
+    took = time.monotonic() - killed
+    # The dead director's VIP vanished by itself (kernel lease) before the session expired.
+    gone = pair.watches["lb1"].intervals(VIP, time.monotonic())[-1][1]
+    assert gone - killed < SESSION
+    assert took >= 1.0  # lb2 had to wait for the session to expire: it never guessed
+    assert_never_both(pair)
+
+
+def test_frozen_active_loses_the_lead_and_comes_back_standby(pair: DirectorPair) -> None:
+    pair.signal("lb1", signal.SIGSTOP)
+    pair.wait_holder("lb2", 10)
+    time.sleep(1.0)  # frozen well past the session timeout
+    pair.signal("lb1", signal.SIGCONT)
+    pair.wait(lambda: (pair.status("lb1") or {}).get("role") == "STANDBY", 15, "lb1 standby")
+    time.sleep(1.0)  # a resumed director must not re-add the VIP on its stale belief
+    assert pair.holder() == "lb2"
+    assert len(pair.watches["lb1"].intervals(VIP, time.monotonic())) == 1
+    assert_never_both(pair)
+
+
+def test_zookeeper_unreachable_from_the_active_only(pair: DirectorPair) -> None:
+    pair.nft_drop("lb1", ["tcp", "dport", "2181"])
+    pair.wait_holder("lb2", 15)
+    st = pair.status("lb1")
+    assert st is not None and st["role"] in ("FENCED", "CANDIDATE") and st["vips"] == []
+    pair.nft_clear("lb1")
+    pair.wait(lambda: (pair.status("lb1") or {}).get("role") == "STANDBY", 15, "lb1 standby")
+    assert pair.holder() == "lb2"
+    assert_never_both(pair)
+
+
+def test_whole_ensemble_down_the_active_keeps_serving_then_back(pair: DirectorPair) -> None:
+    assert pair.zk is not None
+    pair.zk.kill()
+    time.sleep(3 * SESSION)  # far past the session timeout and any lease
+    assert pair.holder() == "lb1"  # fail-static: the peer link vouches, nobody else can win
+    assert len(pair.watches["lb1"].intervals(VIP, time.monotonic())) == 1  # never dropped
+    st = pair.status("lb1")
+    assert st is not None and st["zookeeper"] == "disconnected" and st["role"] == "ACTIVE"
+    pair.zk.start()
+    pair.wait(lambda: (pair.status("lb1") or {}).get("zookeeper") == "connected", 15,
+              "lb1 reconnected")
+    pair.wait(lambda: (pair.status("lb2") or {}).get("zookeeper") == "connected", 15,
+              "lb2 reconnected")
+    time.sleep(2 * SESSION)
+    assert pair.holder() == "lb1"
+    assert (pair.status("lb2") or {}).get("role") == "STANDBY"
+    assert_never_both(pair)
+
+
+def test_ensemble_down_and_peer_link_cut_the_active_lets_go(pair: DirectorPair) -> None:
+    assert pair.zk is not None
+    pair.zk.kill()
+    time.sleep(1.0)
+    assert pair.holder() == "lb1"
+    pair.nft_drop("lb1", ["udp", "dport", str(PEER_PORT)])
+    # Nobody can vouch any more: the lease runs out and the VIP is released.
+    pair.wait_holder(None, 5)
+    assert_never_both(pair)
+
+
+def test_peer_link_cut_while_zookeeper_is_fine_changes_nothing(pair: DirectorPair) -> None:
+    pair.nft_drop("lb1", ["udp", "dport", str(PEER_PORT)])
+    time.sleep(2 * SESSION)
+    assert pair.holder() == "lb1"
+    assert len(pair.watches["lb1"].intervals(VIP, time.monotonic())) == 1
+    assert (pair.status("lb2") or {}).get("role") == "STANDBY"
+    pair.nft_clear("lb1")
+    assert_never_both(pair)
+
+
+def test_a_bad_config_push_is_rejected_and_the_running_one_kept(pair: DirectorPair) -> None:
+    before = pair.status("lb1")
+    assert before is not None
+    bad = cluster_yaml().replace("port: 80", "port: 99999")
+    pair.push(bad)
+    pair.wait(lambda: "port" in (pair.status("lb1") or {}).get("config", {}).get("error", ""),
+              10, "lb1 to report the rejected config")
+    st = pair.status("lb1")
+    assert st is not None
+    assert st["config"]["version"] == before["config"]["version"]
+    assert st["role"] == "ACTIVE" and VIP in st["vips"]
+    assert "port" in (pair.status("lb2") or {}).get("config", {}).get("error", "")
+    # A good push afterwards is applied and clears the error.
+    pair.push(cluster_yaml())
+    pair.wait(lambda: (pair.status("lb1") or {}).get("config", {}).get("error") == "", 10,
+              "lb1 to apply the next good config")
+    assert pair.holder() == "lb1"
+    assert_never_both(pair)
+
+
+def test_stepdown_action_needs_the_token_and_moves_the_lead(pair: DirectorPair) -> None:
+    code, _ = pair.post("lb1", "stepdown", token="wrong")
+    assert code == 401
+    assert pair.holder() == "lb1"
+    code, body = pair.post("lb1", "stepdown")
+    assert code == 200 and '"stepped_down": true' in body
+    pair.wait_holder("lb2", 5)
+    pair.wait(lambda: (pair.status("lb1") or {}).get("role") == "STANDBY", 10, "lb1 standby")
+    epochs = [pair.status(n)["epoch"] for n in ("lb1", "lb2")]  # type: ignore[index]
+    assert epochs[0] > epochs[1]  # lb1 re-queued behind lb2 with a later sequence number
     assert_never_both(pair)

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from director.vip import KernelVips, Lease, _checksum, announce
+from director.vip import KernelVips, Lease, StaleLease, _checksum, announce
 from lvsctl.model import Announce, Vip
 from tests.support.inside import inside
 
@@ -150,3 +150,15 @@ def test_announce_stops_when_the_vip_is_released_mid_burst() -> None:
         still_held=lambda: next(held),
     ))
     assert count == 1 and len(sent) == 1
+
+
+def test_a_renewal_past_its_deadline_is_not_sent(pair):  # type: ignore[no-untyped-def]
+    a, _ = pair
+    with inside(a.name):
+        vips = KernelVips()
+        with pytest.raises(StaleLease):
+            vips.renew(V4, Lease(1), not_after=time.monotonic() - 0.001)
+        assert vips.held((V4,)) == frozenset()  # a stale verdict never re-adds a VIP
+        vips.renew(V4, Lease(1), not_after=time.monotonic() + 1.0)
+        assert vips.held((V4,)) == {V4.address}
+        vips.close()

@@ -35,9 +35,9 @@ def test_a_session_too_short_for_the_lifetime_is_refused() -> None:
     Timing(session_timeout=2.0).check()
 
 
-def peer(now: float, *, age: float = 0.0, zk: bool = False, state: str = "STANDBY",
+def peer(now: float, *, age: float = 0.0, vouch: bool = True, state: str = "STANDBY",
          holding: bool = False, ack: int = 0) -> Heard:
-    return Heard(Beat("lb2", state, 3, zk, holding, ack, 1), now - age)
+    return Heard(Beat("lb2", state, 3, True, holding, ack, 1, vouch), now - age)
 
 
 NOW = 100.0
@@ -51,9 +51,8 @@ NOW = 100.0
          -math.inf, None),
         ("not the leader", State.STANDBY, NOW + 5, None, -math.inf, None),
         ("fenced", State.FENCED, NOW + 5, None, -math.inf, None),
-        ("zk gone, peer fresh and cut off from zk too", State.ACTIVE, NOW, peer(NOW),
-         -math.inf, "peer"),
-        ("zk gone, peer reaches zk: it may win", State.ACTIVE, NOW, peer(NOW, zk=True),
+        ("zk gone, peer fresh and vouching", State.ACTIVE, NOW, peer(NOW), -math.inf, "peer"),
+        ("zk gone, peer does not vouch", State.ACTIVE, NOW, peer(NOW, vouch=False),
          -math.inf, None),
         ("zk gone, peer beat stale", State.ACTIVE, NOW, peer(NOW, age=0.6), -math.inf, None),
         ("zk gone, peer claims active", State.ACTIVE, NOW, peer(NOW, state="ACTIVE"),
