@@ -1,23 +1,44 @@
-"""``lvsctl config``: check a cluster file, print its JSON Schema."""
+"""``lvsctl config``: check a cluster file, print its JSON Schema, keep it in ZooKeeper.
+
+push validates a file and writes it as the cluster's next version (compare-and-set);
+show, diff, history and rollback read and rewind what ZooKeeper holds (lvsctl.zk).
+"""
 
 from __future__ import annotations
 
+import difflib
 import json
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import click
 
+from lvsctl.commands.common import (
+    ZkOptions,
+    connect_timeout_option,
+    insecure_option,
+    zookeeper_options,
+)
 from lvsctl.config import load_cluster
-from lvsctl.errors import ConfigError
+from lvsctl.errors import ConfigError, ConfigIssue, ZooKeeperError
 from lvsctl.model import Cluster, Service
 from lvsctl.output import echo_json, echo_table, warn
 from lvsctl.schema import ClusterFile
+from lvsctl.zk import (
+    DEFAULT_KEEP,
+    ClusterConnection,
+    ConfigStore,
+    ConfigVersion,
+    PushResult,
+    Target,
+    open_cluster,
+)
 
 
 @click.group("config")
 def config_group() -> None:
-    """Check cluster files and show their schema."""
+    """Check cluster files, show their schema, and keep them in ZooKeeper."""
 
 
 def _check_label(service: Service) -> str:
@@ -94,3 +115,160 @@ def check_command(file: str, as_json: bool) -> None:
 def schema_command() -> None:
     """Print the cluster file's JSON Schema."""
     click.echo(json.dumps(ClusterFile.model_json_schema(), indent=2))
+
+
+# -- the cluster file in ZooKeeper ----------------------------------------------------------
+
+_json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+_expect_option = click.option(
+    "--expect-version", type=click.IntRange(0), metavar="N",
+    help="Write only if the cluster is at version N now (0: nothing pushed yet).",
+)
+
+
+def _read_text(file: str) -> str:
+    try:
+        return Path(file).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(file, [ConfigIssue("", f"cannot read the file: {reason}")]) from None
+
+
+def _current(store: ConfigStore) -> ConfigVersion:
+    current = store.current()
+    if current is None:
+        raise ZooKeeperError(
+            f"nothing pushed yet for cluster {store.paths.cluster} "
+            f"({store.paths.config}): lvsctl config push FILE")
+    return current
+
+
+def _report_push(result: PushResult, conn: ClusterConnection, as_json: bool) -> None:
+    made = result.version
+    hosts, path = conn.target.hosts, conn.paths.config
+    if as_json:
+        echo_json({"changed": result.changed, "cluster": conn.paths.cluster,
+                   "zookeeper": hosts, "znode": path, **made.meta()})
+        return
+    if not result.changed:
+        click.echo(f"unchanged: version {made.version} already holds this text "
+                   f"(sha256 {made.sha256[:12]})")
+    elif made.rollback_of is not None:
+        click.echo(f"rolled back: version {made.version} holds the text of version "
+                   f"{made.rollback_of} (sha256 {made.sha256[:12]}) in {path}")
+    else:
+        click.echo(f"pushed {made.source} as version {made.version} of cluster "
+                   f"{conn.paths.cluster} (sha256 {made.sha256[:12]}) to {hosts} {path}")
+
+
+@config_group.command("push")
+@click.argument("file", type=click.Path(dir_okay=False))
+@_expect_option
+@click.option("--keep", type=click.IntRange(1, 1000), default=DEFAULT_KEEP, show_default=True,
+              metavar="N", help="How many versions the history keeps.")
+@insecure_option
+@connect_timeout_option
+@_json_option
+def push_command(file: str, expect_version: int | None, keep: int, insecure: bool,
+                 connect_timeout: float, as_json: bool) -> None:
+    """Validate FILE, then write it to the ZooKeeper its 'zookeeper' section names.
+
+    The write is a compare-and-set: if another push lands first, this one fails and
+    nothing is written. An invalid file never reaches ZooKeeper.
+    """
+    loaded = load_cluster(file)  # before connecting: an invalid file never reaches ZooKeeper
+    for issue in loaded.warnings:
+        warn(issue.line(loaded.source))
+    cluster = loaded.cluster
+    target = Target(cluster.zookeeper, cluster.name, insecure,
+                    base_dir=Path(file).resolve().parent)
+    with open_cluster(target, connect_timeout=connect_timeout) as conn:
+        if conn.credentials is None:
+            warn(f"no ZooKeeper credentials (--insecure): {conn.paths.base} is open to "
+                 "every ZooKeeper client")
+        store = ConfigStore(conn, keep=keep)
+        result = store.push(loaded.text, expect_version, source=loaded.source)
+        _report_push(result, conn, as_json)
+
+
+@config_group.command("show")
+@zookeeper_options
+@click.option("--version", "version", type=click.IntRange(1), metavar="N",
+              help="Show a kept older version instead of the current one.")
+@_json_option
+def show_command(zk: ZkOptions, version: int | None, as_json: bool) -> None:
+    """Print the cluster file ZooKeeper holds (exactly as pushed)."""
+    with zk.connect() as conn:
+        store = ConfigStore(conn)
+        shown = store.get(version) if version is not None else _current(store)
+    if as_json:
+        echo_json({**shown.meta(), "text": shown.text})
+    else:
+        click.echo(shown.text, nl=not shown.text.endswith("\n"))
+
+
+@config_group.command("diff")
+@click.argument("file", type=click.Path(dir_okay=False))
+@zookeeper_options
+@click.option("--exit-code", is_flag=True, help="Exit 1 when there are differences.")
+@_json_option
+def diff_command(file: str, zk: ZkOptions, exit_code: bool, as_json: bool) -> None:
+    """Show how FILE differs from the cluster file ZooKeeper holds (a unified diff)."""
+    text = _read_text(file)
+    with zk.connect() as conn:
+        current = _current(ConfigStore(conn))
+    lines = list(difflib.unified_diff(
+        current.text.splitlines(keepends=True), text.splitlines(keepends=True),
+        fromfile=f"zookeeper:{conn.paths.config}@v{current.version}", tofile=file,
+    ))
+    if as_json:
+        echo_json({"version": current.version, "file": file, "identical": not lines,
+                   "diff": "".join(lines)})
+    elif lines:
+        for line in lines:
+            click.echo(line, nl=not line.endswith("\n"))
+    else:
+        click.echo(f"no differences: {file} equals version {current.version}")
+    if lines and exit_code:
+        raise SystemExit(1)
+
+
+@config_group.command("history")
+@zookeeper_options
+@_json_option
+def history_command(zk: ZkOptions, as_json: bool) -> None:
+    """List the kept versions, newest first."""
+    with zk.connect() as conn:
+        store = ConfigStore(conn)
+        current = store.current()
+        versions = store.history()
+    if as_json:
+        echo_json([{**v.meta(), "current": current is not None and v.version == current.version}
+                   for v in versions])
+        return
+    if not versions:
+        click.echo(f"no versions kept for cluster {conn.paths.cluster}")
+        return
+    rows = []
+    for v in versions:
+        notes = []
+        if current is not None and v.version == current.version:
+            notes.append("current")
+        if v.rollback_of is not None:
+            notes.append(f"rollback of {v.rollback_of}")
+        rows.append([v.version, v.pushed_at, v.pushed_by, v.source, v.sha256[:12],
+                     ", ".join(notes)])
+    echo_table(["VERSION", "PUSHED AT", "BY", "SOURCE", "SHA256", "NOTE"], rows)
+
+
+@config_group.command("rollback")
+@click.argument("version", type=click.IntRange(1))
+@zookeeper_options
+@_expect_option
+@_json_option
+def rollback_command(version: int, zk: ZkOptions, expect_version: int | None,
+                     as_json: bool) -> None:
+    """Make a kept VERSION current again, as a new version (validated again first)."""
+    with zk.connect() as conn:
+        result = ConfigStore(conn).rollback(version, expect_version)
+        _report_push(result, conn, as_json)

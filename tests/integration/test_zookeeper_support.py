@@ -77,6 +77,8 @@ def test_runs_inside_a_network_namespace(lab: Lab) -> None:
     try:
         server.start()
         assert server.hosts == "10.201.0.1:2181"
+        with open(f"/proc/{server.pid}/comm", encoding="ascii") as comm:
+            assert comm.read().strip() == "java"  # the PID we signal is the server's own
         assert "Mode: standalone" in server.four_letter("srvr")
         # It listens in the namespace, not on the host.
         # (Java lists an IPv4 listener as [::ffff:10.201.0.1]:2181.)

@@ -5,7 +5,9 @@ allowed), its data and log in a temporary folder, on a free loopback port — or
 given network namespace on a given address, so a test can cut it off with nftables.
 The server is controlled only through its own PID: ``stop`` (SIGTERM), ``kill`` (SIGKILL),
 ``pause``/``resume`` (SIGSTOP/SIGCONT). ``start`` after ``stop`` or ``kill`` restarts it on
-the same address, port and data, as an ensemble coming back would.
+the same address, port and data, as an ensemble coming back would. The server gets SIGKILL if
+the thread that started it dies (PR_SET_PDEATHSIG), so a killed test run leaves no Java behind:
+start it from the test's main thread, not from a short-lived worker thread.
 
 Fixtures (registered for all tests by ``tests/conftest.py``):
 
@@ -52,6 +54,13 @@ log4j.appender.CONSOLE.layout.ConversionPattern=%d{ISO8601} %-5p [%t:%C{1}@%L] %
 """
 
 _CLONE_NEWNET = 0x40000000
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL it if the test process dies without cleaning up."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 class ZooKeeperStartError(RuntimeError):
@@ -186,6 +195,7 @@ class ZooKeeperServer:
                 self.proc = subprocess.Popen(
                     self._argv(cfg), stdin=subprocess.DEVNULL, stdout=log,
                     stderr=subprocess.STDOUT, start_new_session=True,
+                    preexec_fn=_die_with_parent,
                 )
             try:
                 self.wait_ready(timeout)
