@@ -29,15 +29,16 @@ from typing import Any
 from kazoo.client import KazooClient
 from kazoo.exceptions import KazooException, NodeExistsError
 from kazoo.recipe.watchers import DataWatch
-from kazoo.security import OPEN_ACL_UNSAFE, make_digest_acl
+from kazoo.security import OPEN_ACL_UNSAFE
 
 from director.election import Election, State, Timing, Transition
 from director.peer import Beat, PeerLink, read_secret
 from director.vip import KernelVips, Lease, StaleLease, VipTable, announce
-from lvsctl.config import Loaded, parse_cluster
-from lvsctl.errors import ConfigError, ConfigIssue, LvsctlError
+from lvsctl.config import Loaded
+from lvsctl.errors import LvsctlError
 from lvsctl.model import Cluster, Vip
 from lvsctl.node import Node, load_node
+from lvsctl.zk import ClusterConnection, ConfigVersion, Credentials, Target
 
 log = logging.getLogger("lvsctl.director")
 
@@ -97,41 +98,27 @@ def sd_notify(message: str) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def read_auth(path: str | None) -> tuple[str, str] | None:
-    if path is None:
-        return None
-    try:
-        text = Path(path).read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        issue = ConfigIssue("", f"cannot read the ZooKeeper auth file: {exc.strerror}")
-        raise ConfigError(path, [issue]) from None
-    user, sep, password = text.partition(":")
-    if not (sep and user and password):
-        raise ConfigError(path, [ConfigIssue("", "expected one line 'user:password'")])
-    return user, password
+def make_daemon_client(target: Target, credentials: Credentials | None) -> KazooClient:
+    """A kazoo client with the cluster's digest ACL on every znode it creates.
 
-
-def make_client(node: Node) -> KazooClient:
-    """A kazoo client with the cluster's digest credentials on every znode it creates."""
-    auth = read_auth(node.zookeeper.auth_file)
+    Unlike a command's client it reconnects within half a second: after a whole-ensemble
+    outage the active must be back before its (restored) session can expire.
+    """
     return KazooClient(
-        hosts=",".join(node.zookeeper.hosts),
-        timeout=node.zookeeper.session_timeout,
-        auth_data=[("digest", f"{auth[0]}:{auth[1]}")] if auth else None,
-        default_acl=[make_digest_acl(auth[0], auth[1], all=True)] if auth else OPEN_ACL_UNSAFE,
-        # Reconnect quickly and forever: a returning ensemble must be found within a second.
+        hosts=target.hosts,
+        timeout=target.settings.session_timeout,
+        auth_data=credentials.auth_data() if credentials else None,
+        default_acl=[credentials.acl()] if credentials else OPEN_ACL_UNSAFE,
         connection_retry={"max_tries": -1, "delay": 0.05, "backoff": 1.5, "max_delay": 0.5},
     )
 
 
 def decode_config(data: bytes, where: str) -> Loaded:
-    """The cluster file held by the config znode, validated. Raises LvsctlError."""
-    try:
-        raw = json.loads(data.decode("utf-8"))
-        text, version = str(raw["text"]), raw.get("version", "?")
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(where, [ConfigIssue("", f"not an lvsctl config znode: {exc}")]) from None
-    return parse_cluster(text, f"{where}@v{version}")
+    """The cluster file held by a config znode (or its local cache), validated.
+
+    Raises LvsctlError (ZooKeeperError for a foreign znode, ConfigError for an invalid file).
+    """
+    return ConfigVersion.from_bytes(data, where).load()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -143,6 +130,7 @@ def decode_config(data: bytes, where: str) -> Loaded:
 class Daemon:
     node: Node
     node_path: str
+    insecure: bool = False
     vips: VipTable = field(default_factory=KernelVips)
     monotonic: Callable[[], float] = time.monotonic
     client: KazooClient | None = None
@@ -160,6 +148,7 @@ class Daemon:
     _announcing: set[asyncio.Task[int]] = field(default_factory=set)
     _records: asyncio.Queue[dict[str, Any]] = field(default_factory=asyncio.Queue)
     _api: Any = None
+    fatal: str = ""
 
     # -- paths -------------------------------------------------------------------------------
 
@@ -218,6 +207,26 @@ class Daemon:
                 if vip.address not in kept and vip.address in self.held:
                     self._release(vip, "removed from the config")
         self._config_ready.set()
+
+    async def _watch_config(self, conn: ClusterConnection) -> None:
+        """Once connected: refuse an open root (unless --insecure), then watch the config."""
+        assert self.client is not None and self._loop is not None
+        loop = self._loop
+        while not self.client.connected:
+            await asyncio.sleep(0.05)
+        try:
+            await asyncio.to_thread(conn.check_acl, self.node.zookeeper.root)
+            await asyncio.to_thread(conn.check_acl, self.base)
+        except LvsctlError as exc:
+            log.error("%s", exc, extra={"event": "zookeeper_insecure"})
+            self.fatal = str(exc)
+            self.stopping.set()
+            return
+
+        def changed(data: bytes | None, _stat: Any, *_: Any) -> None:
+            loop.call_soon_threadsafe(self._on_config_data, data)  # kazoo's thread: hand over
+
+        await asyncio.to_thread(DataWatch, self.client, f"{self.base}/config", changed)
 
     def _load_cached_config(self) -> None:
         path = self._config_cache()
@@ -408,11 +417,13 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload_node)
-        self.client = make_client(self.node)
+        target = Target.from_node(self.node, insecure=self.insecure)
+        credentials = target.credentials()  # no credentials and not --insecure: refuse
+        self.client = make_daemon_client(target, credentials)
         self.client.start_async()
         self._load_cached_config()
-        DataWatch(self.client, f"{self.base}/config", lambda data, stat, *_: (
-            loop.call_soon_threadsafe(self._on_config_data, data), None)[1])
+        conn = ClusterConnection(target, self.client, credentials)
+        watcher = asyncio.create_task(self._watch_config(conn))
         log.info("waiting for a valid config", extra={"event": "starting"})
         waiter = asyncio.create_task(self._config_ready.wait())
         stopper = asyncio.create_task(self.stopping.wait())
@@ -420,7 +431,7 @@ class Daemon:
         waiter.cancel()
         if self.stopping.is_set():
             await self._shutdown()
-            return 0
+            return 2 if self.fatal else 0
         assert self.cluster is not None
         me = self.cluster.director(self.me)
         other = next(d for d in self.cluster.directors if d.name != self.me)
@@ -455,7 +466,8 @@ class Daemon:
             change.cancel()
         await self._shutdown()
         writer.cancel()
-        return 0
+        watcher.cancel()
+        return 2 if self.fatal else 0
 
     async def stepdown(self) -> None:
         if self.election is not None:
@@ -502,8 +514,8 @@ class Daemon:
             self._api = await start_api(self)
 
 
-def run_director(node_path: str) -> int:
+def run_director(node_path: str, *, insecure: bool = False) -> int:
     node = load_node(node_path)
     setup_logging(node)
-    daemon = Daemon(node, node_path)
+    daemon = Daemon(node, node_path, insecure=insecure)
     return asyncio.run(daemon.run())

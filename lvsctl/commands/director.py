@@ -15,8 +15,10 @@ def director_group() -> None:
 @director_group.command("run")
 @click.option("--node", "node_file", default=DEFAULT_NODE_FILE, show_default=True,
               type=click.Path(dir_okay=False), help="the node file naming this director")
-def run_command(node_file: str) -> None:
+@click.option("--insecure", is_flag=True,
+              help="run even without ZooKeeper credentials or with an open root ACL")
+def run_command(node_file: str, insecure: bool) -> None:
     """Run the director daemon until SIGTERM (graceful stepdown, then exit)."""
     from director.daemon import run_director
 
-    raise SystemExit(run_director(node_file))
+    raise SystemExit(run_director(node_file, insecure=insecure))

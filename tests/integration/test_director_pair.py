@@ -125,8 +125,11 @@ def test_peer_link_cut_while_zookeeper_is_fine_changes_nothing(pair: DirectorPai
 def test_a_bad_config_push_is_rejected_and_the_running_one_kept(pair: DirectorPair) -> None:
     before = pair.status("lb1")
     assert before is not None
-    bad = cluster_yaml().replace("port: 80", "port: 99999")
-    pair.push(bad)
+    bad = cluster_yaml(auth=str(pair.workdir / "zk.secret")).replace("port: 80", "port: 99999")
+    proc = pair.push(bad, check=False)
+    assert proc.returncode != 0 and "port" in proc.stderr  # push validates first
+    # A config that reaches ZooKeeper unvalidated (another writer) is refused by the directors.
+    pair.raw_push(cluster_yaml().replace("port: 80", "port: 99999"))
     pair.wait(lambda: "port" in (pair.status("lb1") or {}).get("config", {}).get("error", ""),
               10, "lb1 to report the rejected config")
     st = pair.status("lb1")
@@ -135,7 +138,7 @@ def test_a_bad_config_push_is_rejected_and_the_running_one_kept(pair: DirectorPa
     assert st["role"] == "ACTIVE" and VIP in st["vips"]
     assert "port" in (pair.status("lb2") or {}).get("config", {}).get("error", "")
     # A good push afterwards is applied and clears the error.
-    pair.push(cluster_yaml())
+    pair.push()
     pair.wait(lambda: (pair.status("lb1") or {}).get("config", {}).get("error") == "", 10,
               "lb1 to apply the next good config")
     assert pair.holder() == "lb1"

@@ -45,13 +45,15 @@ RTM_NEWADDR, RTM_DELADDR = 20, 21
 IFA_ADDRESS, IFA_LOCAL = 1, 2
 
 
-def cluster_yaml(announce_count: int = 3, interval: str = "20ms", extra_vip6: bool = True) -> str:
+def cluster_yaml(announce_count: int = 3, interval: str = "20ms", extra_vip6: bool = True,
+                 auth: str | None = None) -> str:
     vips = [f"  - {{address: {VIP}, interface: eth0}}"]
     if extra_vip6:
         vips.append(f'  - {{address: "{VIP6}", interface: eth0}}')
     return "\n".join([
         "cluster: t",
-        f"zookeeper: {{hosts: ['{ZK_ADDR}:2181'], session_timeout: {SESSION}}}",
+        f"zookeeper: {{hosts: ['{ZK_ADDR}:2181'], session_timeout: {SESSION}"
+        + (f", auth: {auth}}}" if auth else "}"),
         "directors:",
         *(f"  - {{name: {name}, address: {addr}/24, interface: eth0, "
           f"peer: {{address: {addr}, port: {PEER_PORT}}}}}" for name, addr in ADDRS.items()),
@@ -210,7 +212,7 @@ class DirectorPair:
         (self.workdir / "api.token").write_text("test-token-42\n")
         for p in ("zk.secret", "peer.secret", "api.token"):
             os.chmod(self.workdir / p, 0o600)
-        self.push(cluster_text or cluster_yaml())
+        self.push(cluster_text)
         return self
 
     def node_file(self, name: str) -> Path:
@@ -245,9 +247,23 @@ class DirectorPair:
         ns = self.ns["lb1"]
         return ns.run([PYTHON, "-c", script], timeout=timeout)
 
-    def push(self, text: str) -> None:
+    def push(self, text: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """``lvsctl config push`` of ``text`` (default: the lab's cluster file), from lb1's ns."""
+        path = self.workdir / "cluster.yaml"
+        path.write_text(text or cluster_yaml(auth=str(self.workdir / "zk.secret")))
+        proc = subprocess.run(
+            self.ns["lb1"].argv([PYTHON, "-m", "lvsctl", "config", "push", str(path)]),
+            capture_output=True, text=True, timeout=60, cwd=str(ROOT),
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"config push failed: {proc.stderr}")
+        return proc
+
+    def raw_push(self, text: str) -> None:
+        """Write the config znode directly, bypassing push's validation (as a skewed or
+        foreign writer could)."""
         self.config_version += 1
-        data = config_znode(text, self.config_version)
+        data = config_znode(text, 1000 + self.config_version)
         self.zk_script(
             "zk.ensure_path('/lvsctl/t')\n"
             f"data = {data!r}\n"
