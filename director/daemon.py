@@ -253,8 +253,11 @@ class Daemon:
             entry = await self._records.get()
             while not self.client.connected:
                 await asyncio.sleep(0.2)
-            with contextlib.suppress(KazooException, asyncio.TimeoutError):
-                await asyncio.wait_for(asyncio.to_thread(self._persist, entry), 5.0)
+            try:
+                with contextlib.suppress(KazooException, TimeoutError):
+                    await asyncio.wait_for(asyncio.to_thread(self._persist, entry), 5.0)
+            finally:
+                self._records.task_done()
 
     def _persist(self, entry: dict[str, Any]) -> None:
         assert self.client is not None
@@ -480,6 +483,11 @@ class Daemon:
             await self.election.stop(release=lambda: self.release_all("stopping"))
         if self.peer is not None:
             await self.peer.stop()
+        # The last records (released, stepped down) are worth a moment: the takeover has
+        # already happened, since our znode is gone.
+        if self.client is not None and self.client.connected:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._records.join(), 2.0)
         if self._api is not None:
             await self._api.cleanup()
         if self.client is not None:

@@ -10,6 +10,7 @@ import click
 from lvsctl import __version__
 from lvsctl.commands.config import config_group
 from lvsctl.commands.director import director_group
+from lvsctl.commands.status import status_command
 from lvsctl.errors import ConfigError, LvsctlError
 
 
@@ -34,6 +35,7 @@ def cli() -> None:
 
 cli.add_command(config_group)
 cli.add_command(director_group)
+cli.add_command(status_command)
 
 
 def main() -> None:

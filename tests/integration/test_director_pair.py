@@ -6,12 +6,21 @@ Every scenario asserts who holds the VIP and that both never held it at the same
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 
 import pytest
 
-from tests.support.director_lab import PEER_PORT, SESSION, VIP, VIP6, DirectorPair, cluster_yaml
+from tests.support.director_lab import (
+    PEER_PORT,
+    PYTHON,
+    SESSION,
+    VIP,
+    VIP6,
+    DirectorPair,
+    cluster_yaml,
+)
 
 pytestmark = [pytest.mark.netns, pytest.mark.zookeeper]
 
@@ -156,3 +165,27 @@ def test_stepdown_action_needs_the_token_and_moves_the_lead(pair: DirectorPair) 
     epochs = [pair.status(n)["epoch"] for n in ("lb1", "lb2")]  # type: ignore[index]
     assert epochs[0] > epochs[1]  # lb1 re-queued behind lb2 with a later sequence number
     assert_never_both(pair)
+
+
+def test_lvsctl_status_shows_the_leader_epoch_and_transitions(pair: DirectorPair) -> None:
+    pair.signal("lb1", signal.SIGTERM)
+    pair.wait_holder("lb2", 5)
+    assert pair.procs["lb1"].wait(timeout=10) == 0
+
+    def status() -> dict:  # type: ignore[type-arg]
+        out = pair.ns["lb2"].run([PYTHON, "-m", "lvsctl", "status", "--json", "--node",
+                                  str(pair.node_file("lb2"))], timeout=60)
+        return json.loads(out)  # type: ignore[no-any-return]
+
+    pair.wait(lambda: status()["leader"]["director"] == "lb2", 10, "status to show lb2 leading")
+    data = status()
+    assert data["directors"]["lb2"]["role"] == "ACTIVE"
+    assert "lb1" not in data["directors"]  # its ephemeral status left with its session
+    assert data["leader"]["epoch"] == data["directors"]["lb2"]["epoch"] == 1
+    events = [(t["director"], t["event"]) for t in data["transitions"]]
+    assert ("lb1", "vip_released") in events and ("lb2", "vip_acquired") in events
+    svc = data["directors"]["lb2"]["services"][0]
+    assert svc["name"] == "www" and svc["realservers"][0]["name"] == "web1"
+    table = pair.ns["lb2"].run([PYTHON, "-m", "lvsctl", "status", "--node",
+                                str(pair.node_file("lb2"))], timeout=60)
+    assert "lb2 leads (epoch 1)" in table and "web1" in table

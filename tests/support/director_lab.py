@@ -12,6 +12,7 @@ import http.client
 import json
 import os
 import select
+import shutil
 import signal
 import socket
 import struct
@@ -366,3 +367,5 @@ class DirectorPair:
             watch.stop()
         if self.zk is not None:
             self.zk.close()
+        if not os.environ.get("LVSCTL_KEEP_LAB"):
+            shutil.rmtree(self.workdir, ignore_errors=True)
