@@ -181,6 +181,7 @@ class Election:
                                                      "epoch": self.epoch, "reason": reason})
         self._advertise()
         self.on_transition(Transition(new, self.epoch, reason, self.monotonic(), self.since))
+        self._wake.set()  # the daemon acts on a new state at once, not on its next tick
 
     def _advertise(self, holding: bool | None = None) -> None:
         if self.peer is None:

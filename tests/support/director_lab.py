@@ -191,6 +191,7 @@ class DirectorPair:
     watches: dict[str, AddrWatch] = field(default_factory=dict)
     zk: ZooKeeperServer | None = None
     config_version: int = 0
+    vip6: bool = True
 
     def setup(self, cluster_text: str | None = None) -> DirectorPair:
         self.hub = self.lab.netns("hub")
@@ -251,7 +252,8 @@ class DirectorPair:
     def push(self, text: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
         """``lvsctl config push`` of ``text`` (default: the lab's cluster file), from lb1's ns."""
         path = self.workdir / "cluster.yaml"
-        path.write_text(text or cluster_yaml(auth=str(self.workdir / "zk.secret")))
+        path.write_text(text or cluster_yaml(extra_vip6=self.vip6,
+                                             auth=str(self.workdir / "zk.secret")))
         proc = subprocess.run(
             self.ns["lb1"].argv([PYTHON, "-m", "lvsctl", "config", "push", str(path)]),
             capture_output=True, text=True, timeout=60, cwd=str(ROOT),
