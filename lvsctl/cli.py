@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from lvsctl import __version__
+from lvsctl.commands.check import check_group
 from lvsctl.commands.config import config_group
 from lvsctl.commands.director import director_group
 from lvsctl.commands.status import status_command
@@ -34,6 +35,7 @@ def cli() -> None:
 
 
 cli.add_command(config_group)
+cli.add_command(check_group)
 cli.add_command(director_group)
 cli.add_command(status_command)
 

@@ -7,6 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings
+
+# Shared machines are noisy: a per-example deadline measures the machine, not the code.
+settings.register_profile("lvsctl", deadline=None)
+settings.load_profile("lvsctl")
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "deploy" / "examples" / "cluster.yaml"

@@ -1,0 +1,400 @@
+"""The checkers: ``await Checkers.check(target) -> CheckResult`` for tcp, http(s), misc, udp, dns.
+
+A target is a resolved ``lvsctl.model.Check`` (kind, timing, probe address and port). Each probe
+is bounded by the check's timeout, opens a new connection (as keepalived does: a reused
+connection would not prove the server still accepts), and reports one short reason line.
+Checkers never touch the kernel. The HTTP client is aiohttp (the cheapest real HTTP library
+measured here); DNS uses dnspython; misc checks run an argv list, never a shell.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import hashlib
+import os
+import re
+import signal
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Protocol
+
+import aiohttp
+import dns.asyncquery
+import dns.exception
+import dns.message
+import dns.rcode
+import dns.rdatatype
+import yarl
+
+from healthcheck.result import CheckResult
+from lvsctl.model import (
+    Check,
+    DnsCheck,
+    HttpCheck,
+    MiscCheck,
+    TcpCheck,
+    UdpCheck,
+    join_host_port,
+)
+
+# A health page is small; a body past this is not read further (regex and digest see no more).
+MAX_BODY = 1 << 20
+MAX_REASON = 160
+
+
+class Checker(Protocol):
+    """What the scheduler needs: one probe of one target, never raising for a failed probe."""
+
+    async def check(self, target: Check) -> CheckResult: ...
+
+
+@dataclass
+class _Probe:
+    """Where a running probe is, so a timeout can say what it was waiting for."""
+
+    phase: str = "connecting"
+    timeout_is_healthy: bool = False  # udp without require_reply: silence is health
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    healthy: bool
+    reason: str
+    weight: int | None = None
+
+
+def payload_bytes(text: str) -> bytes:
+    """Text from the cluster file as bytes: U+0000..U+00FF one byte each (so YAML "\\x00"
+    escapes write binary payloads), anything else as UTF-8."""
+    try:
+        return text.encode("latin-1")
+    except UnicodeEncodeError:
+        return text.encode("utf-8")
+
+
+def _short(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= MAX_REASON else text[: MAX_REASON - 3] + "..."
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for a failed connection or exchange, in the words an operator expects."""
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        cert = exc.certificate_error
+        detail = getattr(cert, "verify_message", None) or str(cert)
+        return _short(f"TLS certificate not accepted: {detail}")
+    if isinstance(exc, aiohttp.ClientSSLError | ssl.SSLError):
+        inner = getattr(exc, "os_error", exc)
+        detail = getattr(inner, "reason", None) or str(inner)
+        return _short(f"TLS handshake failed: {detail}")
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "server closed the connection without a response"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return describe_error(exc.os_error)
+    if isinstance(exc, aiohttp.ClientOSError) and exc.errno is not None:
+        if exc.errno == errno.ECONNRESET:
+            return "connection reset"
+        return _short(os.strerror(exc.errno).lower())
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, ConnectionResetError):
+        return "connection reset"
+    if isinstance(exc, aiohttp.ClientPayloadError | aiohttp.ClientResponseError):
+        return _short(f"bad HTTP response: {exc}")
+    if isinstance(exc, OSError) and exc.strerror:
+        return _short(exc.strerror.lower())
+    if isinstance(exc, dns.exception.DNSException):
+        return _short(f"DNS: {exc}")
+    return _short(f"{type(exc).__name__}: {exc}")
+
+
+@lru_cache(maxsize=256)
+def _body_regex(pattern: str) -> re.Pattern[bytes]:
+    return re.compile(pattern.encode("utf-8"))
+
+
+@lru_cache(maxsize=65536)
+def _url(scheme: str, address: str, port: int, path: str) -> yarl.URL:
+    """Each target's URL parsed once, not on every probe."""
+    return yarl.URL(f"{scheme}://{join_host_port(address, port)}{path}", encoded=True)
+
+
+def _status_text(kind: HttpCheck) -> str:
+    return ", ".join(str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in kind.status)
+
+
+def judge_http(kind: HttpCheck, status: int, body: bytes | None) -> _Outcome:
+    """Pure: does this status and body satisfy the check?"""
+    if not kind.status_ok(status):
+        return _Outcome(False, f"HTTP {status}, expected {_status_text(kind)}")
+    if kind.body is not None:
+        assert body is not None
+        if not _body_regex(kind.body).search(body):
+            return _Outcome(False, _short(f"HTTP {status}, body does not match /{kind.body}/"))
+    if kind.digest is not None:
+        assert body is not None
+        algorithm, expected = kind.digest.split(":", 1)
+        got = hashlib.new(algorithm, body).hexdigest()
+        if got != expected:
+            return _Outcome(False, f"HTTP {status}, body {algorithm} is {got[:16]}..., "
+                                   f"expected {expected[:16]}...")
+    return _Outcome(True, f"HTTP {status}")
+
+
+def judge_exit(kind: MiscCheck, code: int, output: str) -> _Outcome:
+    """Pure: what a misc check's exit code means (keepalived misc / misc_dynamic rules).
+
+    0 healthy; 1 unhealthy; with ``dynamic``, 2..255 healthy with weight = code - 2;
+    without it any non-zero code is unhealthy. A negative code is the signal that killed it.
+    """
+    last = _short(output.strip().splitlines()[-1]) if output.strip() else ""
+    said = f": {last}" if last else ""
+    if code < 0:
+        return _Outcome(False, f"killed by signal {-code}{said}")
+    if code == 0:
+        return _Outcome(True, f"exit 0{said}")
+    if kind.dynamic and code >= 2:
+        return _Outcome(True, f"exit {code}: weight {code - 2}", code - 2)
+    return _Outcome(False, f"exit {code}{said}")
+
+
+class Checkers:
+    """Every checker kind behind one ``check(target)``; owns the HTTP client session.
+
+    Use as ``async with Checkers() as checkers``; one instance serves all targets.
+    """
+
+    def __init__(self) -> None:
+        self._session: aiohttp.ClientSession | None = None
+        self._ssl: dict[tuple[bool, str | None], ssl.SSLContext] = {}
+        self._run: dict[type, Callable[[Check, _Probe], Awaitable[_Outcome]]] = {
+            TcpCheck: self._tcp,
+            HttpCheck: self._http,
+            MiscCheck: self._misc,
+            UdpCheck: self._udp,
+            DnsCheck: self._dns,
+        }
+
+    async def __aenter__(self) -> Checkers:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _http_session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                # force_close: a new connection per probe; limit=0: the scheduler bounds
+                # concurrency, not the connector.
+                connector=aiohttp.TCPConnector(
+                    force_close=True, limit=0, use_dns_cache=False, happy_eyeballs_delay=None
+                ),
+                cookie_jar=aiohttp.DummyCookieJar(),
+                # check() bounds every probe with asyncio.timeout; aiohttp's own timers would
+                # only add a second set of timer handles per request.
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=None, sock_read=None),
+                auto_decompress=False,  # a body digest is over the bytes the server sent
+                headers={"User-Agent": "lvsctl-healthcheck", "Connection": "close"},
+                skip_auto_headers=("Accept-Encoding",),
+            )
+            # aiohttp resends an idempotent request once when the server drops the connection;
+            # a health probe must report the drop, not hide it behind a second request (its
+            # own test client switches this off the same way).
+            self._session._retry_connection = False
+        return self._session
+
+    def _ssl_context(self, verify: bool, ca_file: str | None) -> ssl.SSLContext:
+        key = (verify, ca_file)
+        context = self._ssl.get(key)
+        if context is None:
+            context = ssl.create_default_context(cafile=ca_file)
+            if not verify:
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+            self._ssl[key] = context
+        return context
+
+    async def check(self, target: Check) -> CheckResult:
+        """Probe ``target`` once; a failure is a result, not an exception."""
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        probe = _Probe()
+        timeout = target.timing.timeout
+        try:
+            async with asyncio.timeout(timeout):
+                outcome = await self._run[type(target.kind)](target, probe)
+        except TimeoutError:
+            if probe.timeout_is_healthy:
+                outcome = _Outcome(True, f"no reply and no ICMP error within {timeout:g}s")
+            else:
+                return CheckResult(False, f"timed out after {timeout:g}s {probe.phase}",
+                                   loop.time() - start, timed_out=True)
+        except (OSError, aiohttp.ClientError, dns.exception.DNSException, ValueError) as exc:
+            outcome = _Outcome(False, describe_error(exc))
+        return CheckResult(outcome.healthy, outcome.reason, loop.time() - start, outcome.weight)
+
+    # -- tcp ------------------------------------------------------------------------------
+
+    async def _tcp(self, target: Check, probe: _Probe) -> _Outcome:
+        kind = target.kind
+        assert isinstance(kind, TcpCheck)
+        reader, writer = await asyncio.open_connection(target.address, target.port)
+        try:
+            if kind.send is not None:
+                probe.phase = "sending"
+                writer.write(payload_bytes(kind.send))
+                await writer.drain()
+            if kind.expect is None:
+                return _Outcome(True, "connected")
+            probe.phase = "waiting for the reply"
+            want = payload_bytes(kind.expect)
+            got = b""
+            while len(got) < len(want):
+                chunk = await reader.read(len(want) - len(got))
+                if not chunk:
+                    break
+                got += chunk
+            if got != want:
+                return _Outcome(False, _short(f"reply {got!r} does not start with {want!r}"))
+            return _Outcome(True, "reply matches")
+        finally:
+            writer.close()
+
+    # -- http / https ---------------------------------------------------------------------
+
+    async def _http(self, target: Check, probe: _Probe) -> _Outcome:
+        kind = target.kind
+        assert isinstance(kind, HttpCheck)
+        url = _url(kind.type, target.address, target.port, kind.path)
+        headers = {"Host": kind.host} if kind.host else None
+        tls: ssl.SSLContext | bool = False
+        server_hostname = None
+        if kind.type == "https":
+            tls = self._ssl_context(kind.verify, kind.ca_file)
+            # The certificate is checked against the SNI name, else the Host name, else the
+            # address (what a browser asking for that name would check).
+            server_hostname = kind.sni or kind.host
+        session = self._http_session()
+        async with session.request(
+            kind.method, url, headers=headers, ssl=tls, server_hostname=server_hostname,
+            allow_redirects=False, read_until_eof=True,
+        ) as response:
+            body = None
+            if kind.body is not None or kind.digest is not None:
+                probe.phase = "reading the body"
+                body = await response.content.read(MAX_BODY)
+            return judge_http(kind, response.status, body)
+
+    # -- misc -----------------------------------------------------------------------------
+
+    async def _misc(self, target: Check, probe: _Probe) -> _Outcome:
+        kind = target.kind
+        assert isinstance(kind, MiscCheck)
+        env = {
+            **os.environ,
+            "LVSCTL_CHECK_ADDRESS": target.address,
+            "LVSCTL_CHECK_PORT": str(target.port),
+        }
+        probe.phase = f"running {kind.command[0]}"
+        # An argv list, never a shell. A session of its own, so a timeout can kill the child
+        # and anything it started (its process group id is its pid).
+        process = await asyncio.create_subprocess_exec(
+            *kind.command, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT, env=env, start_new_session=True,
+        )
+        try:
+            output, _ = await process.communicate()
+        except BaseException:
+            _kill_group(process.pid)
+            await asyncio.shield(process.wait())
+            raise
+        assert process.returncode is not None
+        return judge_exit(kind, process.returncode, output.decode("utf-8", "replace"))
+
+    # -- udp ------------------------------------------------------------------------------
+
+    async def _udp(self, target: Check, probe: _Probe) -> _Outcome:
+        kind = target.kind
+        assert isinstance(kind, UdpCheck)
+        loop = asyncio.get_running_loop()
+        reply: asyncio.Future[bytes] = loop.create_future()
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: _Datagrams(reply), remote_addr=(target.address, target.port)
+        )
+        try:
+            transport.sendto(payload_bytes(kind.send))
+            probe.phase = "waiting for a reply"
+            probe.timeout_is_healthy = not kind.require_reply
+            data = await reply
+        finally:
+            transport.close()
+        if kind.expect is not None and not data.startswith(payload_bytes(kind.expect)):
+            return _Outcome(False, _short(f"reply {data[:40]!r} does not start with "
+                                          f"{payload_bytes(kind.expect)!r}"))
+        return _Outcome(True, f"reply of {len(data)} bytes")
+
+    # -- dns ------------------------------------------------------------------------------
+
+    async def _dns(self, target: Check, probe: _Probe) -> _Outcome:
+        kind = target.kind
+        assert isinstance(kind, DnsCheck)
+        query = dns.message.make_query(kind.name, kind.qtype)
+        probe.phase = f"waiting for the {kind.transport} answer"
+        timeout = target.timing.timeout
+        if kind.transport == "tcp":
+            answer = await dns.asyncquery.tcp(query, target.address, timeout, target.port)
+        else:
+            answer = await dns.asyncquery.udp(
+                query, target.address, timeout, target.port, ignore_unexpected=True
+            )
+        return judge_dns(kind, answer)
+
+
+def judge_dns(kind: DnsCheck, answer: dns.message.Message) -> _Outcome:
+    """Pure: does this DNS answer satisfy the check?"""
+    rcode = answer.rcode()
+    if rcode != dns.rcode.NOERROR:
+        return _Outcome(False, f"DNS {dns.rcode.to_text(rcode)} for {kind.name} {kind.qtype}")
+    rdtype = dns.rdatatype.from_text(kind.qtype)
+    found = sorted(
+        rd.to_text() for rrset in answer.answer if rrset.rdtype == rdtype for rd in rrset
+    )
+    if not found:
+        return _Outcome(False, f"DNS no {kind.qtype} answer for {kind.name}")
+    missing = [want for want in kind.expect if want not in found]
+    if missing:
+        return _Outcome(False, _short(f"DNS answer lacks {', '.join(missing)} "
+                                      f"(got {', '.join(found)})"))
+    return _Outcome(True, _short(f"DNS {kind.qtype} {', '.join(found)}"))
+
+
+class _Datagrams(asyncio.DatagramProtocol):
+    """Hands the first reply, or the ICMP error of a connected UDP socket, to a future."""
+
+    def __init__(self, reply: asyncio.Future[bytes]) -> None:
+        self._reply = reply
+
+    def datagram_received(self, data: bytes, addr: object) -> None:
+        if not self._reply.done():
+            self._reply.set_result(data)
+
+    def error_received(self, exc: Exception) -> None:
+        # ECONNREFUSED here is an ICMP port unreachable from the real server.
+        if not self._reply.done():
+            self._reply.set_exception(exc)
+
+
+def _kill_group(pid: int) -> None:
+    """SIGKILL the process group we created for one misc check (pgid == its pid)."""
+    # ProcessLookupError: it exited on its own between the timeout and the kill.
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)

@@ -1,0 +1,428 @@
+"""The probe scheduler: one asyncio loop, one probe per (address, port, check spec), fanned out.
+
+Many services often share real servers; keepalived then runs the same check once per virtual
+service. Here every distinct resolved ``Check`` (kind, timing, probe address and port) is one
+*target*, probed by one task, and its state is copied to every ``HealthKey`` (service, real
+server) that uses it. Probes run on a fixed grid (``interval``) with a small jitter that does
+not accumulate, first probes spread over ``warmup``, and at most ``concurrency`` at once.
+
+A checker that falls behind must not blame the real servers: a probe that timed out much later
+than its timeout (its timer fired late because the loop was overloaded or the process was not
+scheduled) is *inconclusive* and leaves the state as it was — up to ``2 x fall`` times in a
+row, after which it counts as a failure so that a real outage is still detected. (keepalived
+marks servers down when its checker thread stalls.) ``watchdog()`` counts inconclusive probes.
+
+The director's daemon uses ``Scheduler`` on its own loop:
+
+    scheduler = Scheduler(cluster, checkers, on_change=reconciler_wakeup)
+    await scheduler.start()
+    scheduler.replace(new_cluster)       # config change: unchanged targets keep their state
+    scheduler.snapshot()                 # Mapping[HealthKey, Health], decided keys only
+    async for change in scheduler.changes(): ...
+    scheduler.watchdog()                 # loop lag, last completed round per target
+    await scheduler.stop()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+import statistics
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from healthcheck.checkers import Checker
+from healthcheck.hysteresis import State, next_state
+from healthcheck.result import CheckResult
+from lvsctl.model import Check, CheckTiming, Cluster, Health, HealthKey, join_host_port
+
+log = logging.getLogger(__name__)
+
+# A real server without a check is always healthy (the config loader warns about it).
+UNCHECKED = Health(True, None, "no check")
+# How long past its own timeout a checker may run before the scheduler gives up on it.
+GRACE = 0.5
+# A timed-out probe that ends later than timeout + this (or 10 % of the timeout, if more) was
+# cut off late by our own loop: the result says nothing about the real server.
+LATE = 0.05
+# Jitter around the grid: this fraction of the interval, at most MAX_JITTER seconds.
+JITTER = 0.01
+MAX_JITTER = 0.01
+
+
+class Clock(Protocol):
+    """The scheduler's time source; tests inject their own."""
+
+    def monotonic(self) -> float: ...
+
+    async def sleep(self, seconds: float) -> None: ...
+
+
+class LoopClock:
+    """The running event loop's monotonic clock."""
+
+    def monotonic(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+
+@dataclass(frozen=True)
+class HealthChange:
+    """A HealthKey's health changed (healthy or weight); ``previous`` is None for a new key."""
+
+    key: HealthKey
+    health: Health
+    previous: Health | None
+    at: float
+
+
+@dataclass(frozen=True)
+class TargetView:
+    """One target as an operator or exporter sees it."""
+
+    check: Check
+    keys: tuple[HealthKey, ...]
+    state: State
+    last: CheckResult | None
+    last_round: float | None  # monotonic time the last probe completed
+    rounds: int
+    inconclusive: int = 0  # probes so far whose timeout fired late (not applied)
+
+    @property
+    def label(self) -> str:
+        return target_label(self.check)
+
+
+@dataclass(frozen=True)
+class Watchdog:
+    """Figures that show whether the checker keeps up (the director exports them)."""
+
+    loop_lag: float  # the latest measured event-loop lag, seconds
+    loop_lag_p50: float
+    loop_lag_p99: float
+    loop_lag_max: float
+    targets: int
+    running: int  # probes in flight
+    oldest_round_age: float  # the longest time since any target last completed a probe
+    stalled: tuple[str, ...]  # targets with no completed probe for 2 x interval + timeout
+    inconclusive: int  # probes whose timeout fired late, so not held against the server
+    last_round: Mapping[str, float]  # target label -> monotonic time of its last completed probe
+
+
+def percentile(ordered: list[float], q: float) -> float:
+    """Nearest-rank percentile of an already sorted, non-empty list."""
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
+def late(result: CheckResult, timing: CheckTiming) -> bool:
+    """Pure: did this probe time out well after its timeout (our loop, not the server, was
+    late)?"""
+    return result.timed_out and result.latency > timing.timeout + max(LATE, 0.1 * timing.timeout)
+
+
+def settle(
+    state: State, late_streak: int, result: CheckResult, timing: CheckTiming, now: float
+) -> tuple[State, int]:
+    """Pure: (state, late streak) after ``result``. A late timeout is inconclusive (state kept,
+    streak + 1) until ``2 x fall`` of them in a row; then it counts like any failure."""
+    if late(result, timing) and late_streak < 2 * timing.fall:
+        return state, late_streak + 1
+    return next_state(state, result, timing, now), 0
+
+
+def target_label(check: Check) -> str:
+    """How a target is named in tables and watchdog figures: "http 10.0.1.31:80 /healthz"."""
+    label = f"{check.type} {join_host_port(check.address, check.port)}"
+    path = getattr(check.kind, "path", None)
+    return f"{label} {path}" if path is not None else label
+
+
+def plan_targets(
+    cluster: Cluster, services: Iterable[str] | None = None
+) -> tuple[dict[Check, tuple[HealthKey, ...]], tuple[HealthKey, ...]]:
+    """Pure: the distinct targets of ``cluster`` and the keys each serves, plus unchecked keys.
+
+    ``services`` limits the plan to those service names (all when None).
+    """
+    wanted = None if services is None else set(services)
+    targets: dict[Check, list[HealthKey]] = {}
+    unchecked: list[HealthKey] = []
+    for service in cluster.services:
+        if wanted is not None and service.name not in wanted:
+            continue
+        for rs in service.realservers:
+            key = (service.name, rs.name)
+            if rs.check is None:
+                unchecked.append(key)
+            else:
+                targets.setdefault(rs.check, []).append(key)
+    return {check: tuple(keys) for check, keys in targets.items()}, tuple(unchecked)
+
+
+@dataclass
+class _Target:
+    check: Check
+    keys: tuple[HealthKey, ...]
+    state: State = field(default_factory=State)
+    last: CheckResult | None = None
+    last_round: float | None = None
+    rounds: int = 0
+    inconclusive: int = 0  # in all
+    late_streak: int = 0  # inconclusive in a row
+    task: asyncio.Task[None] | None = None
+
+
+class LagMonitor:
+    """Measures event-loop lag: how late a timer that should fire every ``period`` fires."""
+
+    def __init__(self, period: float = 0.1, window: int = 600) -> None:
+        self.period = period
+        self.samples: deque[float] = deque(maxlen=window)
+        self.latest = 0.0
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            start = loop.time()
+            await asyncio.sleep(self.period)
+            self.latest = max(0.0, loop.time() - start - self.period)
+            self.samples.append(self.latest)
+
+    def figures(self) -> tuple[float, float, float]:
+        """(p50, p99, max) over the window; zeros before the first sample."""
+        if not self.samples:
+            return 0.0, 0.0, 0.0
+        ordered = sorted(self.samples)
+        return statistics.median(ordered), percentile(ordered, 0.99), ordered[-1]
+
+
+class Scheduler:
+    """Runs every target's probes on the current loop and keeps the health of every key."""
+
+    def __init__(
+        self,
+        cluster: Cluster,
+        checker: Checker,
+        *,
+        services: Iterable[str] | None = None,
+        concurrency: int = 4096,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+        on_change: Callable[[HealthChange], None] | None = None,
+    ) -> None:
+        self._checker = checker
+        self._services = None if services is None else tuple(services)
+        self._clock = clock or LoopClock()
+        self._rng = rng or random.Random()
+        self._on_change = on_change
+        self._slots = asyncio.Semaphore(concurrency)
+        self._targets: dict[Check, _Target] = {}
+        self._unchecked: tuple[HealthKey, ...] = ()
+        self._health: dict[HealthKey, Health] = {}
+        self._subscribers: list[asyncio.Queue[HealthChange]] = []
+        self._lag = LagMonitor()
+        self._lag_task: asyncio.Task[None] | None = None
+        self._running = 0
+        self._started = False
+        self._started_at = 0.0
+        self._cluster = cluster
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start probing; first probes are spread over each check's warmup."""
+        if self._started:
+            return
+        self._started = True
+        self._started_at = self._clock.monotonic()
+        self._lag_task = asyncio.create_task(self._lag.run(), name="healthcheck-lag")
+        self._apply_plan(self._cluster)
+
+    async def stop(self) -> None:
+        """Cancel every probe and wait until they are gone (misc children are killed)."""
+        tasks = [t.task for t in self._targets.values() if t.task is not None]
+        if self._lag_task is not None:
+            tasks.append(self._lag_task)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._started = False
+
+    async def __aenter__(self) -> Scheduler:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def replace(self, cluster: Cluster) -> None:
+        """Switch to a new cluster: targets whose check spec is unchanged keep their state and
+        their schedule; gone targets stop; new targets start (spread over their warmup)."""
+        self._cluster = cluster
+        if self._started:
+            self._apply_plan(cluster)
+
+    # -- what others read -----------------------------------------------------------------
+
+    def snapshot(self) -> Mapping[HealthKey, Health]:
+        """The health of every key whose checks have decided (and every unchecked key)."""
+        return dict(self._health)
+
+    def targets(self) -> list[TargetView]:
+        return [
+            TargetView(t.check, t.keys, t.state, t.last, t.last_round, t.rounds, t.inconclusive)
+            for t in self._targets.values()
+        ]
+
+    def changes(self) -> AsyncIterator[HealthChange]:
+        """Every health change from this call on, in order, for as long as the caller iterates.
+
+        The subscription starts at the call (not at the first ``__anext__``), so a caller can
+        subscribe before ``start()`` and miss nothing; closing the iterator ends it.
+        """
+        queue: asyncio.Queue[HealthChange] = asyncio.Queue()
+        self._subscribers.append(queue)
+
+        async def stream() -> AsyncIterator[HealthChange]:
+            try:
+                while True:
+                    yield await queue.get()
+            finally:
+                self._subscribers.remove(queue)
+
+        return stream()
+
+    def watchdog(self) -> Watchdog:
+        now = self._clock.monotonic()
+        p50, p99, worst = self._lag.figures()
+        last_round: dict[str, float] = {}
+        stalled: list[str] = []
+        oldest = 0.0
+        for target in self._targets.values():
+            label = target_label(target.check)
+            timing = target.check.timing
+            reference = target.last_round
+            if reference is None:
+                reference = self._started_at + timing.warmup
+            else:
+                last_round[label] = reference
+            age = max(0.0, now - reference)
+            oldest = max(oldest, age)
+            if age > 2 * timing.interval + timing.timeout:
+                stalled.append(label)
+        inconclusive = sum(t.inconclusive for t in self._targets.values())
+        return Watchdog(self._lag.latest, p50, p99, worst, len(self._targets), self._running,
+                        oldest, tuple(stalled), inconclusive, last_round)
+
+    # -- probing --------------------------------------------------------------------------
+
+    async def run_once(self) -> list[TargetView]:
+        """Probe every target once, now, and apply the results (for ``lvsctl check run
+        --once``); needs no ``start()``."""
+        if not self._targets:
+            self._started_at = self._clock.monotonic()
+            plan, self._unchecked = plan_targets(self._cluster, self._services)
+            self._targets = {check: _Target(check, keys) for check, keys in plan.items()}
+            for key in self._unchecked:
+                self._set_health(key, UNCHECKED)
+        await asyncio.gather(*(self._probe(t) for t in self._targets.values()))
+        return self.targets()
+
+    def _apply_plan(self, cluster: Cluster) -> None:
+        plan, unchecked = plan_targets(cluster, self._services)
+        for check in list(self._targets):
+            if check not in plan:
+                gone = self._targets.pop(check)
+                if gone.task is not None:
+                    gone.task.cancel()
+        for check, keys in plan.items():
+            target = self._targets.get(check)
+            if target is None:
+                target = self._targets[check] = _Target(check, keys)
+                target.task = asyncio.create_task(self._drive(target), name=target_label(check))
+            else:
+                target.keys = keys
+        self._unchecked = unchecked
+        # Rebuild the key map: keys that left are dropped, new keys of decided targets (and
+        # unchecked keys) are announced at once.
+        wanted: dict[HealthKey, Health] = {key: UNCHECKED for key in unchecked}
+        for target in self._targets.values():
+            health = target.state.health
+            if health is not None:
+                wanted.update(dict.fromkeys(target.keys, health))
+        for key in set(self._health) - set(wanted):
+            del self._health[key]
+        for key, health in wanted.items():
+            self._set_health(key, health)
+
+    async def _drive(self, target: _Target) -> None:
+        """Probe one target forever on its grid."""
+        timing = target.check.timing
+        await self._clock.sleep(self._rng.uniform(0.0, timing.warmup))
+        due = self._clock.monotonic()
+        jitter = min(timing.interval * JITTER, MAX_JITTER)
+        while True:
+            await self._probe(target)
+            due += timing.interval
+            now = self._clock.monotonic()
+            if due < now:
+                # Overloaded or suspended: skip the missed slots instead of bursting.
+                due = now
+            await self._clock.sleep(max(0.0, due - now + self._rng.uniform(-jitter, jitter)))
+
+    async def _probe(self, target: _Target) -> None:
+        timing = target.check.timing
+        async with self._slots:
+            self._running += 1
+            start = self._clock.monotonic()
+            try:
+                async with asyncio.timeout(timing.timeout + GRACE):
+                    result = await self._checker.check(target.check)
+            except TimeoutError:
+                result = CheckResult(False, f"checker did not finish within "
+                                            f"{timing.timeout + GRACE:g}s",
+                                     self._clock.monotonic() - start, timed_out=True)
+            except Exception as exc:  # a checker bug must not stop the other targets
+                log.exception("checker failed on %s", target_label(target.check))
+                result = CheckResult(False, f"checker error: {type(exc).__name__}: {exc}",
+                                     self._clock.monotonic() - start)
+            finally:
+                self._running -= 1
+        self._record(target, result)
+
+    def _record(self, target: _Target, result: CheckResult) -> None:
+        now = self._clock.monotonic()
+        timing = target.check.timing
+        target.last = result
+        target.last_round = now
+        target.rounds += 1
+        state, streak = settle(target.state, target.late_streak, result, timing, now)
+        if streak > target.late_streak:
+            target.inconclusive += 1
+        target.state, target.late_streak = state, streak
+        health = target.state.health
+        if health is None:
+            return
+        for key in target.keys:
+            self._set_health(key, health, now)
+
+    def _set_health(self, key: HealthKey, health: Health, at: float | None = None) -> None:
+        previous = self._health.get(key)
+        if previous == health:
+            return
+        self._health[key] = health
+        if previous is not None and (previous.healthy, previous.weight) == (
+            health.healthy, health.weight
+        ):
+            return  # only the reason text changed: kept in the snapshot, not announced
+        change = HealthChange(key, health, previous, self._clock.monotonic() if at is None else at)
+        if self._on_change is not None:
+            self._on_change(change)
+        for queue in self._subscribers:
+            queue.put_nowait(change)
