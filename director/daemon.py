@@ -34,6 +34,8 @@ from kazoo.security import OPEN_ACL_UNSAFE
 from director.election import Election, State, Timing, Transition
 from director.peer import Beat, PeerLink, read_secret
 from director.vip import KernelVips, Lease, StaleLease, VipTable, announce
+from healthcheck.checkers import Checkers
+from healthcheck.scheduler import HealthChange, Scheduler
 from lvsctl.config import Loaded
 from lvsctl.errors import LvsctlError
 from lvsctl.model import Cluster, Vip
@@ -149,6 +151,8 @@ class Daemon:
     _records: asyncio.Queue[dict[str, Any]] = field(default_factory=asyncio.Queue)
     _api: Any = None
     fatal: str = ""
+    health: Scheduler | None = None
+    _checkers: Checkers | None = None
 
     # -- paths -------------------------------------------------------------------------------
 
@@ -206,6 +210,8 @@ class Daemon:
             for vip in old.vips:
                 if vip.address not in kept and vip.address in self.held:
                     self._release(vip, "removed from the config")
+        if self.health is not None:
+            self.health.replace(loaded.cluster)
         self._config_ready.set()
 
     async def _watch_config(self, conn: ClusterConnection) -> None:
@@ -281,16 +287,38 @@ class Daemon:
                 return
         self.client.set(path, data)
 
+    def _on_health_change(self, change: HealthChange) -> None:
+        service, realserver = change.key
+        log.info("%s/%s %s", service, realserver,
+                 "healthy" if change.health.healthy else "unhealthy",
+                 extra={"event": "health", "service": service, "realserver": realserver,
+                        "healthy": change.health.healthy, "reason": change.health.reason})
+        self.record({"event": "health", "service": service, "realserver": realserver,
+                     "healthy": change.health.healthy, "reason": change.health.reason})
+        self._wake_loop()
+
+    def _wake_loop(self) -> None:
+        if self.election is not None:
+            self.election._wake.set()
+
     def status(self) -> dict[str, Any]:
         election = self.election
         cluster = self.cluster
+        health = self.health.snapshot() if self.health is not None else {}
         services = []
         if cluster is not None:
             for svc in cluster.services:
+                rows = []
+                for rs in svc.realservers:
+                    h = health.get((svc.name, rs.name))
+                    rows.append({
+                        "name": rs.name, "address": str(rs.key), "weight": rs.weight,
+                        "health": None if h is None else {
+                            "healthy": h.healthy, "weight": h.weight, "reason": h.reason},
+                    })
                 services.append({
                     "name": svc.name, "service": str(svc.key), "forwarding": svc.forwarding.label,
-                    "realservers": [{"name": rs.name, "address": str(rs.key),
-                                     "weight": rs.weight} for rs in svc.realservers],
+                    "realservers": rows,
                 })
         return {
             "director": self.me, "cluster": self.node.cluster,
@@ -454,6 +482,11 @@ class Daemon:
         self.peer.on_beat = self.election.on_peer_beat
         self.peer.on_send = self.election.on_beat_sent
         self.adopt_existing()
+        # Both directors run the checks (a warm standby knows the real servers' health).
+        self._checkers = Checkers()
+        await self._checkers.__aenter__()
+        self.health = Scheduler(self.cluster, self._checkers, on_change=self._on_health_change)
+        await self.health.start()
         await self.peer.start()
         await self.election.start()
         writer = asyncio.create_task(self._write_records())
@@ -483,6 +516,10 @@ class Daemon:
             await self.election.stop(release=lambda: self.release_all("stopping"))
         if self.peer is not None:
             await self.peer.stop()
+        if self.health is not None:
+            await self.health.stop()
+        if self._checkers is not None:
+            await self._checkers.__aexit__(None, None, None)
         # The last records (released, stepped down) are worth a moment: the takeover has
         # already happened, since our znode is gone.
         if self.client is not None and self.client.connected:

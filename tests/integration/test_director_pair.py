@@ -184,8 +184,11 @@ def test_lvsctl_status_shows_the_leader_epoch_and_transitions(pair: DirectorPair
     assert data["leader"]["epoch"] == data["directors"]["lb2"]["epoch"] == 1
     events = [(t["director"], t["event"]) for t in data["transitions"]]
     assert ("lb1", "vip_released") in events and ("lb2", "vip_acquired") in events
-    svc = data["directors"]["lb2"]["services"][0]
-    assert svc["name"] == "www" and svc["realservers"][0]["name"] == "web1"
+    services = {s["name"]: s for s in data["directors"]["lb2"]["services"]}
+    web1 = services["www"]["realservers"][0]
+    zk1 = services["zk"]["realservers"][0]
+    assert web1["name"] == "web1" and web1["health"]["healthy"] is False
+    assert zk1["name"] == "zk1" and zk1["health"]["healthy"] is True
     table = pair.ns["lb2"].run([PYTHON, "-m", "lvsctl", "status", "--node",
                                 str(pair.node_file("lb2"))], timeout=60)
     assert "lb2 leads (epoch 1)" in table and "web1" in table

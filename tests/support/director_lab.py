@@ -66,8 +66,16 @@ def cluster_yaml(announce_count: int = 3, interval: str = "20ms", extra_vip6: bo
         f"    vip: {VIP}",
         "    port: 80",
         "    forwarding: dr",
+        "    check: {type: tcp, interval: 300ms, timeout: 200ms, rise: 1, fall: 1, warmup: 0}",
         "    realservers:",
-        "      - {name: web1, address: 192.0.2.21}",
+        "      - {name: web1, address: 192.0.2.21}   # nobody there: unhealthy",
+        "  - name: zk",
+        f"    vip: {VIP}",
+        "    port: 2181",
+        "    forwarding: dr",
+        "    check: {type: tcp, interval: 300ms, timeout: 200ms, rise: 1, fall: 1, warmup: 0}",
+        "    realservers:",
+        f"      - {{name: zk1, address: {ZK_ADDR}}}   # ZooKeeper itself: healthy",
         "",
     ])
 
