@@ -6,8 +6,10 @@ Every scenario asserts who holds the VIP and that both never held it at the same
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
+import socket
 import time
 
 import pytest
@@ -26,17 +28,31 @@ pytestmark = [pytest.mark.netns, pytest.mark.zookeeper]
 
 
 @pytest.fixture
-def pair(lab):  # type: ignore[no-untyped-def]
+def pair(lab, tmp_path):  # type: ignore[no-untyped-def]
     made = DirectorPair(lab)
+    # lb1 runs as under systemd Type=notify: it must say READY=1 and, on stop, STOPPING=1.
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify"))
+    notify.settimeout(0.1)
+    made.notify = notify  # type: ignore[attr-defined]
     try:
         made.setup()
-        made.start("lb1")
+        made.start("lb1", env={"NOTIFY_SOCKET": str(tmp_path / "notify")})
         made.wait_holder("lb1", 20)  # lb1 leads before lb2 even starts
         made.start("lb2")
         made.wait(lambda: (made.status("lb2") or {}).get("role") == "STANDBY", 20, "lb2 standby")
         yield made
     finally:
         made.close()
+        notify.close()
+
+
+def notifications(pair: DirectorPair) -> list[str]:
+    got = []
+    with contextlib.suppress(TimeoutError):
+        while True:
+            got.append(pair.notify.recv(256).decode())  # type: ignore[attr-defined]
+    return got
 
 
 def assert_never_both(pair: DirectorPair) -> None:
@@ -45,11 +61,13 @@ def assert_never_both(pair: DirectorPair) -> None:
 
 
 def test_graceful_stop_hands_over_at_once(pair: DirectorPair) -> None:
+    assert notifications(pair) == ["READY=1"]
     pair.signal("lb1", signal.SIGTERM)
     took = pair.wait_holder("lb2", 5)
     assert pair.procs["lb1"].wait(timeout=10) == 0
     pair.wait_holder("lb2", 5, addr=VIP6)
     assert took < 1.0  # far below a session timeout: the znode was deleted, not expired
+    assert notifications(pair) == ["STOPPING=1"]
     st = pair.status("lb2")
     assert st is not None and st["role"] == "ACTIVE" and VIP in st["vips"]
     assert_never_both(pair)
@@ -192,3 +210,16 @@ def test_lvsctl_status_shows_the_leader_epoch_and_transitions(pair: DirectorPair
     table = pair.ns["lb2"].run([PYTHON, "-m", "lvsctl", "status", "--node",
                                 str(pair.node_file("lb2"))], timeout=60)
     assert "lb2 leads (epoch 1)" in table and "web1" in table
+
+
+def test_crash_drill_and_node_file_reload(pair: DirectorPair) -> None:
+    pair.signal("lb2", signal.SIGHUP)
+    pair.wait(lambda: '"node_reloaded"' in pair.log("lb2"), 10, "lb2 to re-read its node file")
+    assert pair.procs["lb2"].poll() is None
+    code, _ = pair.post("lb1", "crash", token="nope")
+    assert code == 401 and pair.procs["lb1"].poll() is None
+    code, _ = pair.post("lb1", "crash")
+    assert code == 200
+    assert pair.procs["lb1"].wait(timeout=10) == -signal.SIGKILL
+    pair.wait_holder("lb2", 10)
+    assert_never_both(pair)

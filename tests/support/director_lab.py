@@ -291,12 +291,12 @@ class DirectorPair:
 
     # -- directors ---------------------------------------------------------------------------
 
-    def start(self, name: str) -> subprocess.Popen[bytes]:
+    def start(self, name: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         log = open(self.workdir / f"{name}.log", "ab")  # noqa: SIM115 - lives with the process
         proc = self.lab.start(
             self.ns[name],
             [PYTHON, "-m", "lvsctl", "director", "run", "--node", str(self.node_file(name))],
-            stdout=log, stderr=log, cwd=str(ROOT),
+            stdout=log, stderr=log, cwd=str(ROOT), env={**os.environ, **(env or {})},
         )
         self.procs[name] = proc
         return proc
