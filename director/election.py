@@ -343,10 +343,12 @@ class Election:
             await self._campaign_once()
         except asyncio.CancelledError:
             raise
-        except (TimeoutError, KazooException) as exc:
+        except (TimeoutError, KazooException, ElectionError) as exc:
+            # No fencing here: whether we may hold the VIPs is the lease's business alone
+            # (permission()); a failed request only means we ask again.
             log.warning("election request failed: %s", exc, extra={"event": "election_error"})
-            if self.state is State.ACTIVE:
-                self._to(State.FENCED, f"election request failed: {exc}")
+            if isinstance(exc, ElectionError):
+                self.node = None  # our znode is gone: the next round creates a new one
             await asyncio.sleep(self.timing.confirm_interval)
             self._campaign = None
             if self.zk_connected:
@@ -368,6 +370,8 @@ class Election:
             children = await self._zk(self.client.get_children_async(self.path))
             queue = sorted((c for c in children if "__n_" in c), key=lambda c: c.rsplit("_", 1)[1])
             if self.node not in queue:
+                if self.state is State.ACTIVE:
+                    self._to(State.FENCED, "our election znode vanished")
                 raise ElectionError("our election znode vanished")
             position = queue.index(self.node)
             if position == 0:
