@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import faulthandler
 import json
 import logging
 import os
@@ -24,7 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from kazoo.client import KazooClient
 from kazoo.exceptions import KazooException, NodeExistsError
@@ -513,7 +514,16 @@ class Daemon:
         sd_notify("STOPPING=1")
         log.info("stopping: stepping down", extra={"event": "stopping"})
         if self.election is not None:
+            # Bounded by itself: releasing is local, deleting the znode waits at most 2 s.
             await self.election.stop(release=lambda: self.release_all("stopping"))
+        try:
+            await asyncio.wait_for(self._close(), 6.0)
+        except TimeoutError:
+            log.warning("shutdown did not finish in time; exiting anyway",
+                        extra={"event": "stop_timeout"})
+        log.info("stopped", extra={"event": "stopped", "epoch": self._epoch()})
+
+    async def _close(self) -> None:
         if self.peer is not None:
             await self.peer.stop()
         if self.health is not None:
@@ -530,10 +540,9 @@ class Daemon:
         if self.client is not None:
             client = self.client
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.to_thread(client.stop), 3.0)
+                await asyncio.wait_for(asyncio.to_thread(client.stop), 2.0)
             with contextlib.suppress(Exception):
                 client.close()
-        log.info("stopped", extra={"event": "stopped", "epoch": self._epoch()})
 
     def reload_node(self) -> None:
         try:
@@ -559,8 +568,19 @@ class Daemon:
             self._api = await start_api(self)
 
 
-def run_director(node_path: str, *, insecure: bool = False) -> int:
+def run_director(node_path: str, *, insecure: bool = False) -> NoReturn:
     node = load_node(node_path)
     setup_logging(node)
+    # `kill -USR1 PID` prints every thread's stack to stderr: how to see where a daemon hangs.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     daemon = Daemon(node, node_path, insecure=insecure)
-    return asyncio.run(daemon.run())
+    loop = asyncio.new_event_loop()
+    try:
+        code = loop.run_until_complete(daemon.run())
+    finally:
+        loop.close()  # does not wait for executor threads (a kazoo call may never return)
+    # Stepped down and released by now; kazoo's threads or a blocked worker thread must not
+    # keep a stopped director alive.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
