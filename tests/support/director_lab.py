@@ -200,6 +200,7 @@ class DirectorPair:
     zk: ZooKeeperServer | None = None
     config_version: int = 0
     vip6: bool = True
+    session: float = SESSION
 
     def setup(self, cluster_text: str | None = None) -> DirectorPair:
         self.hub = self.lab.netns("hub")
@@ -230,7 +231,7 @@ class DirectorPair:
         path.write_text("\n".join([
             "cluster: t",
             f"director: {name}",
-            f"zookeeper: {{hosts: ['{ZK_ADDR}:2181'], session_timeout: {SESSION}, "
+            f"zookeeper: {{hosts: ['{ZK_ADDR}:2181'], session_timeout: {self.session}, "
             f"auth: {self.workdir / 'zk.secret'}}}",
             f"peer: {{secret: {self.workdir / 'peer.secret'}}}",
             f"api: {{listen: '127.0.0.1:{API_PORT}', token: {self.workdir / 'api.token'}, "
@@ -349,6 +350,11 @@ class DirectorPair:
 
     def wait_holder(self, name: str | None, timeout: float = 15.0, addr: str = VIP) -> float:
         return self.wait(lambda: self.holder(addr) == name, timeout, f"{name} to hold {addr}")
+
+    def intervals_since(self, name: str, since: float,
+                        addr: str = VIP) -> list[tuple[float, float]]:
+        """``name``'s holding intervals of ``addr`` that reach past ``since``."""
+        return [iv for iv in self.watches[name].intervals(addr, time.monotonic()) if iv[1] > since]
 
     def overlap(self, addr: str = VIP) -> float:
         now = time.monotonic()
