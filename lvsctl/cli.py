@@ -11,6 +11,7 @@ from lvsctl import __version__
 from lvsctl.commands.check import check_group
 from lvsctl.commands.config import config_group
 from lvsctl.commands.director import director_group
+from lvsctl.commands.node import node_group
 from lvsctl.commands.status import status_command
 from lvsctl.errors import ConfigError, LvsctlError
 
@@ -36,6 +37,7 @@ def cli() -> None:
 
 cli.add_command(config_group)
 cli.add_command(check_group)
+cli.add_command(node_group)
 cli.add_command(director_group)
 cli.add_command(status_command)
 
