@@ -369,7 +369,8 @@ class Daemon:
         verdict = election.permission()
         if verdict not in ("zk", "peer"):
             if self.held:
-                self.release_all(f"leadership {election.state.value}, verdict {verdict}")
+                why = "lease lapsed" if election.state is State.ACTIVE else "not the leader"
+                self.release_all(f"{why} ({election.state.value}, {verdict or 'no verdict'})")
             return
         lease = Lease(election.timing.lifetime)
         for vip in cluster.vips:
@@ -449,6 +450,7 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload_node)
+        loop.add_signal_handler(signal.SIGUSR2, dump_tasks)  # where each asyncio task waits
         target = Target.from_node(self.node, insecure=self.insecure)
         credentials = target.credentials()  # no credentials and not --insecure: refuse
         self.client = make_daemon_client(target, credentials)
@@ -566,6 +568,11 @@ class Daemon:
 
         with contextlib.suppress(OSError):
             self._api = await start_api(self)
+
+
+def dump_tasks() -> None:
+    for task in asyncio.all_tasks():
+        task.print_stack(file=sys.stderr)
 
 
 def run_director(node_path: str, *, insecure: bool = False) -> NoReturn:

@@ -221,7 +221,10 @@ class Election:
             confirmed_until=self.confirmed_until, peer=peer,
             promise_until=self.promise_until, timing=self.timing,
         )
-        if verdict is None and self.state is State.ACTIVE:
+        if verdict is None and self.state is State.ACTIVE and not self.zk_connected:
+            # Lapsed and cut off: our session may expire and the other director win, so we
+            # give the lead up. Lapsed but still connected (round trips merely slow) we stay
+            # ACTIVE holding nothing, and hold again once a round trip confirms us.
             self._to(State.FENCED, "leadership no longer confirmed (lease ran out)")
             self._restart_campaign_later()
         return verdict
@@ -257,6 +260,8 @@ class Election:
         was = self.zk_connected
         self.zk_connected = zk_state == KazooState.CONNECTED
         log.info("zookeeper %s", zk_state, extra={"event": "zookeeper", "zk": zk_state})
+        if not self.zk_connected and self.state is State.ACTIVE:
+            self.permission()  # fences now if neither the lease nor the peer covers us
         if zk_state == KazooState.LOST:
             self.confirmed_until = -math.inf
             self._cancel_campaign()
@@ -300,9 +305,8 @@ class Election:
         await self.stepdown(rejoin=False, release=release)
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=2.0)
         self.client.remove_listener(self._listener)
 
     async def stepdown(self, *, rejoin: bool = True,
@@ -408,7 +412,9 @@ class Election:
 
     async def _confirm_forever(self) -> None:
         """One round trip per ``confirm_interval``; each reply extends ``confirmed_until``."""
-        while True:
+        # The flag, not only cancellation, ends the loop: Python 3.11's wait_for can swallow
+        # a cancel that races with its inner future completing.
+        while not self._stopping:
             if self.zk_connected:
                 sent = self.monotonic()
                 try:
