@@ -1,11 +1,13 @@
 """Failover benchmark: lvsctl's director pair against keepalived's VRRP pair, in one run.
 
-For each pair and each way of losing the active (graceful stop = SIGTERM; crash = SIGKILL),
+For each pair and each way of losing the active (graceful stop = SIGTERM; crash = SIGKILL;
+freeze = SIGSTOP, resumed with SIGCONT after the round),
 over N rounds: the takeover time (signal sent -> the VIP is present on the other director AND
 a gratuitous ARP from it was seen on the bridge) and the VIP overlap (how long both directors
 had the VIP configured at the same time, from netlink address events in both namespaces).
 
     sudo .venv/bin/python -m bench.failover [--rounds 20] [--only lvsctl|keepalived]
+                                            [--kinds graceful,kill,freeze]
 
 Pairs: lvsctl (ZooKeeper session timeout 2 s, VIP lease 1 s, real ZooKeeper in its own
 namespace), keepalived VRRPv2 advert_int 1 (its defaults), keepalived VRRPv3 advert_int 0.1.
@@ -96,7 +98,7 @@ def mac_of(ns: Netns, ifname: str = "eth0") -> bytes:
 @dataclass
 class Round:
     takeover: float | None  # seconds; None = did not happen within the limit
-    overlap: float  # seconds both held the VIP, up to 0.3 s after the takeover
+    overlap: float  # seconds both held the VIP, from the signal until the lost one is back
     left_behind: bool  # the lost director still had the VIP at the end of the round
 
 
@@ -147,14 +149,17 @@ def measure(pair: Pair, garps: GarpWatch, sig: int, limit: float) -> Round:
         return True
 
     wait(done, limit)
-    time.sleep(0.3)  # let a late removal on the lost side show up before measuring overlap
+    time.sleep(0.3)  # let a late removal on the lost side show up
+    left = pair.watches[active].holds(VIP)
+    # Bring the lost director back (restart, or SIGCONT after a freeze) inside the measured
+    # window: a resumed director that re-added the VIP would count as an overlap.
+    pair.restore(active)
+    time.sleep(0.5)
     end = time.monotonic()
     both = overlap(
         [iv for iv in pair.watches[active].intervals(VIP, end) if iv[1] >= t0],
         [iv for iv in pair.watches[other].intervals(VIP, end) if iv[1] >= t0],
     )
-    left = pair.watches[active].holds(VIP)
-    pair.restore(active)
     return Round(took, both, left)
 
 
@@ -186,6 +191,11 @@ class LvsctlPair(Pair):
         self.pair.signal(who, sig)
 
     def restore(self, who: str) -> None:
+        if self.pair.procs[who].poll() is None:
+            # Frozen: resumed, it must find itself fenced and come back as the standby.
+            self.pair.signal(who, signal.SIGCONT)
+            self.standby(who)
+            return
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.pair.procs[who].wait(timeout=10)
         self.pair.start(who)
@@ -260,13 +270,13 @@ class KeepalivedPair(Pair):
         ], stdout=log, stderr=log)
 
     def lose(self, who: str, sig: int) -> None:
-        if sig == signal.SIGKILL:
+        if sig in (signal.SIGKILL, signal.SIGSTOP):
             # A crash: every keepalived process of that director dies at once (parent and
             # VRRP child), as on a kernel panic or an OOM kill.
             # Frozen first, so that no process sees another die and shuts down cleanly (the
             # VRRP child would send a priority-0 advert when its parent goes).
             pids = run(["ip", "netns", "pids", self.ns[who].name], check=False).split()
-            for sig_ in (signal.SIGSTOP, signal.SIGKILL):
+            for sig_ in dict.fromkeys((signal.SIGSTOP, sig)):
                 for pid in pids:
                     with contextlib.suppress(ProcessLookupError, ValueError):
                         os.kill(int(pid), sig_)
@@ -274,6 +284,11 @@ class KeepalivedPair(Pair):
             self.procs[who].send_signal(sig)
 
     def restore(self, who: str) -> None:
+        if self.procs[who].poll() is None:
+            # Frozen: a resumed keepalived master would fight the new one; start it afresh.
+            for pid in run(["ip", "netns", "pids", self.ns[who].name], check=False).split():
+                with contextlib.suppress(ProcessLookupError, ValueError):
+                    os.kill(int(pid), signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.procs[who].wait(timeout=10)
         # keepalived leaves a crashed master's VIP configured: remove it by hand, as an
@@ -324,14 +339,20 @@ def fmt(ms: object) -> str:
     return f"{ms:7.1f} ms" if isinstance(ms, float | int) else "      - "
 
 
-def bench(pair: Pair, lab: Lab, rounds: int) -> list[dict[str, object]]:
+KINDS = {
+    "graceful": ("graceful", signal.SIGTERM, 10.0),
+    "kill": ("kill -9", signal.SIGKILL, 15.0),
+    "freeze": ("freeze", signal.SIGSTOP, 15.0),
+}
+
+
+def bench(pair: Pair, lab: Lab, rounds: int, kinds: list[str]) -> list[dict[str, object]]:
     hub, bridge = pair.setup()  # type: ignore[attr-defined]
     garps = GarpWatch(hub, bridge)
     garps.start()
     rows = []
     try:
-        kinds = (("graceful", signal.SIGTERM, 10.0), ("kill -9", signal.SIGKILL, 15.0))
-        for kind, sig, limit in kinds:
+        for kind, sig, limit in (KINDS[k] for k in kinds):
             results = []
             for i in range(rounds):
                 results.append(measure(pair, garps, sig, limit))
@@ -351,7 +372,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--only", choices=["lvsctl", "keepalived"])
+    parser.add_argument("--kinds", default="graceful,kill,freeze",
+                        help="comma-separated: graceful, kill, freeze")
     args = parser.parse_args()
+    kinds = [k for k in args.kinds.split(",") if k]
+    if not kinds or any(k not in KINDS for k in kinds):
+        parser.error(f"--kinds: expected a comma-separated subset of {', '.join(KINDS)}")
     argv = ["sudo", ".venv/bin/python", "-m", "bench.failover", *sys.argv[1:]]
     print(f"command: {' '.join(argv)}")
     print(f"rounds: {args.rounds} per kind; takeover = signal -> VIP on the other + GARP seen")
@@ -365,7 +391,7 @@ def main() -> None:
             makers.append(lambda: KeepalivedPair(lab, 2, 1.0))
             makers.append(lambda: KeepalivedPair(lab, 3, 0.1))
         for make in makers:
-            rows += bench(make(), lab, args.rounds)
+            rows += bench(make(), lab, args.rounds, kinds)
     finally:
         lab.close()
     print("\nsummary")
