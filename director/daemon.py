@@ -32,6 +32,7 @@ from kazoo.exceptions import KazooException, NodeExistsError
 from kazoo.recipe.watchers import DataWatch
 from kazoo.security import OPEN_ACL_UNSAFE
 
+from director.dataplane import Dataplane, open_table
 from director.election import Election, State, Timing, Transition
 from director.peer import Beat, PeerLink, read_secret
 from director.vip import KernelVips, Lease, StaleLease, VipTable, announce
@@ -46,6 +47,7 @@ from lvsctl.zk import ClusterConnection, ConfigVersion, Credentials, Target
 log = logging.getLogger("lvsctl.director")
 
 RENEW_INTERVAL = 0.1  # how often the VIP lease is checked and renewed
+RECONCILE_INTERVAL = 2.0  # the kernel's table is observed at least this often
 TRANSITIONS_KEPT = 200
 
 
@@ -154,6 +156,8 @@ class Daemon:
     fatal: str = ""
     health: Scheduler | None = None
     _checkers: Checkers | None = None
+    dataplane: Dataplane | None = None
+    _reconcile_at: float = 0.0  # monotonic time of the next reconcile pass (0 = now)
 
     # -- paths -------------------------------------------------------------------------------
 
@@ -213,6 +217,7 @@ class Daemon:
                     self._release(vip, "removed from the config")
         if self.health is not None:
             self.health.replace(loaded.cluster)
+        self._reconcile_at = 0.0
         self._config_ready.set()
 
     async def _watch_config(self, conn: ClusterConnection) -> None:
@@ -296,6 +301,7 @@ class Daemon:
                         "healthy": change.health.healthy, "reason": change.health.reason})
         self.record({"event": "health", "service": service, "realserver": realserver,
                      "healthy": change.health.healthy, "reason": change.health.reason})
+        self._reconcile_at = 0.0
         self._wake_loop()
 
     def _wake_loop(self) -> None:
@@ -425,9 +431,40 @@ class Daemon:
         # VIPs before anything else happens (before the znode is deleted on a stepdown).
         if t.state is not State.ACTIVE:
             self.release_all(f"leadership {t.state.value}: {t.reason}")
+        # Then the connection-sync daemon follows: master only on the active.
+        self._sync_role(t.state is State.ACTIVE, t.epoch)
+        self._reconcile_at = 0.0
         self.record({"event": "transition", "state": t.state.value, "epoch": t.epoch,
                      "reason": t.reason, "monotonic": round(t.monotonic, 6),
                      "wall": round(t.wall, 6)})
+
+    # -- IPVS --------------------------------------------------------------------------------
+
+    def _sync_role(self, active: bool, epoch: int) -> None:
+        if self.dataplane is None or self.cluster is None:
+            return
+        me = self.cluster.director(self.me)
+        try:
+            self.dataplane.sync_role(active, me.sync_interface, me.sync_id, epoch=epoch)
+        except LvsctlError as exc:
+            log.error("sync daemon not switched: %s", exc,
+                      extra={"event": "sync_daemon_error", "epoch": epoch})
+
+    def _reconcile_if_due(self) -> None:
+        if self.dataplane is None or self.cluster is None or self.election is None:
+            return
+        now = self.monotonic()
+        if now < self._reconcile_at:
+            return
+        self._reconcile_at = now + RECONCILE_INTERVAL
+        health = self.health.snapshot() if self.health is not None else {}
+        try:
+            self.last_reconcile = self.dataplane.reconcile(
+                self.cluster, health, epoch=self.election.epoch,
+                role=self.election.state.value)
+        except LvsctlError as exc:
+            log.error("reconcile failed: %s", exc, extra={"event": "ipvs_error",
+                                                          "epoch": self.election.epoch})
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -485,6 +522,9 @@ class Daemon:
         self.peer.on_beat = self.election.on_peer_beat
         self.peer.on_send = self.election.on_beat_sent
         self.adopt_existing()
+        # The kernel's table is adopted as it is: only what the plan says changes (no flush).
+        self.dataplane = Dataplane(open_table(self.node.ipvs), monotonic=self.monotonic)
+        self._sync_role(False, 0)
         # Both directors run the checks (a warm standby knows the real servers' health).
         self._checkers = Checkers()
         await self._checkers.__aenter__()
@@ -498,6 +538,7 @@ class Daemon:
         log.info("running", extra={"event": "ready"})
         while not self.stopping.is_set():
             self._hold_once()
+            self._reconcile_if_due()
             stop = asyncio.create_task(self.stopping.wait())
             change = asyncio.create_task(self.election.changed(RENEW_INTERVAL))
             await asyncio.wait({stop, change}, return_when=asyncio.FIRST_COMPLETED)
@@ -539,6 +580,8 @@ class Daemon:
                 await asyncio.wait_for(self._records.join(), 2.0)
         if self._api is not None:
             await self._api.cleanup()
+        if self.dataplane is not None:
+            self.dataplane.close()
         if self.client is not None:
             client = self.client
             with contextlib.suppress(Exception):

@@ -14,6 +14,7 @@ import time
 
 import pytest
 
+from director.fake_ipvs import FakeIpvs
 from tests.support.director_lab import (
     PEER_PORT,
     PYTHON,
@@ -61,6 +62,39 @@ def notifications(pair: DirectorPair) -> list[str]:
 def assert_never_both(pair: DirectorPair) -> None:
     for addr in (VIP, VIP6):
         assert pair.overlap(addr) == 0.0, f"both directors held {addr} at once"
+
+
+def ipvs(pair: DirectorPair, name: str) -> FakeIpvs:
+    return FakeIpvs(pair.workdir / f"{name}.ipvs.json")
+
+
+def sync_states(pair: DirectorPair, name: str) -> set[str]:
+    return {d.state.label for d in ipvs(pair, name).sync_daemons()}
+
+
+def dests(pair: DirectorPair, name: str, port: int) -> set[str]:
+    table = ipvs(pair, name).observe()
+    service = next(s for k, s in table.items() if k.port == port)
+    return {str(d) for d in service.dests}
+
+
+def test_both_tables_kept_warm_and_sync_daemon_follows_the_lead(pair: DirectorPair) -> None:
+    for name in ("lb1", "lb2"):  # the standby's table is programmed too (no flush, warm)
+        pair.wait(lambda n=name: "192.0.2.100:2181" in dests(pair, n, 2181), 10,
+                  f"{name}'s table to have zk1")
+        # web1 fails its check: on_failure remove takes it out of the table.
+        pair.wait(lambda n=name: "192.0.2.21:80" not in dests(pair, n, 80), 10,
+                  f"{name} to drop web1")
+    assert sync_states(pair, "lb1") == {"master"}
+    assert sync_states(pair, "lb2") == {"backup"}
+    pair.signal("lb1", signal.SIGTERM)
+    pair.wait_holder("lb2", 5)
+    pair.wait(lambda: sync_states(pair, "lb2") == {"master"}, 5, "lb2 sync master")
+    assert sync_states(pair, "lb1") == {"backup"}  # handed over before it left
+    st = pair.status("lb2")
+    assert st is not None and st["last_reconcile"]["observed"] is True
+    assert '"ipvs_op"' in pair.log("lb1") and '"epoch"' in pair.log("lb1")
+    assert_never_both(pair)
 
 
 def test_graceful_stop_hands_over_at_once(pair: DirectorPair) -> None:
