@@ -25,7 +25,8 @@ keeps the VIPs only on the peer link's word (fail-static when the whole ensemble
 A director *vouches* (``Beat.vouch``) while it is not active and the other director's beats
 say it cannot reach ZooKeeper. Each vouching beat is a promise: the voucher will not take the
 VIPs until ``dead_after + lifetime + slack + margin`` after it, even if it wins the election
-meanwhile — unless the other acknowledges its epoch and says it holds nothing. A director that
+meanwhile — unless a fresh beat from the other says it holds nothing and is not active (or has
+seen our epoch): a director that is not active cannot become so again while we lead. A director that
 never vouched (the other was connected: a crash, a freeze) takes over as soon as it wins.
 
 Kazoo runs its own threads: its listeners and watches only hand events to the asyncio loop
@@ -118,7 +119,14 @@ def hold_permission(
     """
     if state is not State.ACTIVE:
         return None
-    acked = peer is not None and peer.beat.ack_epoch >= epoch and not peer.beat.holding
+    # The promise is void once the other says, freshly, that it holds nothing and either is
+    # not active (it cannot become active again while we lead) or has seen our epoch.
+    acked = (
+        peer is not None
+        and now - peer.at <= timing.peer_dead_after
+        and not peer.beat.holding
+        and (peer.beat.state != State.ACTIVE.value or peer.beat.ack_epoch >= epoch)
+    )
     if now < promise_until and not acked:
         return "wait"
     if now + timing.hold_span <= confirmed_until:
