@@ -511,12 +511,13 @@ class Daemon:
         deadline = self.monotonic() + self.node.zookeeper.session_timeout
         while not self.client.connected and self.monotonic() < deadline:
             await asyncio.sleep(0.02)
+        timing = Timing(session_timeout=self.node.zookeeper.session_timeout)
         self.peer = PeerLink(
             self.me, read_secret(self.node.peer_secret_file),
             (me.peer_address, me.peer_port), (other.peer_address, other.peer_port),
+            dead_after=timing.peer_dead_after,
         )
         self.peer.local = Beat(self.me, zk_connected=self.client.connected)
-        timing = Timing(session_timeout=self.node.zookeeper.session_timeout)
         self.election = Election(self.client, f"{self.base}/election", self.me, timing,
                                  peer=self.peer, on_transition=self._on_transition)
         self.peer.on_beat = self.election.on_peer_beat

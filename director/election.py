@@ -87,7 +87,9 @@ class Timing:
     kernel_slack: float = 0.35  # the kernel deletes an expired address up to ~250 ms late
     margin: float = 0.1
     confirm_interval: float = 0.1
-    peer_dead_after: float = 0.5
+    # A beat older than this is no word at all. Generous, because a starved process on a
+    # loaded host can miss several beats; the promise grows with it (dead_after + hold_span).
+    peer_dead_after: float = 1.0
 
     @property
     def hold_span(self) -> float:
