@@ -43,9 +43,13 @@ def _name(value: Any) -> Any:
 def _address(value: Any) -> Any:
     if isinstance(value, str):
         try:
-            return str(ipaddress.ip_address(value))
+            address = ipaddress.ip_address(value)
         except ValueError:
             raise ValueError(f"{value!r} is not an IPv4 or IPv6 address") from None
+        if isinstance(address, ipaddress.IPv6Address) and address.scope_id is not None:
+            # A zone ("%eth0") names a link of one host; no cluster address is link-scoped.
+            raise ValueError(f"{value!r} carries a zone (%...): give the address alone")
+        return str(address)
     return value
 
 
@@ -58,6 +62,8 @@ def _interface_address(value: Any) -> Any:
             raise ValueError(
                 f"{value!r} is not an address (optionally with /prefix, e.g. 10.0.0.2/24)"
             ) from None
+        if "%" in value:
+            raise ValueError(f"{value!r} carries a zone (%...): give the address alone")
         return str(iface) if "/" in value else str(iface.ip)
     return value
 

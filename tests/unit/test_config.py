@@ -47,6 +47,8 @@ BAD = [
      "not an IPv4 or IPv6 address"),
     ("services[0].realservers[0].address", "2001:db8::21", "services[0].realservers[0].address",
      "not an IPv4 address"),
+    ("vips[1].address", "2001:db8::10%$(reboot)", "vips[1].address", "carries a zone"),
+    ("directors[0].address", "fe80::1%eth0/64", "directors[0].address", "carries a zone"),
     ("services[0].port", 0, "services[0].port", "at least 1"),
     ("services[0].port", 70000, "services[0].port", "at most 65535"),
     ("services[0].port", "80", "services[0].port", "expected a whole number"),
