@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -26,8 +27,12 @@ pytestmark = [pytest.mark.netns, pytest.mark.zookeeper]
 
 
 @pytest.fixture
-def drill_pair(lab) -> Iterator[DrillPair]:  # type: ignore[no-untyped-def]
-    pair = ReachablePair(lab)
+def drill_pair(lab, tmp_path: Path) -> Iterator[DrillPair]:  # type: ignore[no-untyped-def]
+    # The pair's files live in this test's own tmp_path (another run's clean-up of /tmp once
+    # took a pair's folder away mid-test).
+    workdir = tmp_path / "pair"
+    workdir.mkdir()
+    pair = ReachablePair(lab, workdir=workdir)
     try:
         pair.setup()
         made = DrillPair(pair).setup()
