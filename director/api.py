@@ -13,6 +13,8 @@ import asyncio
 import hmac
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -77,8 +79,14 @@ def make_app(daemon: Daemon) -> web.Application:
 
     async def freeze(request: web.Request) -> web.Response:
         guard(request, drill=True)
+        seconds = _freeze_seconds(request.query.get("seconds"))
+        # A stopped process cannot wake itself: a small child process sends SIGCONT later.
+        subprocess.Popen(
+            [sys.executable, "-c", _RESUME, f"{seconds:g}", str(os.getpid())],
+            start_new_session=True, stdin=subprocess.DEVNULL,
+        )
         asyncio.get_running_loop().call_later(0.05, os.kill, os.getpid(), signal.SIGSTOP)
-        return web.json_response({"freezing": True})
+        return web.json_response({"freezing": True, "seconds": seconds})
 
     app = web.Application()
     app.add_routes([
@@ -86,6 +94,28 @@ def make_app(daemon: Daemon) -> web.Application:
         web.post("/stepdown", stepdown), web.post("/crash", crash), web.post("/freeze", freeze),
     ])
     return app
+
+
+FREEZE_DEFAULT = 10.0
+FREEZE_MAX = 600.0
+_RESUME = (
+    "import os, signal, sys, time\n"
+    "time.sleep(float(sys.argv[1]))\n"
+    "os.kill(int(sys.argv[2]), signal.SIGCONT)\n"
+)
+
+
+def _freeze_seconds(raw: str | None) -> float:
+    """How long a freeze drill stops the director: ``?seconds=N``, 0 < N <= 600."""
+    if raw is None:
+        return FREEZE_DEFAULT
+    try:
+        seconds = float(raw)
+    except ValueError:
+        raise web.HTTPBadRequest(text=f"seconds: expected a number, got {raw!r}\n") from None
+    if not 0 < seconds <= FREEZE_MAX:
+        raise web.HTTPBadRequest(text=f"seconds: expected more than 0 and at most {FREEZE_MAX:g}\n")
+    return seconds
 
 
 async def start_api(daemon: Daemon) -> Any:

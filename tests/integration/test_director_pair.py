@@ -263,3 +263,16 @@ def test_crash_drill_and_node_file_reload(pair: DirectorPair) -> None:
     assert pair.procs["lb1"].wait(timeout=10) == -signal.SIGKILL
     pair.wait_holder("lb2", 10)
     assert_never_both(pair)
+
+
+def test_freeze_drill_resumes_by_itself_and_comes_back_standby(pair: DirectorPair) -> None:
+    code, body = pair.post("lb1", "freeze?seconds=abc")
+    assert code == 400 and "seconds: expected a number" in body
+    code, body = pair.post("lb1", "freeze?seconds=4")
+    assert code == 200 and json.loads(body) == {"freezing": True, "seconds": 4.0}
+    pair.wait_holder("lb2", 10)
+    # nothing from outside sends SIGCONT: the director's own resumer must
+    pair.wait(lambda: (pair.status("lb1") or {}).get("role") == "STANDBY", 30, "lb1 to resume")
+    assert pair.procs["lb1"].poll() is None
+    assert pair.holder() == "lb2"
+    assert_never_both(pair)
