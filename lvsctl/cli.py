@@ -10,10 +10,13 @@ import click
 from lvsctl import __version__
 from lvsctl.commands.check import check_group
 from lvsctl.commands.config import config_group
+from lvsctl.commands.director import director_group
+from lvsctl.commands.failover import failover_group
 from lvsctl.commands.ipvs import ipvs_group
 from lvsctl.commands.lab import lab_group
 from lvsctl.commands.node import node_group
 from lvsctl.commands.realserver import realserver_group
+from lvsctl.commands.status import status_command
 from lvsctl.commands.vm import vm_group
 from lvsctl.errors import ConfigError, LvsctlError
 
@@ -43,6 +46,9 @@ cli.add_command(check_group)
 cli.add_command(node_group)
 cli.add_command(ipvs_group)
 cli.add_command(realserver_group)
+cli.add_command(director_group)
+cli.add_command(status_command)
+cli.add_command(failover_group)
 cli.add_command(lab_group)
 
 

@@ -355,7 +355,7 @@ def test_render_prints_the_script_without_output() -> None:
 
 
 def test_a_zoned_vip_from_the_cluster_file_is_refused(tmp_path: Path) -> None:
-    # The cluster schema keeps an IPv6 zone ("%..."); the renderer must not let it through.
+    # The cluster schema refuses an IPv6 zone ("%...") at every key that takes it.
     data = copy.deepcopy(MINIMAL)
     zoned = "2001:db8::10%$(reboot)"
     data["vips"][1]["address"] = zoned
@@ -363,4 +363,10 @@ def test_a_zoned_vip_from_the_cluster_file_is_refused(tmp_path: Path) -> None:
                              "realservers": [{"name": "web6", "address": "2001:db8::21"}]})
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(data))
-    _assert_refused(["realserver", "render", str(path), "--all"], tmp_path / "out", "%zone")
+    result = _run(["realserver", "render", str(path), "--all", "--output", str(tmp_path / "out")])
+    assert result.exit_code == 1, result.output
+    assert result.output.strip().splitlines() == [
+        f"c.yaml: services[2].vip: {zoned!r} carries a zone (%...): give the address alone",
+        f"c.yaml: vips[1].address: {zoned!r} carries a zone (%...): give the address alone",
+    ]
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,127 @@
+"""The director's HTTP endpoint: ``/status`` and ``/metrics`` for anyone who can reach it,
+and authenticated actions (``POST /stepdown``; ``/crash`` and ``/freeze`` for drills).
+
+It listens where the node file's ``api.listen`` says (localhost by default). Actions need
+``Authorization: Bearer <token>`` with the token from ``api.token`` (compared in constant
+time); without a token file there are no actions at all. The drill actions also need
+``api.drills: true``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from director.daemon import Daemon
+
+
+def _token(path: str | None) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        token = Path(path).read_bytes().strip()
+    except OSError:
+        return None
+    return token or None
+
+
+def authorized(request: web.Request, token: bytes | None) -> bool:
+    if token is None:
+        return False
+    given = request.headers.get("Authorization", "")
+    scheme, _, value = given.partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), token)
+
+
+def make_app(daemon: Daemon) -> web.Application:
+    async def status(_: web.Request) -> web.Response:
+        return web.json_response(daemon.status())
+
+    async def metrics(_: web.Request) -> web.Response:
+        st = daemon.status()
+        lines = [
+            "# TYPE lvsctl_director_active gauge",
+            f'lvsctl_director_active{{director="{st["director"]}"}} '
+            f'{1 if st["role"] == "ACTIVE" else 0}',
+            "# TYPE lvsctl_director_epoch gauge",
+            f'lvsctl_director_epoch{{director="{st["director"]}"}} {st["epoch"]}',
+            "# TYPE lvsctl_director_vips_held gauge",
+            f'lvsctl_director_vips_held{{director="{st["director"]}"}} {len(st["vips"])}',
+        ]
+        return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
+
+    def guard(request: web.Request, drill: bool = False) -> None:
+        if not authorized(request, _token(daemon.node.api.token_file)):
+            raise web.HTTPUnauthorized(text="a valid bearer token is required\n")
+        if drill and not daemon.node.api.drills:
+            raise web.HTTPForbidden(text="drill actions are off (api.drills in the node file)\n")
+
+    async def stepdown(request: web.Request) -> web.Response:
+        guard(request)
+        was = daemon.status()
+        await daemon.stepdown()
+        return web.json_response({"stepped_down": was["role"] == "ACTIVE",
+                                  "epoch": was["epoch"]})
+
+    async def crash(request: web.Request) -> web.Response:
+        guard(request, drill=True)
+        asyncio.get_running_loop().call_later(0.05, os.kill, os.getpid(), signal.SIGKILL)
+        return web.json_response({"crashing": True})
+
+    async def freeze(request: web.Request) -> web.Response:
+        guard(request, drill=True)
+        seconds = _freeze_seconds(request.query.get("seconds"))
+        # A stopped process cannot wake itself: a small child process sends SIGCONT later.
+        subprocess.Popen(
+            [sys.executable, "-c", _RESUME, f"{seconds:g}", str(os.getpid())],
+            start_new_session=True, stdin=subprocess.DEVNULL,
+        )
+        asyncio.get_running_loop().call_later(0.05, os.kill, os.getpid(), signal.SIGSTOP)
+        return web.json_response({"freezing": True, "seconds": seconds})
+
+    app = web.Application()
+    app.add_routes([
+        web.get("/status", status), web.get("/metrics", metrics),
+        web.post("/stepdown", stepdown), web.post("/crash", crash), web.post("/freeze", freeze),
+    ])
+    return app
+
+
+FREEZE_DEFAULT = 10.0
+FREEZE_MAX = 600.0
+_RESUME = (
+    "import os, signal, sys, time\n"
+    "time.sleep(float(sys.argv[1]))\n"
+    "os.kill(int(sys.argv[2]), signal.SIGCONT)\n"
+)
+
+
+def _freeze_seconds(raw: str | None) -> float:
+    """How long a freeze drill stops the director: ``?seconds=N``, 0 < N <= 600."""
+    if raw is None:
+        return FREEZE_DEFAULT
+    try:
+        seconds = float(raw)
+    except ValueError:
+        raise web.HTTPBadRequest(text=f"seconds: expected a number, got {raw!r}\n") from None
+    if not 0 < seconds <= FREEZE_MAX:
+        raise web.HTTPBadRequest(text=f"seconds: expected more than 0 and at most {FREEZE_MAX:g}\n")
+    return seconds
+
+
+async def start_api(daemon: Daemon) -> Any:
+    """Start listening; returns the runner (``await runner.cleanup()`` to stop)."""
+    runner = web.AppRunner(make_app(daemon), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, daemon.node.api.host, daemon.node.api.port)
+    await site.start()
+    return runner

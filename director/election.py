@@ -1,0 +1,450 @@
+"""ZooKeeper leadership for the director pair: the election, its fencing epoch and the VIP lease.
+
+Leadership is an ephemeral sequential znode under ``<root>/<cluster>/election`` (the layout of
+kazoo's Lock recipe: the lowest sequence number leads). The **epoch** is our znode's sequence
+number, so a later leader always has a higher epoch.
+
+The leader may hold the VIPs only while its leadership is *confirmed* (DESIGN.md "Leadership
+rules"). Every ``confirm_interval`` we make one ZooKeeper round trip; a reply to a request sent
+at ``t`` proves the server saw our session at or after ``t``, so the session cannot expire —
+and the other director cannot win — before ``t + session_timeout``. A VIP renewed at ``now``
+lives at most ``lifetime + kernel_slack`` more, so renewing is allowed only while::
+
+    now + lifetime + kernel_slack + margin <= t + session_timeout        ("zk")
+
+That is the SUSPENDED lease: it runs out on its own when round trips stop. Past it the active
+keeps the VIPs only on the peer link's word (fail-static when the whole ensemble is down)::
+
+    peer beat fresh | peer vouches | peer claims ACTIVE or holds | may hold
+    ----------------+--------------+----------------------------+---------
+    no              | -            | -                          | no  -> FENCED
+    yes             | no           | -                          | no  -> FENCED
+    yes             | yes          | yes                        | no  -> FENCED
+    yes             | yes          | no                         | yes ("peer")
+
+A director *vouches* (``Beat.vouch``) while it is not active and the other director's beats
+say it cannot reach ZooKeeper. Each vouching beat is a promise: the voucher will not take the
+VIPs until ``dead_after + lifetime + slack + margin`` after it, even if it wins the election
+meanwhile — unless a fresh beat from the other says it holds nothing and is not active (or has
+seen our epoch): a director that is not active cannot become so again while we lead. A director that
+never vouched (the other was connected: a crash, a freeze) takes over as soon as it wins.
+
+Kazoo runs its own threads: its listeners and watches only hand events to the asyncio loop
+with ``call_soon_threadsafe`` and never block.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from kazoo.client import KazooClient
+from kazoo.exceptions import KazooException, NodeExistsError, NoNodeError
+from kazoo.protocol.states import KazooState
+
+from director.peer import Heard, PeerLink
+from lvsctl.errors import ElectionError
+
+log = logging.getLogger("lvsctl.director.election")
+
+
+class State(Enum):
+    CANDIDATE = "CANDIDATE"  # in the queue, not yet told where it stands
+    ACTIVE = "ACTIVE"  # won the election: may hold the VIPs while confirmed
+    STANDBY = "STANDBY"  # another director leads; warm, holds nothing
+    FENCED = "FENCED"  # lost its session or its lease: holds nothing until it rejoins
+
+
+# The enforced transition table (STYLE.md 7): anything else raises ElectionError.
+TRANSITIONS: dict[State, frozenset[State]] = {
+    State.CANDIDATE: frozenset({State.ACTIVE, State.STANDBY, State.FENCED}),
+    State.STANDBY: frozenset({State.ACTIVE, State.FENCED, State.CANDIDATE}),
+    State.ACTIVE: frozenset({State.CANDIDATE, State.FENCED}),  # CANDIDATE = stepped down
+    State.FENCED: frozenset({State.CANDIDATE}),
+}
+
+
+def check_transition(old: State, new: State) -> None:
+    if new not in TRANSITIONS[old]:
+        raise ElectionError(f"impossible leadership transition {old.value} -> {new.value}")
+
+
+@dataclass(frozen=True)
+class Timing:
+    """The numbers the lease arithmetic needs; seconds."""
+
+    session_timeout: float
+    lifetime: int = 1  # the VIP address lifetime (the kernel counts whole seconds)
+    kernel_slack: float = 0.35  # the kernel deletes an expired address up to ~250 ms late
+    margin: float = 0.1
+    confirm_interval: float = 0.1
+    # A beat older than this is no word at all. Generous, because a starved process on a
+    # loaded host can miss several beats; the promise grows with it (dead_after + hold_span).
+    peer_dead_after: float = 1.0
+
+    @property
+    def hold_span(self) -> float:
+        """How long a renewal made now may keep a VIP alive, at worst."""
+        return self.lifetime + self.kernel_slack + self.margin
+
+    def check(self) -> None:
+        if self.hold_span + self.confirm_interval * 2 >= self.session_timeout:
+            raise ElectionError(
+                f"session timeout {self.session_timeout:g}s is too short for a VIP lifetime of "
+                f"{self.lifetime}s: it must exceed "
+                f"{self.hold_span + self.confirm_interval * 2:g}s")
+
+
+def hold_permission(
+    now: float,
+    *,
+    state: State,
+    epoch: int,
+    confirmed_until: float,
+    peer: Heard | None,
+    promise_until: float,
+    timing: Timing,
+) -> str | None:
+    """May the director renew (or add) its VIPs now? "zk", "peer", "wait" or None (fence).
+
+    Pure: the truth table is in the module docstring. "wait" = leader, but the other director
+    may still hold the VIPs on our earlier word; hold nothing yet, do not fence.
+    """
+    if state is not State.ACTIVE:
+        return None
+    # The promise is void once the other says, freshly, that it holds nothing and either is
+    # not active (it cannot become active again while we lead) or has seen our epoch.
+    acked = (
+        peer is not None
+        and now - peer.at <= timing.peer_dead_after
+        and not peer.beat.holding
+        and (peer.beat.state != State.ACTIVE.value or peer.beat.ack_epoch >= epoch)
+    )
+    if now < promise_until and not acked:
+        return "wait"
+    if now + timing.hold_span <= confirmed_until:
+        return "zk"
+    if (
+        peer is not None
+        and now - peer.at <= timing.peer_dead_after
+        and peer.beat.vouch
+        and peer.beat.state != State.ACTIVE.value
+        and not peer.beat.holding
+    ):
+        return "peer"
+    return None
+
+
+@dataclass(frozen=True)
+class Transition:
+    state: State
+    epoch: int
+    reason: str
+    monotonic: float
+    wall: float
+
+
+@dataclass
+class Election:
+    """Runs the election for one director and keeps its state; see the module docstring."""
+
+    client: KazooClient
+    path: str  # <root>/<cluster>/election
+    name: str
+    timing: Timing
+    peer: PeerLink | None = None
+    on_transition: Callable[[Transition], None] = lambda t: None
+    monotonic: Callable[[], float] = time.monotonic
+    wall: Callable[[], float] = time.time
+    state: State = field(init=False, default=State.CANDIDATE)
+    epoch: int = field(init=False, default=0)
+    since: float = field(init=False, default=0.0)
+    confirmed_until: float = field(init=False, default=-math.inf)
+    promise_until: float = field(init=False, default=-math.inf)
+    zk_connected: bool = field(init=False, default=False)
+    node: str | None = field(init=False, default=None)
+    _loop: asyncio.AbstractEventLoop | None = field(init=False, default=None)
+    _campaign: asyncio.Task[None] | None = field(init=False, default=None)
+    _tasks: list[asyncio.Task[None]] = field(init=False, default_factory=list)
+    _wake: asyncio.Event = field(init=False, default_factory=asyncio.Event)
+    _prefix: str = field(init=False, default_factory=lambda: uuid.uuid4().hex)
+    _stopping: bool = field(init=False, default=False)
+    _peer_active_epoch: int = field(init=False, default=0)
+    _confirmed_sent: float = field(init=False, default=-math.inf)
+
+    # -- state ------------------------------------------------------------------------------
+
+    def _to(self, new: State, reason: str) -> None:
+        check_transition(self.state, new)
+        self.state = new
+        self.since = self.wall()
+        log.info("leadership %s", new.value, extra={"event": "transition", "state": new.value,
+                                                     "epoch": self.epoch, "reason": reason})
+        self._advertise()
+        self.on_transition(Transition(new, self.epoch, reason, self.monotonic(), self.since))
+        self._wake.set()  # the daemon acts on a new state at once, not on its next tick
+
+    def _advertise(self, holding: bool | None = None) -> None:
+        if self.peer is None:
+            return
+        heard = self.peer.latest()
+        vouch = (self.state is not State.ACTIVE and heard is not None
+                 and not heard.beat.zk_connected)
+        # "Reaching ZooKeeper" means round trips are coming back, not merely that kazoo has
+        # not noticed a dead connection yet (it takes 2/3 of the session timeout to notice).
+        fresh = self.monotonic() - self._confirmed_sent <= 3 * self.timing.confirm_interval
+        changes: dict[str, Any] = {
+            "state": self.state.value, "epoch": self.epoch,
+            "zk_connected": self.zk_connected and fresh,
+            "ack_epoch": self._peer_active_epoch, "vouch": vouch,
+        }
+        if holding is not None:
+            changes["holding"] = holding
+        self.peer.advertise(**changes)
+
+    def advertise_holding(self, holding: bool) -> None:
+        self._advertise(holding)
+
+    def hold_deadline(self) -> float:
+        """The last monotonic instant at which a renewal is still covered by the verdict."""
+        deadline = self.confirmed_until - self.timing.hold_span
+        heard = self.peer.latest() if self.peer is not None else None
+        if heard is not None and heard.beat.vouch:
+            deadline = max(deadline, heard.at + self.timing.peer_dead_after)
+        return deadline
+
+    def permission(self) -> str | None:
+        """``hold_permission`` for now; fences (ACTIVE -> FENCED) when it says no."""
+        self._advertise()
+        peer = self.peer.latest() if self.peer is not None else None
+        verdict = hold_permission(
+            self.monotonic(), state=self.state, epoch=self.epoch,
+            confirmed_until=self.confirmed_until, peer=peer,
+            promise_until=self.promise_until, timing=self.timing,
+        )
+        if verdict is None and self.state is State.ACTIVE and not self.zk_connected:
+            # Lapsed and cut off: our session may expire and the other director win, so we
+            # give the lead up. Lapsed but still connected (round trips merely slow) we stay
+            # ACTIVE holding nothing, and hold again once a round trip confirms us.
+            self._to(State.FENCED, "leadership no longer confirmed (lease ran out)")
+            self._restart_campaign_later()
+        return verdict
+
+    # -- ZooKeeper plumbing -----------------------------------------------------------------
+
+    async def _zk(self, async_result: Any) -> Any:
+        """Await a kazoo IAsyncResult from the loop (its callback runs in kazoo's thread)."""
+        assert self._loop is not None
+        loop = self._loop
+        future: asyncio.Future[Any] = loop.create_future()
+
+        def done(result: Any) -> None:
+            def settle() -> None:
+                if future.done():
+                    return
+                try:
+                    future.set_result(result.get_nowait())
+                except Exception as exc:  # kazoo's errors, handed back to the awaiting task
+                    future.set_exception(exc)
+
+            loop.call_soon_threadsafe(settle)
+
+        async_result.rawlink(done)
+        return await future
+
+    def _listener(self, zk_state: str) -> None:
+        # Runs in kazoo's thread: hand over and return at once.
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._on_zk_state, zk_state)
+
+    def _on_zk_state(self, zk_state: str) -> None:
+        was = self.zk_connected
+        self.zk_connected = zk_state == KazooState.CONNECTED
+        log.info("zookeeper %s", zk_state, extra={"event": "zookeeper", "zk": zk_state})
+        if not self.zk_connected and self.state is State.ACTIVE:
+            self.permission()  # fences now if neither the lease nor the peer covers us
+        if zk_state == KazooState.LOST:
+            self.confirmed_until = -math.inf
+            self._cancel_campaign()
+            self.node = None
+            if self.state is not State.FENCED:
+                self._to(State.FENCED, "ZooKeeper session lost")
+        self._advertise()
+        if self.zk_connected and not was:
+            self._restart_campaign_later()
+        self._wake.set()
+
+    def on_beat_sent(self, beat: Any) -> None:
+        """Called by the peer link for each beat it sends: a vouching beat is a promise."""
+        if beat.vouch:
+            self.promise_until = max(self.promise_until, self.monotonic()
+                                     + self.timing.peer_dead_after + self.timing.hold_span)
+
+    def on_peer_beat(self, beat: Any) -> None:
+        """Called by the peer link for each authentic beat."""
+        if beat.state == State.ACTIVE.value:
+            self._peer_active_epoch = max(self._peer_active_epoch, beat.epoch)
+        self._advertise()  # whether we vouch follows what the other says
+        self._wake.set()
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.timing.check()
+        self._loop = asyncio.get_running_loop()
+        self.since = self.wall()
+        self.client.add_listener(self._listener)
+        if self.client.connected:
+            self.zk_connected = True
+        self._tasks.append(asyncio.create_task(self._confirm_forever(), name="zk-confirm"))
+        if self.zk_connected:
+            self._restart_campaign_later()
+
+    async def stop(self, *, release: Callable[[], None] | None = None) -> None:
+        """Graceful stop: step down (release first, then delete our znode), then stop tasks."""
+        self._stopping = True
+        await self.stepdown(rejoin=False, release=release)
+        for task in self._tasks:
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=2.0)
+        self.client.remove_listener(self._listener)
+
+    async def stepdown(self, *, rejoin: bool = True,
+                       release: Callable[[], None] | None = None) -> None:
+        """Leave the lead: transition (the daemon releases the VIPs), then delete the znode."""
+        self._cancel_campaign()
+        if self.state is State.ACTIVE:
+            self._to(State.CANDIDATE, "stepping down")
+        if release is not None:
+            release()
+        await self._delete_node()
+        if self.state is State.STANDBY and not rejoin:
+            self._to(State.CANDIDATE, "leaving the election")
+        if rejoin and not self._stopping:
+            self._restart_campaign_later()
+
+    async def _delete_node(self) -> None:
+        node, self.node = self.node, None
+        if node is None or not self.client.connected:
+            return
+        with contextlib.suppress(NoNodeError, KazooException):
+            await asyncio.wait_for(self._zk(self.client.delete_async(f"{self.path}/{node}")), 2.0)
+
+    def _cancel_campaign(self) -> None:
+        if self._campaign is not None and not self._campaign.done():
+            self._campaign.cancel()
+        self._campaign = None
+
+    def _restart_campaign_later(self) -> None:
+        if self._stopping or self._loop is None:
+            return
+        if self._campaign is not None and not self._campaign.done():
+            return
+        self._campaign = asyncio.ensure_future(self._run_campaign())
+
+    async def _run_campaign(self) -> None:
+        try:
+            await self._campaign_once()
+        except asyncio.CancelledError:
+            raise
+        except (TimeoutError, KazooException, ElectionError) as exc:
+            # No fencing here: whether we may hold the VIPs is the lease's business alone
+            # (permission()); a failed request only means we ask again.
+            log.warning("election request failed: %s", exc, extra={"event": "election_error"})
+            if isinstance(exc, ElectionError):
+                self.node = None  # our znode is gone: the next round creates a new one
+            await asyncio.sleep(self.timing.confirm_interval)
+            self._campaign = None
+            if self.zk_connected:
+                self._restart_campaign_later()
+
+    async def _campaign_once(self) -> None:
+        if not self.zk_connected:
+            return
+        if self.state is State.FENCED:
+            # Fenced while our session lived on: our old znode must go, or we would still lead.
+            await self._delete_node()
+            self._to(State.CANDIDATE, "rejoining the election")
+        with contextlib.suppress(NodeExistsError):
+            await self._zk(self.client.ensure_path_async(self.path))
+        if self.node is None:
+            self.node = await self._find_own_node() or await self._create_node()
+        self.epoch = int(self.node.rsplit("_", 1)[1])
+        while True:
+            children = await self._zk(self.client.get_children_async(self.path))
+            queue = sorted((c for c in children if "__n_" in c), key=lambda c: c.rsplit("_", 1)[1])
+            if self.node not in queue:
+                if self.state is State.ACTIVE:
+                    self._to(State.FENCED, "our election znode vanished")
+                raise ElectionError("our election znode vanished")
+            position = queue.index(self.node)
+            if position == 0:
+                if self.state is not State.ACTIVE:
+                    self._to(State.ACTIVE, "won the election")
+                return
+            if self.state is not State.STANDBY:
+                self._to(State.STANDBY, f"{queue[0]} leads")
+            assert self._loop is not None
+            gone = asyncio.Event()
+            loop = self._loop
+
+            def watch(_event: Any, gone: asyncio.Event = gone,
+                      loop: asyncio.AbstractEventLoop = loop) -> None:
+                loop.call_soon_threadsafe(gone.set)
+
+            ahead = f"{self.path}/{queue[position - 1]}"
+            if await self._zk(self.client.exists_async(ahead, watch=watch)) is not None:
+                await gone.wait()
+
+    async def _find_own_node(self) -> str | None:
+        # A create whose reply was lost to a disconnection may still have made our znode.
+        children = await self._zk(self.client.get_children_async(self.path))
+        for child in children:
+            if child.startswith(self._prefix):
+                return str(child)
+        return None
+
+    async def _create_node(self) -> str:
+        data = json.dumps({"director": self.name}).encode()
+        created = await self._zk(self.client.create_async(
+            f"{self.path}/{self._prefix}__n_", data, ephemeral=True, sequence=True))
+        return str(created).rsplit("/", 1)[1]
+
+    async def _confirm_forever(self) -> None:
+        """One round trip per ``confirm_interval``; each reply extends ``confirmed_until``."""
+        # The flag, not only cancellation, ends the loop: Python 3.11's wait_for can swallow
+        # a cancel that races with its inner future completing.
+        while not self._stopping:
+            if self.zk_connected:
+                sent = self.monotonic()
+                try:
+                    await asyncio.wait_for(
+                        self._zk(self.client.exists_async(self.path)),
+                        self.timing.session_timeout,
+                    )
+                except (TimeoutError, KazooException):
+                    pass
+                else:
+                    self._confirmed_sent = max(self._confirmed_sent, sent)
+                    self.confirmed_until = max(
+                        self.confirmed_until,
+                        sent + self.timing.session_timeout - self.timing.margin,
+                    )
+            self._wake.set()
+            await asyncio.sleep(self.timing.confirm_interval)
+
+    async def changed(self, timeout: float) -> None:
+        """Wait until something happened (ZooKeeper state, a beat, a confirmation) or timeout."""
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout)
+        self._wake.clear()

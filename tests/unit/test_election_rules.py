@@ -1,0 +1,80 @@
+"""The leadership rules as pure functions: the transition table and the hold verdict."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from director.election import TRANSITIONS, State, Timing, check_transition, hold_permission
+from director.peer import Beat, Heard
+from lvsctl.errors import ElectionError
+
+T = Timing(session_timeout=2.0)  # hold_span = 1 + 0.35 + 0.1 = 1.45
+
+
+def test_every_transition_outside_the_table_raises() -> None:
+    for old in State:
+        for new in State:
+            if new in TRANSITIONS[old]:
+                check_transition(old, new)
+            else:
+                with pytest.raises(ElectionError, match=f"{old.value} -> {new.value}"):
+                    check_transition(old, new)
+    # The ones that matter most: a fenced director never leads without rejoining first,
+    # a standby never steps "down" into nothing.
+    with pytest.raises(ElectionError):
+        check_transition(State.FENCED, State.ACTIVE)
+    with pytest.raises(ElectionError):
+        check_transition(State.CANDIDATE, State.CANDIDATE)
+
+
+def test_a_session_too_short_for_the_lifetime_is_refused() -> None:
+    with pytest.raises(ElectionError, match="too short"):
+        Timing(session_timeout=1.0).check()
+    Timing(session_timeout=2.0).check()
+
+
+def peer(now: float, *, age: float = 0.0, vouch: bool = True, state: str = "STANDBY",
+         holding: bool = False, ack: int = 0) -> Heard:
+    return Heard(Beat("lb2", state, 3, True, holding, ack, 1, vouch), now - age)
+
+
+NOW = 100.0
+
+
+@pytest.mark.parametrize(
+    ("case", "state", "confirmed_until", "heard", "promise_until", "expect"),
+    [
+        ("confirmed by zk", State.ACTIVE, NOW + 1.5, None, -math.inf, "zk"),
+        ("zk confirmation too short for a full lifetime", State.ACTIVE, NOW + 1.4, None,
+         -math.inf, None),
+        ("not the leader", State.STANDBY, NOW + 5, None, -math.inf, None),
+        ("fenced", State.FENCED, NOW + 5, None, -math.inf, None),
+        ("zk gone, peer fresh and vouching", State.ACTIVE, NOW, peer(NOW), -math.inf, "peer"),
+        ("zk gone, peer does not vouch", State.ACTIVE, NOW, peer(NOW, vouch=False),
+         -math.inf, None),
+        ("zk gone, peer beat stale", State.ACTIVE, NOW, peer(NOW, age=1.1), -math.inf, None),
+        ("zk gone, peer claims active", State.ACTIVE, NOW, peer(NOW, state="ACTIVE"),
+         -math.inf, None),
+        ("zk gone, peer holds a VIP", State.ACTIVE, NOW, peer(NOW, holding=True),
+         -math.inf, None),
+        ("new leader inside its promise", State.ACTIVE, NOW + 5, peer(NOW, holding=True),
+         NOW + 1, "wait"),
+        ("new leader, the old one acknowledged our epoch", State.ACTIVE, NOW + 5,
+         peer(NOW, state="ACTIVE", ack=7), NOW + 1, "zk"),
+        ("new leader, the old one says it is active", State.ACTIVE, NOW + 5,
+         peer(NOW, state="ACTIVE"), NOW + 1, "wait"),
+        ("new leader, the old one stepped down and holds nothing", State.ACTIVE, NOW + 5,
+         peer(NOW, state="CANDIDATE"), NOW + 1, "zk"),
+        ("new leader, that word is stale", State.ACTIVE, NOW + 5,
+         peer(NOW, state="CANDIDATE", age=1.1), NOW + 1, "wait"),
+        ("new leader, ack but the peer still holds", State.ACTIVE, NOW + 5,
+         peer(NOW, ack=7, holding=True), NOW + 1, "wait"),
+        ("new leader, promise over", State.ACTIVE, NOW + 5, None, NOW - 0.01, "zk"),
+    ],
+)
+def test_hold_permission(case, state, confirmed_until, heard, promise_until, expect):  # type: ignore[no-untyped-def]
+    got = hold_permission(NOW, state=state, epoch=7, confirmed_until=confirmed_until,
+                          peer=heard, promise_until=promise_until, timing=T)
+    assert got == expect, case
