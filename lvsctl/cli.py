@@ -13,6 +13,7 @@ from lvsctl.commands.config import config_group
 from lvsctl.commands.director import director_group
 from lvsctl.commands.failover import failover_group
 from lvsctl.commands.ipvs import ipvs_group
+from lvsctl.commands.lab import lab_group
 from lvsctl.commands.node import node_group
 from lvsctl.commands.realserver import realserver_group
 from lvsctl.commands.status import status_command
@@ -48,6 +49,7 @@ cli.add_command(realserver_group)
 cli.add_command(director_group)
 cli.add_command(status_command)
 cli.add_command(failover_group)
+cli.add_command(lab_group)
 
 
 def main() -> None:

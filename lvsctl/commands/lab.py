@@ -1,0 +1,174 @@
+"""``lvsctl lab up | demo | down | status``: a whole cluster on this machine (lvsctl/lab.py).
+
+When this kernel has no IPVS, ``up`` and ``demo`` run inside the kernel VM (lvsctl/vm.py) and
+say so. Processes in the VM end with it, so there ``up`` builds the lab, shows its status and
+removes it again (use ``demo`` to see it work); on a kernel with IPVS ``up`` leaves it running
+until ``lab down``.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from lvsctl import lab as labmod
+from lvsctl.errors import LvsctlError
+from lvsctl.output import echo_json, echo_table
+
+_DIR = click.option("--dir", "state_dir", type=click.Path(file_okay=False),
+                    default=str(labmod.DEFAULT_STATE_DIR), show_default=True,
+                    help="Where each lab keeps its state file, configs and logs "
+                         "[env LVSCTL_LAB_DIR].")
+_HERE = click.option("--here", is_flag=True,
+                     help="Run on this kernel even without IPVS (the VM runs it this way).")
+_VM_TIMEOUT = click.option("--vm-timeout", type=click.FloatRange(60, 3600), default=900.0,
+                           show_default=True, metavar="SECONDS",
+                           help="Bound on the whole VM run when the lab runs in the VM.")
+
+
+def _echo(line: str) -> None:
+    click.echo(line)
+    sys.stdout.flush()
+
+
+def _in_vm(args: list[str], timeout: float) -> None:
+    """Re-run this lab command inside the kernel VM; exit with its exit code."""
+    from lvsctl import vm
+
+    _echo("lab: this kernel has no IPVS: running the lab inside the kernel VM (Debian's "
+          "kernel under QEMU; the lab ends when the VM does)")
+    start = time.monotonic()
+    result = vm.run([sys.executable, "-m", "lvsctl", "lab", *args, "--here"],
+                    options=vm.VmOptions(memory="1G", cpus=2, timeout=timeout),
+                    cwd=str(vm.repo_root()), progress=lambda line: _echo(f"vm: {line}"))
+    _echo(f"lab: kernel VM: boot {result.boot_seconds:.1f} s, whole run "
+          f"{time.monotonic() - start:.1f} s, exit {result.exit_code}")
+    raise SystemExit(result.exit_code)
+
+
+def _needs_vm(here: bool) -> bool:
+    from lvsctl.vm import kernel_has_ipvs
+
+    return not here and not kernel_has_ipvs()
+
+
+@click.group("lab")
+def lab_group() -> None:
+    """A whole cluster on this machine in network namespaces: ZooKeeper, two directors, NAT,
+    DR and TUN real servers and a client."""
+
+
+@lab_group.command("demo")
+@_DIR
+@_HERE
+@_VM_TIMEOUT
+def demo_command(state_dir: str, here: bool, vm_timeout: float) -> None:
+    """Build the lab, show traffic, a failing real server and two drills; remove it.
+
+    Exit status 0 when every result passed, 1 otherwise.
+    """
+    if _needs_vm(here):
+        _in_vm(["demo", "--dir", state_dir], vm_timeout)
+    start = time.monotonic()
+    lab = labmod.Lab.create(Path(state_dir), _echo)
+    results: list[labmod.Result] = []
+    try:
+        with labmod.timed_steps(_echo) as step:
+            try:
+                results = labmod.demo(lab, step, _echo, results)
+            finally:
+                ok = bool(results) and all(r.passed for r in results)
+                if not ok and labmod.running_in_vm():
+                    # The VM's files go with it: show the directors' last log lines now.
+                    for name in labmod.DIRECTORS:
+                        _echo(f"--- {name}.log, last lines")
+                        _echo(lab.log_tail(name))
+                kept = not ok and not labmod.running_in_vm()  # the VM's files go with it
+                with step("tear down" + (f" (logs kept in {lab.workdir})" if kept else "")):
+                    lab.down(keep_logs=kept)
+    except LvsctlError as exc:
+        results.append(labmod.Result("demo", False, str(exc)))
+    _echo("")
+    echo_table(["result", "step", "detail"],
+               [["pass" if r.passed else "FAIL", r.step, r.detail] for r in results])
+    passed = sum(r.passed for r in results)
+    _echo(f"lab demo: {passed}/{len(results)} passed in {time.monotonic() - start:.1f} s")
+    raise SystemExit(0 if results and passed == len(results) else 1)
+
+
+@lab_group.command("up")
+@_DIR
+@_HERE
+@_VM_TIMEOUT
+@click.option("--once", is_flag=True, hidden=True,
+              help="Show the status and remove the lab again (how the VM runs up).")
+def up_command(state_dir: str, here: bool, vm_timeout: float, once: bool) -> None:
+    """Build the lab and leave it running (until ``lvsctl lab down``).
+
+    Without IPVS in this kernel it runs in the kernel VM, where it cannot outlive the command:
+    it is built, its status shown, and removed.
+    """
+    if _needs_vm(here):
+        _in_vm(["up", "--dir", state_dir, "--once"], vm_timeout)
+    lab = labmod.Lab.create(Path(state_dir), _echo)
+    try:
+        with labmod.timed_steps(_echo) as step:
+            active = lab.up(step)
+    except BaseException:
+        lab.down()
+        raise
+    _echo(f"lab {lab.state.lab_id} is up: {active} active; state in {lab.workdir}")
+    if once:
+        for name in labmod.DIRECTORS:
+            _echo(f"{name}: ipvsadm -Ln\n{lab.ipvsadm(name).rstrip()}")
+        lab.down()
+        _echo("lab: removed again (the VM ends now; on a kernel with IPVS `lab up` keeps it)")
+        return
+    _echo(f"  traffic: ip netns exec {lab.ns('client')} busybox wget -qO- "
+          f"http://{labmod.SERVICES[0].vip}/")
+    _echo("  remove it: lvsctl lab down")
+
+
+@lab_group.command("down")
+@_DIR
+@click.option("--id", "lab_id", metavar="ID", help="Only this lab (default: every lab).")
+def down_command(state_dir: str, lab_id: str | None) -> None:
+    """Remove what the lab made, also after a crash: its namespaces and its processes
+    (by recorded PID and start time, never by name)."""
+    states = [s for s in labmod.find_states(Path(state_dir)) if lab_id in (None, s.lab_id)]
+    if not states:
+        _echo(f"no lab under {state_dir}" + (f" with id {lab_id}" if lab_id else ""))
+        return
+    for state in states:
+        removed = labmod.Lab(state).down()
+        _echo(f"lab {state.lab_id}: removed {len(removed)} item(s)"
+              + (f": {', '.join(removed)}" if removed else ""))
+
+
+@lab_group.command("status")
+@_DIR
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def status_command(state_dir: str, as_json: bool) -> None:
+    """The labs under --dir: namespaces present, processes running, the active director."""
+    rows: list[dict[str, Any]] = []
+    for state in labmod.find_states(Path(state_dir)):
+        lab = labmod.Lab(state)
+        present = [n for n in state.namespaces if Path(f"/run/netns/{n}").exists()]
+        running = sorted(r for r in state.processes if state.alive(r) is not None)
+        active = lab.active() if lab.ns("client") in present else None
+        rows.append({"id": state.lab_id, "namespaces": len(present),
+                     "namespaces_recorded": len(state.namespaces), "running": running,
+                     "active": active, "dir": state.workdir})
+    if as_json:
+        echo_json(rows)
+        return
+    if not rows:
+        _echo(f"no lab under {state_dir}")
+        return
+    echo_table(["id", "namespaces", "running", "active", "dir"],
+               [[r["id"], f"{r['namespaces']}/{r['namespaces_recorded']}",
+                 " ".join(r["running"]) or "-", r["active"] or "-", r["dir"]] for r in rows])

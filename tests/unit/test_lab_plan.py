@@ -1,0 +1,70 @@
+"""The lab's plan: addresses, the generated cluster file, the state file's PID guard."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from lvsctl import lab
+from lvsctl.config import parse_cluster
+
+
+def test_every_address_is_unique_and_private() -> None:
+    addresses = [p.address.split("/")[0] for h in lab.hosts() for p in h.ports]
+    assert len(addresses) == len(set(addresses))
+    assert all(a.startswith(("10.77.0.", "10.77.1.")) for a in addresses)
+    roles = [h.role for h in lab.hosts()]
+    assert len(roles) == len(set(roles)) == 10
+
+
+def test_generated_cluster_file_is_valid_and_has_every_mode(tmp_path: Path) -> None:
+    text = lab.cluster_yaml("abc123", str(tmp_path / "zk.secret"))
+    cluster = parse_cluster(text, "lab.yaml").cluster
+    assert cluster.name == "lab-abc123"
+    modes = {s.name: s.forwarding.label for s in cluster.services}
+    assert modes == {"web-nat": "nat", "web-dr": "dr", "web-tun": "tun", "echo-nat": "nat"}
+    assert sorted(d.name for d in cluster.directors) == ["lb1", "lb2"]
+    # every real server of the file is a host of the lab, on the address the plan gives it
+    planned = {h.role: h.ports[0].address.split("/")[0] for h in lab.hosts()}
+    for svc in cluster.services:
+        for rs in svc.realservers:
+            assert planned[rs.name] == str(rs.address)
+
+
+def test_spread_counts_in_first_seen_order() -> None:
+    assert lab.spread(["a", "b", "a", "-"]) == {"a": 2, "b": 1, "-": 1}
+
+
+def test_ipvsadm_listing_count() -> None:
+    listing = ("IP Virtual Server version 1.2.1 (size=4096)\nProt LocalAddress:Port Scheduler\n"
+               "TCP  10.77.0.10:80 rr\n  -> 10.77.1.21:80 Masq 1 0 0\nUDP  10.77.0.10:53 rr\n")
+    assert lab.ipvs_services(listing) == 2
+    assert lab.ipvsadm_services(listing) == {"TCP 10.77.0.10:80": ["10.77.1.21:80 Masq"],
+                                             "UDP 10.77.0.10:53": []}
+
+
+def test_state_guards_against_a_reused_pid(tmp_path: Path) -> None:
+    state = lab.LabState("x", str(tmp_path))
+    me = os.getpid()
+    started = lab._start_time(me)
+    assert started is not None
+    state.processes = {"me": [me, started], "reused": [me, started + 1], "gone": [2**22 + 7, 1]}
+    state.save()
+    loaded = lab.LabState.load(state.path)
+    assert loaded.alive("me") == me
+    assert loaded.alive("reused") is None
+    assert loaded.alive("gone") is None
+
+
+def test_down_of_a_lab_made_in_an_ended_vm_signals_nothing(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LVSCTL_IN_VM", raising=False)
+    me = os.getpid()
+    state = lab.LabState("y", str(tmp_path / "y"), namespaces=["lvlab-y-sw"],
+                         processes={"me": [me, lab._start_time(me) or 0]}, in_vm=True)
+    Path(state.workdir).mkdir()
+    state.save()
+    assert lab.Lab(state).down() == []  # this test process (the recorded PID) still runs
+    assert not Path(state.workdir).exists()
