@@ -44,7 +44,7 @@ from lvsctl.errors import LvsctlError
 Echo = Callable[[str], None]
 T = TypeVar("T")
 
-DEFAULT_STATE_DIR = Path(os.environ.get("LVSCTL_LAB_DIR", "/run/lvsctl-lab"))
+DEFAULT_STATE_DIR = Path("/run/lvsctl-lab")  # the CLI takes --dir or LVSCTL_LAB_DIR
 FRONT, INSIDE = "10.77.0", "10.77.1"
 ZK_ADDR = f"{FRONT}.100"
 CLIENT_ADDR = f"{FRONT}.50"

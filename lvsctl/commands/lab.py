@@ -21,8 +21,8 @@ from lvsctl.output import echo_json, echo_table
 
 _DIR = click.option("--dir", "state_dir", type=click.Path(file_okay=False),
                     default=str(labmod.DEFAULT_STATE_DIR), show_default=True,
-                    help="Where each lab keeps its state file, configs and logs "
-                         "[env LVSCTL_LAB_DIR].")
+                    envvar="LVSCTL_LAB_DIR", show_envvar=True,
+                    help="Where each lab keeps its state file, configs and logs.")
 _HERE = click.option("--here", is_flag=True,
                      help="Run on this kernel even without IPVS (the VM runs it this way).")
 _VM_TIMEOUT = click.option("--vm-timeout", type=click.FloatRange(60, 3600), default=900.0,

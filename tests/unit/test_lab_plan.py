@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -68,3 +69,18 @@ def test_down_of_a_lab_made_in_an_ended_vm_signals_nothing(tmp_path: Path,
     state.save()
     assert lab.Lab(state).down() == []  # this test process (the recorded PID) still runs
     assert not Path(state.workdir).exists()
+
+
+def test_status_finds_labs_under_the_folder_lvsctl_lab_dir_names(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from lvsctl.cli import cli
+
+    workdir = tmp_path / "abc123"
+    workdir.mkdir()
+    lab.LabState("abc123", str(workdir), namespaces=["lvslab-gone"]).save()
+    result = CliRunner().invoke(cli, ["lab", "status", "--json"],
+                                env={"LVSCTL_LAB_DIR": str(tmp_path)})
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(result.output)
+    assert (row["id"], row["namespaces"], row["namespaces_recorded"]) == ("abc123", 0, 1)
