@@ -38,12 +38,30 @@ def test_spread_counts_in_first_seen_order() -> None:
     assert lab.spread(["a", "b", "a", "-"]) == {"a": 2, "b": 1, "-": 1}
 
 
-def test_ipvsadm_listing_count() -> None:
+def test_ipvsadm_listing_parsed_with_scheduler_forwarding_and_weight() -> None:
     listing = ("IP Virtual Server version 1.2.1 (size=4096)\nProt LocalAddress:Port Scheduler\n"
-               "TCP  10.77.0.10:80 rr\n  -> 10.77.1.21:80 Masq 1 0 0\nUDP  10.77.0.10:53 rr\n")
-    assert lab.ipvs_services(listing) == 2
-    assert lab.ipvsadm_services(listing) == {"TCP 10.77.0.10:80": ["10.77.1.21:80 Masq"],
-                                             "UDP 10.77.0.10:53": []}
+               "  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn\n"
+               "TCP  10.77.0.10:80 rr\n  -> 10.77.1.21:80 Masq 1 0 0\n"
+               "  -> 10.77.1.22:80 Masq 0 3 1\nUDP  10.77.0.10:53 wrr\n")
+    assert lab.ipvsadm_services(listing) == {
+        "TCP 10.77.0.10:80 rr": {"10.77.1.21:80 Masq 1", "10.77.1.22:80 Masq 0"},
+        "UDP 10.77.0.10:53 wrr": set()}
+
+
+def test_expected_listing_has_every_service_with_its_forwarding() -> None:
+    wanted = lab.expected_listing()
+    assert wanted["TCP 10.77.0.10:80 rr"] == {"10.77.1.21:80 Masq 1", "10.77.1.22:80 Masq 1"}
+    assert wanted["TCP 10.77.0.10:7 rr"] == {"10.77.1.21:7 Masq 1", "10.77.1.22:7 Masq 1"}
+    assert wanted["TCP 10.77.0.11:80 rr"] == {"10.77.0.21:80 Route 1", "10.77.0.22:80 Route 1"}
+    assert wanted["TCP 10.77.0.12:80 rr"] == {"10.77.0.31:80 Tunnel 1", "10.77.0.32:80 Tunnel 1"}
+    assert len(wanted) == 4
+
+
+def test_health_limits_follow_the_check_timing() -> None:
+    limits = lab.HealthLimits(margin=2.0)
+    assert limits.leave == lab.CHECK["fall"] * lab.CHECK["interval"] + 2.0
+    assert limits.back == lab.CHECK["rise"] * lab.CHECK["interval"] + 2.0
+    assert 0 < limits.back_earliest < (lab.CHECK["rise"] - 1) * lab.CHECK["interval"]
 
 
 def test_state_guards_against_a_reused_pid(tmp_path: Path) -> None:
