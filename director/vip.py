@@ -130,10 +130,12 @@ class KernelVips:
         self._worker.shutdown()
 
     def _index(self, ifname: str) -> int:
-        found = self._call(self._ipr.link_lookup, ifname=ifname)
-        if not found:
-            raise KernelError(f"interface {ifname} does not exist", errno=errno.ENODEV)
-        return int(found[0])
+        # One ioctl, asked anew each time (an interface can be re-created with a new index);
+        # pyroute2's link_lookup dumps every link and is too dear at the renewal rate.
+        try:
+            return socket.if_nametoindex(ifname)
+        except OSError:
+            raise KernelError(f"interface {ifname} does not exist", errno=errno.ENODEV) from None
 
     def acquire(self, vip: Vip, lease: Lease, not_after: float | None = None) -> None:
         self.renew(vip, lease, not_after)
