@@ -15,7 +15,6 @@ import select
 import shutil
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from failover.vipwatch import RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR, parse_addr_messages
 from tests.support.netns import Lab, Netns
 from tests.support.zookeeper import ZooKeeperServer, _in_netns
 
@@ -40,10 +40,6 @@ API_PORT = 9180
 ZK_AUTH = "lvsctl:test-password"
 SESSION = 2.0  # seconds: the VIP lifetime (1 s, the kernel's unit) + slack must fit inside
 
-RTMGRP_IPV4_IFADDR = 0x10
-RTMGRP_IPV6_IFADDR = 0x100
-RTM_NEWADDR, RTM_DELADDR = 20, 21
-IFA_ADDRESS, IFA_LOCAL = 1, 2
 
 
 def cluster_yaml(announce_count: int = 3, interval: str = "20ms", extra_vip6: bool = True,
@@ -119,21 +115,15 @@ class AddrWatch:
                 continue
             data = self.sock.recv(1 << 16)
             now = time.monotonic()
-            offset = 0
-            while offset + 16 <= len(data):
-                length, kind = struct.unpack_from("=IH", data, offset)
-                if length < 16:
-                    break
-                if kind in (RTM_NEWADDR, RTM_DELADDR):
-                    addr = _ifa_address(data[offset + 16: offset + length])
-                    if addr in self.addresses:
-                        if kind == RTM_NEWADDR and addr not in present:
-                            present.add(addr)
-                            self.events.append((now, "add", addr))
-                        elif kind == RTM_DELADDR and addr in present:
-                            present.discard(addr)
-                            self.events.append((now, "del", addr))
-                offset += (length + 3) & ~3
+            for kind, addr in parse_addr_messages(data):
+                if addr not in self.addresses:
+                    continue
+                if kind == "add" and addr not in present:
+                    present.add(addr)
+                    self.events.append((now, "add", addr))
+                elif kind == "del" and addr in present:
+                    present.discard(addr)
+                    self.events.append((now, "del", addr))
 
     def stop(self) -> None:
         self._stop.set()
@@ -161,22 +151,6 @@ class AddrWatch:
         return bool(ivs) and ivs[-1][1] == float("inf")
 
 
-def _ifa_address(body: bytes) -> str | None:
-    family = body[0]
-    offset = 8  # struct ifaddrmsg
-    found: dict[int, bytes] = {}
-    while offset + 4 <= len(body):
-        alen, atype = struct.unpack_from("=HH", body, offset)
-        if alen < 4:
-            break
-        found[atype] = body[offset + 4: offset + alen]
-        offset += (alen + 3) & ~3
-    raw = found.get(IFA_LOCAL) or found.get(IFA_ADDRESS)
-    if raw is None:
-        return None
-    import ipaddress
-
-    return str(ipaddress.ip_address(raw)) if family in (2, 10) else None
 
 
 def overlap(a: list[tuple[float, float]], b: list[tuple[float, float]]) -> float:
