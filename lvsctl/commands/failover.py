@@ -1,8 +1,9 @@
 """``lvsctl failover``: rehearse director failures (drill) and show who leads (status).
 
-drill causes one failure per round through the directors' API (and the lab, when one plugs
-in: failover/drill.py ``Lab``), measures the takeover and what a client saw, and judges it;
-status reads the pair's state and last transitions from ZooKeeper.
+drill causes one failure per round through the directors' API, measures the takeover and
+what a client saw, and judges it (``lvsctl lab`` drives the same drills with its own hands on
+each director's host: failover/drill.py ``Lab``); status reads the pair's state and last
+transitions from ZooKeeper.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 import click
 
 from failover.access import ClusterView, ZkDirectors, read_token
-from failover.drill import Drill, Expected, Lab
+from failover.drill import Drill, Expected
 from failover.probe import Target
 from failover.report import SUMMARY_HEADERS, progress_line, summary_rows, write_html
 from failover.timeline import KINDS
@@ -95,7 +96,9 @@ def drill_command(zk: ZkOptions, kind: str, rounds: int, probe_url: str | None,
 
         drill = Drill(
             directors=directors, expected=Expected.from_cluster(cluster), kind=kind,
-            rounds=rounds, cluster=cluster.name, lab=_lab(), probe=target, wait=wait,
+            # From a shell every failure goes through the directors' own API; the kinds that
+            # need hands on a director's host (partitions) run in the lab (lvsctl lab).
+            rounds=rounds, cluster=cluster.name, lab=None, probe=target, wait=wait,
             hold=hold, max_outage=max_outage, on_round=finished, on_progress=progress,
         )
         report = drill.run()
@@ -112,11 +115,6 @@ def drill_command(zk: ZkOptions, kind: str, rounds: int, probe_url: str | None,
         click.echo(f"report written to {report_file}")
     if not report.passed:
         click.get_current_context().exit(1)
-
-
-def _lab() -> Lab | None:
-    """The lab's controls when the drill runs inside one; none from a plain shell."""
-    return None
 
 
 @failover_group.command("status")
