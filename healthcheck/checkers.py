@@ -18,6 +18,7 @@ import os
 import re
 import signal
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -227,8 +228,9 @@ class Checkers:
 
     async def check(self, target: Check) -> CheckResult:
         """Probe ``target`` once; a failure is a result, not an exception."""
-        loop = asyncio.get_running_loop()
-        start = loop.time()
+        # time.monotonic, not loop.time: uvloop's loop clock counts whole milliseconds and
+        # stands still within one loop iteration, too coarse for a loopback probe's latency.
+        start = time.monotonic()
         probe = _Probe()
         timeout = target.timing.timeout
         try:
@@ -239,11 +241,12 @@ class Checkers:
                 outcome = _Outcome(True, f"no reply and no ICMP error within {timeout:g}s")
             else:
                 return CheckResult(False, f"timed out after {timeout:g}s {probe.phase}",
-                                   loop.time() - start, timed_out=True)
+                                   time.monotonic() - start, timed_out=True)
         except (OSError, BadResponse, NoResponse, httptools.HttpParserError,
                 dns.exception.DNSException, ValueError) as exc:
             outcome = _Outcome(False, describe_error(exc))
-        return CheckResult(outcome.healthy, outcome.reason, loop.time() - start, outcome.weight)
+        return CheckResult(outcome.healthy, outcome.reason, time.monotonic() - start,
+                           outcome.weight)
 
     # -- tcp ------------------------------------------------------------------------------
 
