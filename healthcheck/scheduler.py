@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from healthcheck.checkers import Checker
-from healthcheck.hysteresis import State, next_state
+from healthcheck.hysteresis import State, Status, next_state
 from healthcheck.result import CheckResult
 from lvsctl.model import Check, CheckTiming, Cluster, Health, HealthKey, join_host_port
 
@@ -60,7 +60,7 @@ MAX_JITTER = 0.01
 # Adaptive concurrency: a lag sample above LAG_HIGH halves the number of probes allowed at
 # once; a sample below it, while probes wait for a slot, grows it by a quarter. Never below
 # MIN_SLOTS (nor above the scheduler's ``concurrency``), which is also where it starts.
-LAG_HIGH = 0.02
+LAG_HIGH = 0.01
 MIN_SLOTS = 16
 
 
@@ -364,6 +364,7 @@ class Scheduler:
         self._cluster = cluster
         if self._started:
             self._apply_plan(cluster)
+            _freeze_loaded()
 
     # -- what others read -----------------------------------------------------------------
 
@@ -508,13 +509,18 @@ class Scheduler:
         target.last = result
         target.last_round = now
         target.rounds += 1
-        state, streak = settle(target.state, target.late_streak, result, timing, now)
+        before = target.state
+        state, streak = settle(before, target.late_streak, result, timing, now)
         if streak > target.late_streak:
             target.inconclusive += 1
         target.state, target.late_streak = state, streak
-        health = target.state.health
-        if health is None:
-            return
+        if state.status is Status.UNKNOWN or (
+            (state.status, state.weight, state.reason) == (before.status, before.weight,
+                                                           before.reason)
+        ):
+            return  # undecided, or what every key already has (most probes of a steady pool)
+        health = state.health
+        assert health is not None
         for key in target.keys:
             self._set_health(key, health, now)
 
