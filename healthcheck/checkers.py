@@ -4,8 +4,8 @@ A target is a resolved ``lvsctl.model.Check`` (kind, timing, probe address and p
 is bounded by the check's timeout, opens a new connection (as keepalived does: a reused
 connection would not prove the server still accepts), and reports one short reason line.
 Checkers never touch the kernel. An HTTP probe is one request on an asyncio protocol whose
-response is parsed by httptools (llhttp, the parser Node.js uses): a quarter of the CPU an
-aiohttp request costs, which is what lets one core check thousands of servers a second
+response is parsed by httptools (llhttp, the parser Node.js uses): less than half the CPU of an
+aiohttp request, which is what lets one core check thousands of servers a second
 (``bench/healthcheck.py``). DNS uses dnspython; misc checks run an argv list, never a shell.
 """
 
@@ -82,11 +82,11 @@ def _short(text: str) -> str:
     return text if len(text) <= MAX_REASON else text[: MAX_REASON - 3] + "..."
 
 
-class BadResponse(Exception):
+class _BadResponse(Exception):
     """The server answered, but not with a complete HTTP response."""
 
 
-class NoResponse(Exception):
+class _NoResponse(Exception):
     """The server closed the connection before it sent a response."""
 
 
@@ -98,13 +98,13 @@ def describe_error(exc: BaseException) -> str:
     if isinstance(exc, ssl.SSLError):
         detail = exc.reason or str(exc)
         return _short(f"TLS handshake failed: {detail}")
-    if isinstance(exc, NoResponse):
+    if isinstance(exc, _NoResponse):
         return "server closed the connection without a response"
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused"
     if isinstance(exc, ConnectionResetError):
         return "connection reset"
-    if isinstance(exc, BadResponse | httptools.HttpParserError):
+    if isinstance(exc, _BadResponse | httptools.HttpParserError):
         return _short(f"bad HTTP response: {exc}")
     if isinstance(exc, OSError) and exc.strerror:
         return _short(exc.strerror.lower())
@@ -119,7 +119,7 @@ def _body_regex(pattern: str) -> re.Pattern[bytes]:
 
 
 # Methods that carry a body: sent with "Content-Length: 0", as HTTP clients do.
-_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+_BODY_METHODS = frozenset({"POST", "PUT"})
 
 
 @lru_cache(maxsize=65536)
@@ -242,7 +242,7 @@ class Checkers:
             else:
                 return CheckResult(False, f"timed out after {timeout:g}s {probe.phase}",
                                    time.monotonic() - start, timed_out=True)
-        except (OSError, BadResponse, NoResponse, httptools.HttpParserError,
+        except (OSError, _BadResponse, _NoResponse, httptools.HttpParserError,
                 dns.exception.DNSException, ValueError) as exc:
             outcome = _Outcome(False, describe_error(exc))
         return CheckResult(outcome.healthy, outcome.reason, time.monotonic() - start,
@@ -391,8 +391,8 @@ class _HttpExchange(asyncio.Protocol):
     The response is parsed by httptools (llhttp). The status is known once the head has
     arrived; the body is read only when the check looks at it (regex or digest), up to
     MAX_BODY bytes. Informational 1xx responses before the real one are skipped. The
-    connection closing first is NoResponse (or the reset that closed it); a body cut short
-    of its Content-Length or chunked end is BadResponse; without either, the body ends where
+    connection closing first is _NoResponse (or the reset that closed it); a body cut short
+    of its Content-Length or chunked end is _BadResponse; without either, the body ends where
     the connection does.
     """
 
@@ -429,10 +429,10 @@ class _HttpExchange(asyncio.Protocol):
         if self._body is not None and not self._delimited:
             self._response.set_result((self._status, bytes(self._body)))
         elif self._body is not None:
-            self._response.set_exception(BadResponse(
+            self._response.set_exception(_BadResponse(
                 f"connection closed after {len(self._body)} bytes of the body"))
         else:
-            self._response.set_exception(exc or NoResponse())
+            self._response.set_exception(exc or _NoResponse())
 
     # -- parser side (httptools calls these from feed_data)
 

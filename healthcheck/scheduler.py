@@ -168,9 +168,9 @@ def _freeze_loaded() -> None:
     """Move every object alive now out of the garbage collector's reach.
 
     The model, its targets and every imported module live as long as the process; without
-    this each full collection (which the probes' short-lived objects trigger every few
-    seconds) walks them all again while the loop waits. Objects frozen here are still freed
-    by reference counting when dropped.
+    this each full collection (which the probes' churn triggers every few seconds) walks them
+    all again while the loop waits: 80 ms pauses at 2,000 targets. Frozen objects are still
+    freed by reference counting when dropped; only a reference cycle among them would stay.
     """
     gc.freeze()
 
