@@ -125,6 +125,7 @@ class Watchdog:
     last_round: Mapping[str, float]  # target label -> monotonic time of its last completed probe
     limit: int = 0  # probes allowed at once now (follows the loop lag, up to concurrency)
     waiting: int = 0  # probes due but waiting for a slot: the checker is at its limit
+    rounds: int = 0  # probes completed so far, all targets together
 
 
 def percentile(ordered: list[float], q: float) -> float:
@@ -215,6 +216,10 @@ class _Target:
     inconclusive: int = 0  # in all
     late_streak: int = 0  # inconclusive in a row
     task: asyncio.Task[None] | None = None
+    label: str = ""  # target_label(check), made once: the watchdog walks every target
+
+    def __post_init__(self) -> None:
+        self.label = target_label(self.check)
 
 
 class LagMonitor:
@@ -402,8 +407,11 @@ class Scheduler:
         last_round: dict[str, float] = {}
         stalled: list[str] = []
         oldest = 0.0
+        rounds = inconclusive = 0
         for target in self._targets.values():
-            label = target_label(target.check)
+            label = target.label
+            rounds += target.rounds
+            inconclusive += target.inconclusive
             timing = target.check.timing
             reference = target.last_round
             if reference is None:
@@ -414,10 +422,9 @@ class Scheduler:
             oldest = max(oldest, age)
             if age > 2 * timing.interval + timing.timeout:
                 stalled.append(label)
-        inconclusive = sum(t.inconclusive for t in self._targets.values())
         return Watchdog(self._lag.latest, p50, p99, worst, len(self._targets),
                         self._slots.running, oldest, tuple(stalled), inconclusive, last_round,
-                        self._slots.limit, self._slots.waiting)
+                        self._slots.limit, self._slots.waiting, rounds)
 
     # -- probing --------------------------------------------------------------------------
 
@@ -455,7 +462,7 @@ class Scheduler:
             target = self._targets.get(check)
             if target is None:
                 target = self._targets[check] = _Target(check, keys)
-                target.task = asyncio.create_task(self._drive(target), name=target_label(check))
+                target.task = asyncio.create_task(self._drive(target), name=target.label)
             else:
                 target.keys = keys
         self._unchecked = unchecked
@@ -498,7 +505,7 @@ class Scheduler:
                                             f"{timing.timeout + GRACE:g}s",
                                      self._clock.monotonic() - start, timed_out=True)
             except Exception as exc:  # a checker bug must not stop the other targets
-                log.exception("checker failed on %s", target_label(target.check))
+                log.exception("checker failed on %s", target.label)
                 result = CheckResult(False, f"checker error: {type(exc).__name__}: {exc}",
                                      self._clock.monotonic() - start)
         self._record(target, result)
