@@ -5,15 +5,20 @@ separate process (so the checker's CPU is measured alone). The scheduler probes 
 interval for the duration; part-way through, some servers start answering 500 and the time
 until the scheduler emits their health change is measured against the ideal ``fall x interval``.
 
-Baselines in the same run, against the same listeners: the same number of checks made with raw
-asyncio streams (the cheapest possible client) and with the checker called directly (no
-scheduler), so the figures read as ratios on whatever machine runs them.
+Baselines in the same run, against the same listeners and on the same loop: the same number of
+checks made with raw asyncio streams (the cheapest possible client), with aiohttp called
+directly (a general HTTP client, as the checker once used) and with the checker called directly
+(no scheduler), so the figures read as ratios on whatever machine runs them. ``--loop asyncio``
+runs the checker on asyncio's own loop instead of uvloop (the director's loop), to compare.
+The listeners always run on uvloop: they are the real servers, not what is measured, and on a
+small machine they compete with the checker for CPU.
 
 As root the whole run happens inside a network namespace of its own (a fresh loopback, its own
 TIME_WAIT table), removed at the end. Everything is bounded: --servers <= 15000, --duration
 <= 300 s.
 
     .venv/bin/python bench/healthcheck.py [--servers 5000] [--duration 30] [--interval 1]
+                                          [--loop uvloop|asyncio]
 """
 
 from __future__ import annotations
@@ -34,6 +39,9 @@ import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
+
+import aiohttp
+import uvloop
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -117,7 +125,7 @@ def serve(count: int) -> None:
 
     # RuntimeError: the loop was stopped when stdin closed, that is, the bench is over.
     with contextlib.suppress(RuntimeError):
-        asyncio.run(main())
+        uvloop.run(main())
 
 
 # -- the cluster ----------------------------------------------------------------------------
@@ -158,6 +166,22 @@ async def raw_streams_check(address: str, port: int) -> bool:
     return line.split(b" ", 2)[1] == b"200"
 
 
+async def aiohttp_check(session: aiohttp.ClientSession, address: str, port: int) -> bool:
+    url = f"http://{address}:{port}/healthz"
+    async with session.get(url, allow_redirects=False) as response:
+        return response.status == 200
+
+
+def aiohttp_session() -> aiohttp.ClientSession:
+    """aiohttp as a health checker would use it: a new connection per request, no limits."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(force_close=True, limit=0, use_dns_cache=False),
+        cookie_jar=aiohttp.DummyCookieJar(),
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=None, sock_read=None),
+        headers={"User-Agent": "lvsctl-healthcheck", "Connection": "close"},
+    )
+
+
 async def baseline(name: str, checks: int, targets: list[tuple[str, int]], probe: Any
                    ) -> float:
     """CPU ms per check for ``checks`` probes, 50 at a time."""
@@ -191,11 +215,16 @@ async def bench(args: argparse.Namespace, ports: list[int], server: subprocess.P
         figures["raw_ms"] = await baseline("raw asyncio streams", args.baseline_checks,
                                            targets, raw_streams_check)
 
+        async with aiohttp_session() as session:
+            figures["aiohttp_ms"] = await baseline(
+                "aiohttp direct", args.baseline_checks, targets,
+                lambda address, port: aiohttp_check(session, address, port))
+
         async def direct(address: str, port: int) -> bool:
             check = Check(HttpCheck(path="/healthz"), timing, address, port)
             return (await checkers.check(check)).healthy
 
-        figures["direct_ms"] = await baseline("checker (aiohttp) direct", args.baseline_checks,
+        figures["direct_ms"] = await baseline("checker direct", args.baseline_checks,
                                               targets, direct)
 
         # Baseline lag: the same monitor on this loop with nothing else to do.
@@ -225,9 +254,9 @@ async def bench(args: argparse.Namespace, ports: list[int], server: subprocess.P
         start = loop.time()
         # Measure after the warmup spread and the first full round.
         await asyncio.sleep(timing.warmup + timing.interval)
+        rounds0 = scheduler.watchdog().rounds
         lag.samples.clear()
-        rounds0 = sum(v.rounds for v in scheduler.targets())
-        cpu0, t0 = time.process_time(), loop.time()
+        cpu0, t0, times0 = time.process_time(), loop.time(), os.times()
         fail_at = start + args.duration / 2
         failed_at = None
         ticks = 0
@@ -243,30 +272,31 @@ async def bench(args: argparse.Namespace, ports: list[int], server: subprocess.P
             if ticks % 8:
                 continue  # the progress line every 2 s: it walks every target
             dog = scheduler.watchdog()
-            print(f"\r  t={loop.time() - start:5.1f}s rounds="
-                  f"{sum(v.rounds for v in scheduler.targets())} running={dog.running} "
+            print(f"\r  t={loop.time() - start:5.1f}s rounds={dog.rounds} running={dog.running}"
+                  f"/{dog.limit} waiting={dog.waiting} "
                   f"lag p99={dog.loop_lag_p99 * 1000:.1f}ms detected={len(detected)}"
                   f"/{len(failing)}   ", end="", file=sys.stderr, flush=True)
         print(file=sys.stderr)
-        cpu1, t1 = time.process_time(), loop.time()
-        views = scheduler.targets()
-        rounds1 = sum(v.rounds for v in views)
+        cpu1, t1, times1 = time.process_time(), loop.time(), os.times()
+        lag_task.cancel()  # the figures end here: what follows walks every target at once
+        p50, p99, worst = lag.figures()
         dog = scheduler.watchdog()
+        rounds1 = dog.rounds
+        views = scheduler.targets()
         await scheduler.stop()
-        lag_task.cancel()
     checks = rounds1 - rounds0
     reasons = Counter(v.last.reason for v in views if v.last is not None and not v.last.healthy)
     figures["reasons"] = reasons.most_common(3)
     figures["server_cpu_s"] = process_cpu(server.pid)
-    p50, p99, worst = lag.figures()
     latencies = sorted(detected[n] - failed_at for n in detected) if failed_at else []
     figures.update(
         targets=len(views), keys=sum(len(v.keys) for v in views), checks=checks,
         seconds=t1 - t0, checks_per_s=checks / (t1 - t0),
         cpu_ms_per_check=(cpu1 - cpu0) * 1000 / max(1, checks),
         cpu_cores=(cpu1 - cpu0) / (t1 - t0),
+        system_share=(times1.system - times0.system) / max(1e-9, cpu1 - cpu0),
         lag_p50=p50, lag_p99=p99, lag_max=worst, stalled=len(dog.stalled),
-        inconclusive=dog.inconclusive,
+        inconclusive=dog.inconclusive, limit=dog.limit, waiting=dog.waiting,
         unhealthy_unexpected=sum(1 for v in views if v.state.health is not None
                                  and not v.state.health.healthy
                                  and v.check.address not in
@@ -300,9 +330,13 @@ def report(args: argparse.Namespace, f: dict[str, Any], command: str) -> None:
     print(f"achieved checks/s        {f['checks_per_s']:9.0f}   "
           f"(target {args.servers / args.interval:.0f})")
     print(f"checker CPU ms/check     {f['cpu_ms_per_check']:9.3f}   "
-          f"({f['cpu_cores']:.2f} cores busy; raw-streams baseline {f['raw_ms']:.3f} ms = "
-          f"x{f['cpu_ms_per_check'] / f['raw_ms']:.2f}, checker direct {f['direct_ms']:.3f} ms "
-          f"= x{f['cpu_ms_per_check'] / f['direct_ms']:.2f})")
+          f"({f['cpu_cores']:.2f} cores busy, {f['system_share']:.0%} of it in the kernel; "
+          f"{args.loop} loop)")
+    ms = f["cpu_ms_per_check"]
+    for name, key in (("raw asyncio streams", "raw_ms"), ("aiohttp direct", "aiohttp_ms"),
+                      ("checker direct", "direct_ms")):
+        print(f"  baseline {name:<20} {f[key]:6.3f} ms: scheduled check = "
+              f"x{ms / f[key]:.2f} of it")
     print(f"loop lag p50/p99/max     {f['lag_p50'] * 1000:6.1f} / {f['lag_p99'] * 1000:.1f} / "
           f"{f['lag_max'] * 1000:.1f} ms   (goal p99 < 50 ms; idle loop baseline "
           f"{f['idle_lag_p50'] * 1000:.1f} / {f['idle_lag_p99'] * 1000:.1f} / "
@@ -313,6 +347,8 @@ def report(args: argparse.Namespace, f: dict[str, Any], command: str) -> None:
               f"fall x interval = {ideal:g}s, goal <= {goal:.2f}s)")
     else:
         print(f"detection                none of {f['failing']} failing servers detected")
+    print(f"probes allowed at once at the end {f['limit']} (follows the loop lag), "
+          f"{f['waiting']} waiting for a slot")
     print(f"stalled targets {f['stalled']}, inconclusive (late) probes {f['inconclusive']}, "
           f"unexpected unhealthy {f['unhealthy_unexpected']}; "
           f"listener process used {f['server_cpu_s']:.1f} CPU s in all")
@@ -332,6 +368,8 @@ def parse() -> argparse.Namespace:
     p.add_argument("--fail", type=int, default=100, help="servers that start failing mid-run")
     p.add_argument("--concurrency", type=int, default=4096)
     p.add_argument("--baseline-checks", type=int, default=2000)
+    p.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop",
+                   help="the checker's event loop (the director runs on uvloop)")
     p.add_argument("--no-netns", action="store_true", help="run on this host's loopback")
     p.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     p.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
@@ -370,7 +408,8 @@ def main() -> None:
     try:
         assert server.stdout is not None
         ports = json.loads(server.stdout.readline())["ports"]
-        figures = asyncio.run(bench(args, ports, server))
+        run = uvloop.run if args.loop == "uvloop" else asyncio.run
+        figures = run(bench(args, ports, server))
     finally:
         server.kill()  # by its PID: the one process this bench started
         server.wait(timeout=10)

@@ -3,32 +3,33 @@
 A target is a resolved ``lvsctl.model.Check`` (kind, timing, probe address and port). Each probe
 is bounded by the check's timeout, opens a new connection (as keepalived does: a reused
 connection would not prove the server still accepts), and reports one short reason line.
-Checkers never touch the kernel. The HTTP client is aiohttp (the cheapest real HTTP library
-measured here); DNS uses dnspython; misc checks run an argv list, never a shell.
+Checkers never touch the kernel. An HTTP probe is one request on an asyncio protocol whose
+response is parsed by httptools (llhttp, the parser Node.js uses): less than half the CPU of an
+aiohttp request, which is what lets one core check thousands of servers a second
+(``bench/healthcheck.py``). DNS uses dnspython; misc checks run an argv list, never a shell.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import hashlib
 import os
 import re
 import signal
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Protocol
+from typing import Protocol, cast
 
-import aiohttp
 import dns.asyncquery
 import dns.exception
 import dns.message
 import dns.rcode
 import dns.rdatatype
-import yarl
+import httptools
 
 from healthcheck.result import CheckResult
 from lvsctl.model import (
@@ -81,29 +82,29 @@ def _short(text: str) -> str:
     return text if len(text) <= MAX_REASON else text[: MAX_REASON - 3] + "..."
 
 
+class _BadResponse(Exception):
+    """The server answered, but not with a complete HTTP response."""
+
+
+class _NoResponse(Exception):
+    """The server closed the connection before it sent a response."""
+
+
 def describe_error(exc: BaseException) -> str:
     """One line for a failed connection or exchange, in the words an operator expects."""
-    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
-        cert = exc.certificate_error
-        detail = getattr(cert, "verify_message", None) or str(cert)
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        detail = exc.verify_message or str(exc)
         return _short(f"TLS certificate not accepted: {detail}")
-    if isinstance(exc, aiohttp.ClientSSLError | ssl.SSLError):
-        inner = getattr(exc, "os_error", exc)
-        detail = getattr(inner, "reason", None) or str(inner)
+    if isinstance(exc, ssl.SSLError):
+        detail = exc.reason or str(exc)
         return _short(f"TLS handshake failed: {detail}")
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
+    if isinstance(exc, _NoResponse):
         return "server closed the connection without a response"
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return describe_error(exc.os_error)
-    if isinstance(exc, aiohttp.ClientOSError) and exc.errno is not None:
-        if exc.errno == errno.ECONNRESET:
-            return "connection reset"
-        return _short(os.strerror(exc.errno).lower())
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused"
     if isinstance(exc, ConnectionResetError):
         return "connection reset"
-    if isinstance(exc, aiohttp.ClientPayloadError | aiohttp.ClientResponseError):
+    if isinstance(exc, _BadResponse | httptools.HttpParserError):
         return _short(f"bad HTTP response: {exc}")
     if isinstance(exc, OSError) and exc.strerror:
         return _short(exc.strerror.lower())
@@ -117,10 +118,33 @@ def _body_regex(pattern: str) -> re.Pattern[bytes]:
     return re.compile(pattern.encode("utf-8"))
 
 
+# Methods that carry a body: sent with "Content-Length: 0", as HTTP clients do.
+_BODY_METHODS = frozenset({"POST", "PUT"})
+
+
 @lru_cache(maxsize=65536)
-def _url(scheme: str, address: str, port: int, path: str) -> yarl.URL:
-    """Each target's URL parsed once, not on every probe."""
-    return yarl.URL(f"{scheme}://{join_host_port(address, port)}{path}", encoded=True)
+def http_request(kind: HttpCheck, address: str, port: int) -> bytes:
+    """The request bytes for one target, built once and sent on every probe.
+
+    Host is the check's ``host``, else the address with the port unless it is the scheme's
+    default; the connection is closed after the response (one connection per probe).
+    """
+    if kind.host:
+        host = kind.host
+    elif port == (443 if kind.type == "https" else 80):
+        host = f"[{address}]" if ":" in address else address
+    else:
+        host = join_host_port(address, port)
+    lines = [
+        f"{kind.method} {kind.path} HTTP/1.1",
+        f"Host: {host}",
+        "User-Agent: lvsctl-healthcheck",
+        "Accept: */*",
+        "Connection: close",
+    ]
+    if kind.method in _BODY_METHODS:
+        lines.append("Content-Length: 0")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8")
 
 
 def _status_text(kind: HttpCheck) -> str:
@@ -163,13 +187,13 @@ def judge_exit(kind: MiscCheck, code: int, output: str) -> _Outcome:
 
 
 class Checkers:
-    """Every checker kind behind one ``check(target)``; owns the HTTP client session.
+    """Every checker kind behind one ``check(target)``; keeps the TLS contexts.
 
-    Use as ``async with Checkers() as checkers``; one instance serves all targets.
+    Use as ``async with Checkers() as checkers``; one instance serves all targets. Nothing else
+    outlives a probe: each one opens and closes its own connection or process.
     """
 
     def __init__(self) -> None:
-        self._session: aiohttp.ClientSession | None = None
         self._ssl: dict[tuple[bool, str | None], ssl.SSLContext] = {}
         self._run: dict[type, Callable[[Check, _Probe], Awaitable[_Outcome]]] = {
             TcpCheck: self._tcp,
@@ -186,33 +210,12 @@ class Checkers:
         await self.close()
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-    def _http_session(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                # force_close: a new connection per probe; limit=0: the scheduler bounds
-                # concurrency, not the connector.
-                connector=aiohttp.TCPConnector(
-                    force_close=True, limit=0, use_dns_cache=False, happy_eyeballs_delay=None
-                ),
-                cookie_jar=aiohttp.DummyCookieJar(),
-                # check() bounds every probe with asyncio.timeout; aiohttp's own timers would
-                # only add a second set of timer handles per request.
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=None, sock_read=None),
-                auto_decompress=False,  # a body digest is over the bytes the server sent
-                headers={"User-Agent": "lvsctl-healthcheck", "Connection": "close"},
-                skip_auto_headers=("Accept-Encoding",),
-            )
-            # aiohttp resends an idempotent request once when the server drops the connection;
-            # a health probe must report the drop, not hide it behind a second request (its
-            # own test client switches this off the same way).
-            self._session._retry_connection = False
-        return self._session
+        """Forget the TLS contexts (the next https probe builds its own again)."""
+        self._ssl.clear()
 
     def _ssl_context(self, verify: bool, ca_file: str | None) -> ssl.SSLContext:
+        # One context per (verify, CA file), shared by every probe: building one loads the
+        # CA store, far more work than the probe itself.
         key = (verify, ca_file)
         context = self._ssl.get(key)
         if context is None:
@@ -225,8 +228,9 @@ class Checkers:
 
     async def check(self, target: Check) -> CheckResult:
         """Probe ``target`` once; a failure is a result, not an exception."""
-        loop = asyncio.get_running_loop()
-        start = loop.time()
+        # time.monotonic, not loop.time: uvloop's loop clock counts whole milliseconds and
+        # stands still within one loop iteration, too coarse for a loopback probe's latency.
+        start = time.monotonic()
         probe = _Probe()
         timeout = target.timing.timeout
         try:
@@ -237,10 +241,12 @@ class Checkers:
                 outcome = _Outcome(True, f"no reply and no ICMP error within {timeout:g}s")
             else:
                 return CheckResult(False, f"timed out after {timeout:g}s {probe.phase}",
-                                   loop.time() - start, timed_out=True)
-        except (OSError, aiohttp.ClientError, dns.exception.DNSException, ValueError) as exc:
+                                   time.monotonic() - start, timed_out=True)
+        except (OSError, _BadResponse, _NoResponse, httptools.HttpParserError,
+                dns.exception.DNSException, ValueError) as exc:
             outcome = _Outcome(False, describe_error(exc))
-        return CheckResult(outcome.healthy, outcome.reason, loop.time() - start, outcome.weight)
+        return CheckResult(outcome.healthy, outcome.reason, time.monotonic() - start,
+                           outcome.weight)
 
     # -- tcp ------------------------------------------------------------------------------
 
@@ -274,25 +280,27 @@ class Checkers:
     async def _http(self, target: Check, probe: _Probe) -> _Outcome:
         kind = target.kind
         assert isinstance(kind, HttpCheck)
-        url = _url(kind.type, target.address, target.port, kind.path)
-        headers = {"Host": kind.host} if kind.host else None
-        tls: ssl.SSLContext | bool = False
+        tls: ssl.SSLContext | None = None
         server_hostname = None
         if kind.type == "https":
             tls = self._ssl_context(kind.verify, kind.ca_file)
             # The certificate is checked against the SNI name, else the Host name, else the
             # address (what a browser asking for that name would check).
-            server_hostname = kind.sni or kind.host
-        session = self._http_session()
-        async with session.request(
-            kind.method, url, headers=headers, ssl=tls, server_hostname=server_hostname,
-            allow_redirects=False, read_until_eof=True,
-        ) as response:
-            body = None
-            if kind.body is not None or kind.digest is not None:
-                probe.phase = "reading the body"
-                body = await response.content.read(MAX_BODY)
-            return judge_http(kind, response.status, body)
+            server_hostname = kind.sni or kind.host or None
+        loop = asyncio.get_running_loop()
+        response: asyncio.Future[tuple[int, bytes | None]] = loop.create_future()
+        wants_body = kind.body is not None or kind.digest is not None
+        exchange = _HttpExchange(http_request(kind, target.address, target.port), response,
+                                 probe, wants_body, kind.method == "HEAD")
+        transport, _ = await loop.create_connection(
+            lambda: exchange, target.address, target.port, ssl=tls,
+            server_hostname=server_hostname,
+        )
+        try:
+            status, body = await response
+        finally:
+            transport.close()
+        return judge_http(kind, status, body)
 
     # -- misc -----------------------------------------------------------------------------
 
@@ -375,6 +383,87 @@ def judge_dns(kind: DnsCheck, answer: dns.message.Message) -> _Outcome:
         return _Outcome(False, _short(f"DNS answer lacks {', '.join(missing)} "
                                       f"(got {', '.join(found)})"))
     return _Outcome(True, _short(f"DNS {kind.qtype} {', '.join(found)}"))
+
+
+class _HttpExchange(asyncio.Protocol):
+    """One request on a fresh connection; hands (status, body) of the response to a future.
+
+    The response is parsed by httptools (llhttp). The status is known once the head has
+    arrived; the body is read only when the check looks at it (regex or digest), up to
+    MAX_BODY bytes. Informational 1xx responses before the real one are skipped. The
+    connection closing first is _NoResponse (or the reset that closed it); a body cut short
+    of its Content-Length or chunked end is _BadResponse; without either, the body ends where
+    the connection does.
+    """
+
+    def __init__(self, request: bytes, response: asyncio.Future[tuple[int, bytes | None]],
+                 probe: _Probe, wants_body: bool, head_only: bool) -> None:
+        self._request = request
+        self._response = response
+        self._probe = probe
+        self._wants_body = wants_body
+        self._head_only = head_only  # a HEAD response has no body whatever its headers say
+        self._parser = httptools.HttpResponseParser(self)
+        self._status = 0
+        self._body: bytearray | None = None
+        self._delimited = False  # the body's end is marked (Content-Length or chunked)
+
+    # -- transport side
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # cast, not isinstance: uvloop's transports do not subclass asyncio's classes.
+        cast(asyncio.WriteTransport, transport).write(self._request)
+
+    def data_received(self, data: bytes) -> None:
+        if self._response.done():
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            if not self._response.done():
+                self._response.set_exception(exc)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._response.done():
+            return
+        if self._body is not None and not self._delimited:
+            self._response.set_result((self._status, bytes(self._body)))
+        elif self._body is not None:
+            self._response.set_exception(_BadResponse(
+                f"connection closed after {len(self._body)} bytes of the body"))
+        else:
+            self._response.set_exception(exc or _NoResponse())
+
+    # -- parser side (httptools calls these from feed_data)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._wants_body and name.lower() in (b"content-length", b"transfer-encoding"):
+            self._delimited = True
+
+    def on_headers_complete(self) -> None:
+        status = self._parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            self._delimited = False  # a 1xx head: the real response follows
+            return
+        self._status = status
+        if not self._wants_body:
+            self._response.set_result((status, None))
+        elif self._head_only:
+            self._response.set_result((status, b""))
+        else:
+            self._probe.phase = "reading the body"
+            self._body = bytearray()
+
+    def on_body(self, body: bytes) -> None:
+        if self._body is None or self._response.done():
+            return
+        self._body += body[: MAX_BODY - len(self._body)]
+        if len(self._body) >= MAX_BODY:
+            self._response.set_result((self._status, bytes(self._body)))
+
+    def on_message_complete(self) -> None:
+        if self._body is not None and not self._response.done():
+            self._response.set_result((self._status, bytes(self._body)))
 
 
 class _Datagrams(asyncio.DatagramProtocol):

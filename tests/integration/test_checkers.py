@@ -1,4 +1,7 @@
-"""Every checker against real listeners on loopback: what it decides and the reason it gives."""
+"""Every checker against real listeners on loopback: what it decides and the reason it gives.
+
+Each test runs on asyncio's own loop and on uvloop (the director's loop).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from healthcheck.checkers import Checkers
+from healthcheck.checkers import MAX_BODY, Checkers
 from healthcheck.result import CheckResult
 from lvsctl.model import (
     Check,
@@ -36,6 +39,7 @@ from tests.support.listeners import (
     self_signed,
     server_tls,
 )
+from tests.support.loops import each_loop  # noqa: F401  (runs every test on both loops)
 
 T = TypeVar("T")
 TIMING = CheckTiming(interval=1.0, timeout=0.5, rise=1, fall=1, warmup=0)
@@ -112,6 +116,133 @@ def test_http_connection_refused() -> None:
 
     result = run(go)
     assert (result.healthy, result.reason) == (False, "connection refused")
+
+
+class Scripted:
+    """A server that answers every connection with ``reply`` as raw bytes, then closes it (or
+    leaves it open with ``hold``); ``received`` keeps each request it read."""
+
+    def __init__(self, reply: bytes, hold: bool = False) -> None:
+        self.reply = reply
+        self.hold = hold
+        self.received: list[bytes] = []
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> Scripted:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            self.received.append(await reader.readuntil(b"\r\n\r\n"))
+            writer.write(self.reply)
+            await writer.drain()
+            if self.hold:
+                await reader.read()  # until the client closes
+            writer.close()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+
+
+async def scripted(reply: bytes, kind: HttpCheck, hold: bool = False
+                   ) -> tuple[CheckResult, list[bytes]]:
+    server = await Scripted(reply, hold).start()
+    try:
+        return await probe(kind, "127.0.0.1", server.port), server.received
+    finally:
+        await server.close()
+
+
+def test_http_request_names_the_target_and_asks_to_close() -> None:
+    result, received = run(lambda: scripted(b"HTTP/1.1 204 No Content\r\n\r\n",
+                                             HttpCheck(path="/ready?x=1", status=((204, 204),))))
+    assert (result.healthy, result.reason) == (True, "HTTP 204")
+    head = received[0].decode().split("\r\n")
+    assert head[0] == "GET /ready?x=1 HTTP/1.1"
+    assert head[1].startswith("Host: 127.0.0.1:")
+    assert "Connection: close" in head
+    assert not any(line.lower().startswith("content-length") for line in head)
+
+
+def test_http_post_sends_an_empty_body() -> None:
+    _, received = run(lambda: scripted(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+                                       HttpCheck(method="POST")))
+    assert received[0].startswith(b"POST / HTTP/1.1\r\n")
+    assert b"\r\nContent-Length: 0\r\n" in received[0]
+
+
+def test_http_informational_response_is_skipped() -> None:
+    reply = (b"HTTP/1.1 100 Continue\r\n\r\n"
+             b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")
+    result, _ = run(lambda: scripted(reply, HttpCheck()))
+    assert (result.healthy, result.reason) == (False, "HTTP 503, expected 200")
+
+
+def test_http_body_without_length_ends_with_the_connection() -> None:
+    reply = b"HTTP/1.0 200 OK\r\n\r\nstatus: ready\n"
+    result, _ = run(lambda: scripted(reply, HttpCheck(body=r"ready\n$")))
+    assert (result.healthy, result.reason) == (True, "HTTP 200")
+
+
+def test_http_chunked_body_is_matched_whole() -> None:
+    reply = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+             b"6\r\nstatus\r\n7\r\n: ready\r\n0\r\n\r\n")
+    result, _ = run(lambda: scripted(reply, HttpCheck(body=r"^status: ready$"), hold=True))
+    assert (result.healthy, result.reason) == (True, "HTTP 200")
+
+
+def test_http_body_cut_short_of_its_length_is_a_bad_response() -> None:
+    reply = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nok"
+    result, _ = run(lambda: scripted(reply, HttpCheck(body="ok")))
+    assert (result.healthy, result.reason) == (
+        False, "bad HTTP response: connection closed after 2 bytes of the body")
+
+
+def test_http_body_is_read_up_to_its_limit() -> None:
+    # More than MAX_BODY, on a connection the server keeps open: the probe stops reading at
+    # the limit instead of waiting for the rest (which would time out).
+    body = b"a" * MAX_BODY + b"tail"
+    reply = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    timing = CheckTiming(interval=10, timeout=5, rise=1, fall=1, warmup=0)
+
+    async def go() -> tuple[CheckResult, CheckResult]:
+        server = await Scripted(reply, hold=True).start()
+        try:
+            whole = await probe(HttpCheck(body=r"^a+$"), "127.0.0.1", server.port, timing)
+            tail = await probe(HttpCheck(body="tail"), "127.0.0.1", server.port, timing)
+        finally:
+            await server.close()
+        return whole, tail
+
+    whole, tail = run(go)
+    assert (whole.healthy, whole.reason) == (True, "HTTP 200")
+    assert (tail.healthy, tail.reason) == (False, "HTTP 200, body does not match /tail/")
+
+
+def test_http_head_response_has_no_body_whatever_its_length() -> None:
+    reply = b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n"
+    result, received = run(lambda: scripted(reply, HttpCheck(method="HEAD", body="^$"),
+                                             hold=True))
+    assert received[0].startswith(b"HEAD / HTTP/1.1\r\n")
+    assert (result.healthy, result.reason) == (True, "HTTP 200")
+
+
+def test_http_garbage_is_a_bad_response() -> None:
+    result, _ = run(lambda: scripted(b"SSH-2.0-OpenSSH_9.2\r\n\r\n", HttpCheck()))
+    assert not result.healthy
+    assert result.reason.startswith("bad HTTP response: ")
+
+
+def test_http_connection_closed_without_a_response() -> None:
+    result, _ = run(lambda: scripted(b"", HttpCheck()))
+    assert (result.healthy, result.reason) == (
+        False, "server closed the connection without a response")
 
 
 # -- https ----------------------------------------------------------------------------------

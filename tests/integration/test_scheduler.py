@@ -1,5 +1,6 @@
 """The scheduler against real listeners: one probe per shared target, rise/fall, fan-out,
-config replacement keeping state, and the watchdog."""
+config replacement keeping state, the watchdog, and the adaptive concurrency limit. Every test
+runs on asyncio's own loop and on uvloop."""
 
 from __future__ import annotations
 
@@ -11,10 +12,11 @@ from typing import TypeVar
 
 from healthcheck.checkers import Checkers
 from healthcheck.hysteresis import Status
-from healthcheck.scheduler import UNCHECKED, HealthChange, Scheduler
+from healthcheck.scheduler import MIN_SLOTS, UNCHECKED, HealthChange, Scheduler, Slots
 from lvsctl.config import parse_cluster
 from lvsctl.model import Cluster, Health
 from tests.support.listeners import ERROR, OK, HttpListener
+from tests.support.loops import each_loop  # noqa: F401  (runs every test on both loops)
 
 T = TypeVar("T")
 
@@ -230,6 +232,7 @@ def test_watchdog_reports_rounds_and_notices_starved_targets(tmp_path: Path) -> 
             label = f"http 127.0.0.1:{server.port} /h"
             assert list(dog.last_round) == [label]
             assert dog.stalled == ()
+            assert dog.rounds == sum(v.rounds for v in scheduler.targets()) >= 3
             assert dog.oldest_round_age < 0.2 + 0.15
             assert 0 <= dog.loop_lag_p50 <= dog.loop_lag_p99 <= dog.loop_lag_max
         await server.close()
@@ -248,7 +251,57 @@ def test_watchdog_reports_rounds_and_notices_starved_targets(tmp_path: Path) -> 
             await until(lambda: bool(scheduler.watchdog().stalled), seconds=15)
             dog = scheduler.watchdog()
             assert dog.oldest_round_age > 1.7
+            assert (dog.limit, dog.running) == (1, 1)
+            assert dog.waiting >= 1  # the other targets are due and queued for the one slot
             assert all(v.state.status in (Status.UNKNOWN, Status.DOWN)
                        for v in scheduler.targets())
+
+    run(go)
+
+
+def test_slots_grant_in_order_up_to_a_limit_that_may_change() -> None:
+    async def go() -> None:
+        slots = Slots(ceiling=100)
+        assert slots.limit == MIN_SLOTS
+        slots.set_limit(2)
+        order: list[int] = []
+
+        async def take(n: int) -> None:
+            await slots.acquire()
+            order.append(n)
+
+        tasks = [asyncio.create_task(take(n)) for n in range(5)]
+        await until(lambda: len(order) == 2)
+        assert (slots.running, slots.waiting) == (2, 3)
+        slots.release()
+        await until(lambda: len(order) == 3)
+        slots.set_limit(4)  # a higher limit lets waiters in at once
+        await until(lambda: len(order) == 5)
+        assert order == [0, 1, 2, 3, 4]
+        assert (slots.running, slots.waiting) == (4, 0)
+        slots.set_limit(1000)
+        assert slots.limit == 100  # never above the ceiling
+        await asyncio.gather(*tasks)
+
+    run(go)
+
+
+def test_slots_a_cancelled_waiter_takes_no_slot() -> None:
+    async def go() -> None:
+        slots = Slots(ceiling=1)
+        await slots.acquire()
+        waiting = asyncio.create_task(slots.acquire())
+        granted = asyncio.create_task(slots.acquire())
+        await until(lambda: slots.waiting == 2)
+        waiting.cancel()
+        await asyncio.gather(waiting, return_exceptions=True)
+        assert slots.waiting == 1
+        # Granted and cancelled in the same loop pass: the slot is handed back, not lost.
+        slots.release()
+        granted.cancel()
+        await asyncio.gather(granted, return_exceptions=True)
+        assert (slots.running, slots.waiting) == (0, 0)
+        await slots.acquire()
+        assert slots.running == 1
 
     run(go)

@@ -8,10 +8,18 @@ import dns.message
 import dns.rrset
 import pytest
 
-from healthcheck.checkers import judge_dns, judge_exit, judge_http, payload_bytes
+from healthcheck.checkers import http_request, judge_dns, judge_exit, judge_http, payload_bytes
 from healthcheck.hysteresis import State, next_state
 from healthcheck.result import CheckResult
-from healthcheck.scheduler import LagMonitor, late, plan_targets, settle
+from healthcheck.scheduler import (
+    LAG_HIGH,
+    MIN_SLOTS,
+    LagMonitor,
+    late,
+    next_limit,
+    plan_targets,
+    settle,
+)
 from lvsctl.config import parse_cluster
 from lvsctl.model import CheckTiming, DnsCheck, HttpCheck, MiscCheck
 
@@ -148,3 +156,49 @@ def test_late_timeouts_are_inconclusive_until_twice_fall() -> None:
     assert (state.failures, streak) == (1, 0)
     # A result that is not a late timeout resets the streak.
     assert settle(up, 4, refused, timing, 8.0)[1] == 0
+
+
+@pytest.mark.parametrize(
+    ("kind", "address", "port", "head"),
+    [
+        (HttpCheck(path="/healthz"), "10.0.0.5", 8080,
+         "GET /healthz HTTP/1.1\r\nHost: 10.0.0.5:8080\r\n"),
+        (HttpCheck(), "10.0.0.5", 80, "GET / HTTP/1.1\r\nHost: 10.0.0.5\r\n"),
+        (HttpCheck(type="https"), "10.0.0.5", 443, "GET / HTTP/1.1\r\nHost: 10.0.0.5\r\n"),
+        (HttpCheck(type="https"), "10.0.0.5", 80, "GET / HTTP/1.1\r\nHost: 10.0.0.5:80\r\n"),
+        (HttpCheck(), "2001:db8::5", 8080, "GET / HTTP/1.1\r\nHost: [2001:db8::5]:8080\r\n"),
+        (HttpCheck(), "2001:db8::5", 80, "GET / HTTP/1.1\r\nHost: [2001:db8::5]\r\n"),
+        (HttpCheck(method="HEAD", host="www.test"), "10.0.0.5", 8080,
+         "HEAD / HTTP/1.1\r\nHost: www.test\r\n"),
+    ],
+)
+def test_http_request_head(kind: HttpCheck, address: str, port: int, head: str) -> None:
+    request = http_request(kind, address, port).decode()
+    assert request.startswith(head)
+    assert request.endswith("\r\nConnection: close\r\n\r\n")
+
+
+def test_http_request_body_methods_send_an_empty_body() -> None:
+    assert b"Content-Length: 0\r\n" in http_request(HttpCheck(method="POST"), "10.0.0.5", 80)
+    assert b"Content-Length" not in http_request(HttpCheck(method="GET"), "10.0.0.5", 80)
+
+
+LOW, HIGH = LAG_HIGH / 2, LAG_HIGH * 2
+
+
+@pytest.mark.parametrize(
+    ("limit", "lag", "waiting", "ceiling", "after"),
+    [
+        (64, HIGH, 0, 4096, 32),  # the loop is late: halve
+        (64, HIGH, 10, 4096, 32),  # ... even with probes waiting
+        (MIN_SLOTS + 2, HIGH, 0, 4096, MIN_SLOTS),  # not below the floor
+        (1, HIGH, 0, 1, 1),  # a ceiling below the floor is the floor
+        (64, LOW, 10, 4096, 80),  # on time and asked for: a quarter more
+        (3, LOW, 1, 4096, 4),  # at least one more
+        (4000, LOW, 500, 4096, 4096),  # not above the ceiling
+        (64, LOW, 0, 4096, 64),  # on time, nobody waiting: unchanged
+        (64, LAG_HIGH, 5, 4096, 80),  # exactly LAG_HIGH is on time
+    ],
+)
+def test_next_limit(limit: int, lag: float, waiting: int, ceiling: int, after: int) -> None:
+    assert next_limit(limit, lag, waiting, ceiling) == after
