@@ -30,6 +30,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -612,8 +613,6 @@ class Lab:
 
 
 def _four_letter(host: str, port: int, word: str) -> str:
-    import socket
-
     try:
         with socket.create_connection((host, port), timeout=1.0) as sock:
             sock.sendall(word.encode())
@@ -626,8 +625,6 @@ def _four_letter(host: str, port: int, word: str) -> str:
 
 
 def _connects(host: str, port: int) -> bool:
-    import socket
-
     try:
         with socket.create_connection((host, port), timeout=1.0):
             return True
@@ -636,8 +633,6 @@ def _connects(host: str, port: int) -> bool:
 
 
 def _http_get(host: str, port: int, timeout: float) -> str:
-    import socket
-
     try:
         with socket.create_connection((host, port), timeout=timeout) as sock:
             sock.sendall(b"GET / HTTP/1.0\r\nHost: lab\r\n\r\n")
