@@ -678,6 +678,15 @@ class Result:
 Step = Callable[[str], contextlib.AbstractContextManager[None]]
 
 
+def results_json(results: Sequence[Result], seconds: float) -> dict[str, Any]:
+    """The demo's results as ``lvsctl lab demo --json`` prints them."""
+    passed = sum(r.passed for r in results)
+    return {"passed": bool(results) and passed == len(results), "passed_count": passed,
+            "seconds": round(seconds, 1),
+            "results": [{"step": r.step, "passed": r.passed, "detail": r.detail}
+                        for r in results]}
+
+
 FORWARD = {"nat": "Masq", "dr": "Route", "tun": "Tunnel"}  # ipvsadm -Ln's words
 
 

@@ -8,7 +8,9 @@ until ``lab down``.
 
 from __future__ import annotations
 
+import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ import click
 
 from lvsctl import lab as labmod
 from lvsctl.errors import LvsctlError
+from lvsctl.lab import LabError
 from lvsctl.output import echo_json, echo_table
 
 _DIR = click.option("--dir", "state_dir", type=click.Path(file_okay=False),
@@ -35,19 +38,28 @@ def _echo(line: str) -> None:
     sys.stdout.flush()
 
 
-def _in_vm(args: list[str], timeout: float) -> None:
-    """Re-run this lab command inside the kernel VM; exit with its exit code."""
+def _progress(line: str) -> None:
+    """A progress line with --json: on stderr, so stdout carries only the JSON."""
+    click.echo(line, err=True)
+
+
+def _in_vm(args: list[str], timeout: float, echo: labmod.Echo = _echo,
+           share: Path | None = None) -> int:
+    """Run this lab command again inside the kernel VM; returns its exit code. ``share`` is a
+    host folder the guest may write to (it sees it at the same path)."""
     from lvsctl import vm
 
-    _echo("lab: this kernel has no IPVS: running the lab inside the kernel VM (Debian's "
-          "kernel under QEMU; the lab ends when the VM does)")
+    echo("lab: this kernel has no IPVS: running the lab inside the kernel VM (Debian's "
+         "kernel under QEMU; the lab ends when the VM does)")
     start = time.monotonic()
     result = vm.run([sys.executable, "-m", "lvsctl", "lab", *args, "--here"],
-                    options=vm.VmOptions(memory="1G", cpus=2, timeout=timeout),
-                    cwd=str(vm.repo_root()), progress=lambda line: _echo(f"vm: {line}"))
-    _echo(f"lab: kernel VM: boot {result.boot_seconds:.1f} s, whole run "
-          f"{time.monotonic() - start:.1f} s, exit {result.exit_code}")
-    raise SystemExit(result.exit_code)
+                    options=vm.VmOptions(memory="1G", cpus=2, timeout=timeout,
+                                         shares=() if share is None else (share,)),
+                    cwd=str(vm.repo_root()), progress=lambda line: echo(f"vm: {line}"),
+                    stream=sys.stdout.buffer if echo is _echo else sys.stderr.buffer)
+    echo(f"lab: kernel VM: boot {result.boot_seconds:.1f} s, whole run "
+         f"{time.monotonic() - start:.1f} s, exit {result.exit_code}")
+    return result.exit_code
 
 
 def _needs_vm(here: bool) -> bool:
@@ -66,38 +78,59 @@ def lab_group() -> None:
 @_DIR
 @_HERE
 @_VM_TIMEOUT
-def demo_command(state_dir: str, here: bool, vm_timeout: float) -> None:
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the results as JSON on stdout (progress lines go to stderr).")
+@click.option("--results", "results_file", type=click.Path(dir_okay=False), hidden=True,
+              help="Also write the results as JSON to this file (how the VM hands them back).")
+def demo_command(state_dir: str, here: bool, vm_timeout: float, as_json: bool,
+                 results_file: str | None) -> None:
     """Build the lab, show traffic, a failing real server and two drills; remove it.
 
     Exit status 0 when every result passed, 1 otherwise.
     """
+    echo = _progress if as_json else _echo
     if _needs_vm(here):
-        _in_vm(["demo", "--dir", state_dir], vm_timeout)
+        if not as_json:
+            raise SystemExit(_in_vm(["demo", "--dir", state_dir], vm_timeout))
+        with tempfile.TemporaryDirectory(prefix="lvsctl-lab-") as tmp:
+            handed = Path(tmp) / "results.json"
+            code = _in_vm(["demo", "--dir", state_dir, "--results", str(handed)], vm_timeout,
+                          echo, share=Path(tmp))
+            if not handed.exists():
+                raise LabError(f"the lab in the kernel VM ended (exit {code}) without results")
+            echo_json(json.loads(handed.read_text()))
+        raise SystemExit(code)
     start = time.monotonic()
-    lab = labmod.Lab.create(Path(state_dir), _echo)
+    lab = labmod.Lab.create(Path(state_dir), echo)
     results: list[labmod.Result] = []
     try:
-        with labmod.timed_steps(_echo) as step:
+        with labmod.timed_steps(echo) as step:
             try:
-                results = labmod.demo(lab, step, _echo, results)
+                results = labmod.demo(lab, step, echo, results)
             finally:
                 ok = bool(results) and all(r.passed for r in results)
                 if not ok and labmod.running_in_vm():
                     # The VM's files go with it: show the directors' last log lines now.
                     for name in labmod.DIRECTORS:
-                        _echo(f"--- {name}.log, last lines")
-                        _echo(lab.log_tail(name))
+                        echo(f"--- {name}.log, last lines")
+                        echo(lab.log_tail(name))
                 kept = not ok and not labmod.running_in_vm()  # the VM's files go with it
                 with step("tear down" + (f" (logs kept in {lab.workdir})" if kept else "")):
                     lab.down(keep_logs=kept)
     except LvsctlError as exc:
         results.append(labmod.Result("demo", False, str(exc)))
-    _echo("")
-    echo_table(["result", "step", "detail"],
-               [["pass" if r.passed else "FAIL", r.step, r.detail] for r in results])
-    passed = sum(r.passed for r in results)
-    _echo(f"lab demo: {passed}/{len(results)} passed in {time.monotonic() - start:.1f} s")
-    raise SystemExit(0 if results and passed == len(results) else 1)
+    report = labmod.results_json(results, time.monotonic() - start)
+    if results_file is not None:
+        Path(results_file).write_text(json.dumps(report, indent=2) + "\n")
+    if as_json:
+        echo_json(report)
+    else:
+        _echo("")
+        echo_table(["result", "step", "detail"],
+                   [["pass" if r.passed else "FAIL", r.step, r.detail] for r in results])
+        _echo(f"lab demo: {report['passed_count']}/{len(results)} passed in "
+              f"{report['seconds']:.1f} s")
+    raise SystemExit(0 if report["passed"] else 1)
 
 
 @lab_group.command("up")
@@ -113,7 +146,7 @@ def up_command(state_dir: str, here: bool, vm_timeout: float, once: bool) -> Non
     it is built, its status shown, and removed.
     """
     if _needs_vm(here):
-        _in_vm(["up", "--dir", state_dir, "--once"], vm_timeout)
+        raise SystemExit(_in_vm(["up", "--dir", state_dir, "--once"], vm_timeout))
     lab = labmod.Lab.create(Path(state_dir), _echo)
     try:
         with labmod.timed_steps(_echo) as step:

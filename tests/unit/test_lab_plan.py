@@ -102,3 +102,13 @@ def test_status_finds_labs_under_the_folder_lvsctl_lab_dir_names(tmp_path: Path)
     assert result.exit_code == 0, result.output
     (row,) = json.loads(result.output)
     assert (row["id"], row["namespaces"], row["namespaces_recorded"]) == ("abc123", 0, 1)
+
+
+def test_results_json_passes_only_when_every_result_passed() -> None:
+    good, bad = lab.Result("a", True, "1 s"), lab.Result("b", False, "never")
+    report = lab.results_json([good, bad], 12.345)
+    assert report == {"passed": False, "passed_count": 1, "seconds": 12.3, "results": [
+        {"step": "a", "passed": True, "detail": "1 s"},
+        {"step": "b", "passed": False, "detail": "never"}]}
+    assert lab.results_json([good], 1.0)["passed"] is True
+    assert lab.results_json([], 1.0)["passed"] is False  # nothing ran: not a pass
