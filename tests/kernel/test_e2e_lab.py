@@ -114,7 +114,9 @@ def test_new_connections_work_after_a_crash(running: lab.Lab) -> None:
     result = lab.drill(running, "crash", print)
     assert result.passed, f"{result.detail}\n{_logs(running)}"
     assert running.active() not in (None, before)
+    # Every real server answers; not necessarily evenly: in DR and TUN a client port reused
+    # while the new active still keeps its entry goes to the same real server again.
     for svc in lab.SERVICES:
-        answers = running.fetch(svc.vip, 4)
+        answers = running.fetch(svc.vip, 8)
         assert set(answers) == {rs for rs, _ in svc.realservers}, (svc.name, answers)
     _assert_tables(running, "after the crash", timeout=90)
