@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 import click
+import uvloop
 
 from healthcheck.checkers import Checkers
 from healthcheck.scheduler import HealthChange, Scheduler, TargetView
@@ -135,7 +136,7 @@ def run_command(file: str, services: tuple[str, ...], once: bool, as_json: bool,
             count = sum(len(s.realservers) for s in cluster.services
                              if only is None or s.name in only)
             click.echo(f"probing {count} real servers once...", err=True)
-        views = asyncio.run(_once(cluster, only))
+        views = uvloop.run(_once(cluster, only))
         recs = records(cluster, views)
         if as_json:
             echo_json(recs)
@@ -147,5 +148,5 @@ def run_command(file: str, services: tuple[str, ...], once: bool, as_json: bool,
             warn(f"no check (always healthy): {', '.join(unchecked)}")
         return
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_live(cluster, only, as_json, refresh, duration))
+        uvloop.run(_live(cluster, only, as_json, refresh, duration))
 
