@@ -43,12 +43,14 @@ def _progress(line: str) -> None:
     click.echo(line, err=True)
 
 
-def _in_vm(args: list[str], timeout: float, echo: labmod.Echo = _echo,
+def _in_vm(args: list[str], timeout: float, *, to_stderr: bool = False,
            share: Path | None = None) -> int:
-    """Run this lab command again inside the kernel VM; returns its exit code. ``share`` is a
-    host folder the guest may write to (it sees it at the same path)."""
+    """Run this lab command again inside the kernel VM; returns its exit code. ``to_stderr``
+    sends everything it prints to stderr (stdout is for --json); ``share`` is a host folder
+    the guest may write to (it sees it at the same path)."""
     from lvsctl import vm
 
+    echo = _progress if to_stderr else _echo
     echo("lab: this kernel has no IPVS: running the lab inside the kernel VM (Debian's "
          "kernel under QEMU; the lab ends when the VM does)")
     start = time.monotonic()
@@ -56,7 +58,7 @@ def _in_vm(args: list[str], timeout: float, echo: labmod.Echo = _echo,
                     options=vm.VmOptions(memory="1G", cpus=2, timeout=timeout,
                                          shares=() if share is None else (share,)),
                     cwd=str(vm.repo_root()), progress=lambda line: echo(f"vm: {line}"),
-                    stream=sys.stdout.buffer if echo is _echo else sys.stderr.buffer)
+                    stream=sys.stderr.buffer if to_stderr else sys.stdout.buffer)
     echo(f"lab: kernel VM: boot {result.boot_seconds:.1f} s, whole run "
          f"{time.monotonic() - start:.1f} s, exit {result.exit_code}")
     return result.exit_code
@@ -95,7 +97,7 @@ def demo_command(state_dir: str, here: bool, vm_timeout: float, as_json: bool,
         with tempfile.TemporaryDirectory(prefix="lvsctl-lab-") as tmp:
             handed = Path(tmp) / "results.json"
             code = _in_vm(["demo", "--dir", state_dir, "--results", str(handed)], vm_timeout,
-                          echo, share=Path(tmp))
+                          to_stderr=True, share=Path(tmp))
             if not handed.exists():
                 raise LabError(f"the lab in the kernel VM ended (exit {code}) without results")
             echo_json(json.loads(handed.read_text()))
