@@ -16,20 +16,10 @@ import pytest
 from click.testing import CliRunner
 
 from lvsctl.cli import cli
-from tests.support.listeners import HttpListener, free_tcp_port
+from tests.support.listeners import CLUSTER_HEAD, HttpListener, free_tcp_port
 from tests.support.netns import Lab
 
 ROOT = Path(__file__).resolve().parents[2]
-
-HEAD = """
-cluster: t
-zookeeper: {hosts: ["127.0.0.1:2181"]}
-directors:
-  - {name: lb1, address: 127.0.0.2/8, interface: lo, peer: {address: 127.0.0.2}}
-  - {name: lb2, address: 127.0.0.3/8, interface: lo, peer: {address: 127.0.0.3}}
-vips: [{address: 192.0.2.10, interface: eth0}, {address: 192.0.2.11, interface: eth0}]
-services:
-"""
 
 
 class Background:
@@ -59,7 +49,7 @@ def listener() -> Iterator[HttpListener]:
 
 def write_cluster(tmp_path: Path, http_port: int, closed_port: int) -> Path:
     check = f"{{type: http, path: /h, port: {http_port}, interval: 2, timeout: 1}}"
-    text = HEAD + f"""
+    text = CLUSTER_HEAD + f"""
   - {{name: a, vip: 192.0.2.10, port: 80, forwarding: dr, check: {check},
      realservers: [{{name: r1, address: 127.0.0.1}}, {{name: r2, address: 127.0.0.4,
                     check: {{type: tcp, port: {closed_port}, timeout: 0.5}}}}]}}

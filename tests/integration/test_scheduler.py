@@ -15,20 +15,10 @@ from healthcheck.hysteresis import Status
 from healthcheck.scheduler import MIN_SLOTS, UNCHECKED, HealthChange, Scheduler, Slots
 from lvsctl.config import parse_cluster
 from lvsctl.model import Cluster, Health
-from tests.support.listeners import ERROR, OK, HttpListener
+from tests.support.listeners import CLUSTER_HEAD, ERROR, OK, HttpListener
 from tests.support.loops import each_loop  # noqa: F401  (runs every test on both loops)
 
 T = TypeVar("T")
-
-HEAD = """
-cluster: t
-zookeeper: {hosts: ["127.0.0.1:2181"]}
-directors:
-  - {name: lb1, address: 127.0.0.2/8, interface: lo, peer: {address: 127.0.0.2}}
-  - {name: lb2, address: 127.0.0.3/8, interface: lo, peer: {address: 127.0.0.3}}
-vips: [{address: 192.0.2.10, interface: eth0}, {address: 192.0.2.11, interface: eth0}]
-services:
-"""
 
 
 def service(name: str, vip: str, port: int, check: str, realservers: str) -> str:
@@ -37,7 +27,7 @@ def service(name: str, vip: str, port: int, check: str, realservers: str) -> str
 
 
 def cluster_of(*services: str) -> Cluster:
-    return parse_cluster(HEAD + "".join(services), "test.yaml").cluster
+    return parse_cluster(CLUSTER_HEAD + "".join(services), "test.yaml").cluster
 
 
 def timing(path: str, port: int) -> str:

@@ -20,6 +20,18 @@ import dns.message
 import dns.rcode
 import dns.rrset
 
+# The head of a cluster file for check tests: the services (whose real servers are these
+# listeners) follow it.
+CLUSTER_HEAD = """
+cluster: t
+zookeeper: {hosts: ["127.0.0.1:2181"]}
+directors:
+  - {name: lb1, address: 127.0.0.2/8, interface: lo, peer: {address: 127.0.0.2}}
+  - {name: lb2, address: 127.0.0.3/8, interface: lo, peer: {address: 127.0.0.3}}
+vips: [{address: 192.0.2.10, interface: eth0}, {address: 192.0.2.11, interface: eth0}]
+services:
+"""
+
 # What an HTTP listener does with a request.
 OK = "ok"  # 200, body "ok\n"
 ERROR = "error"  # 500
