@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -83,6 +84,28 @@ def assert_outage_matches(samples: list[Sample], stopping: float, stopped: float
     assert starting <= window.end
 
 
+def stop_and_restart(probe: Probe, proc: object, start: Callable[[], object],
+                     pause: float) -> list[Sample]:
+    """Probe a running listener, kill it, keep it down ``pause`` s, start it again; the
+    samples, once the outage they record was checked against the test's own clock."""
+    probe.start()
+    try:
+        _wait_for(lambda: sum(1 for s in probe.samples() if s.ok) >= 10, 10)
+        stopping = time.time()
+        proc.kill()  # type: ignore[attr-defined]
+        proc.wait()  # type: ignore[attr-defined]
+        stopped = time.time()
+        time.sleep(pause)
+        starting = time.time()
+        start()
+        started = time.time()
+        _wait_for(lambda: sum(1 for s in probe.samples() if s.wall > started) >= 10, 10)
+    finally:
+        samples = probe.stop()
+    assert_outage_matches(samples, stopping, stopped, starting, started)
+    return samples
+
+
 def test_http_probe_measures_a_stopped_listener(lab: Lab) -> None:
     port = free_port()
 
@@ -96,21 +119,7 @@ def test_http_probe_measures_a_stopped_listener(lab: Lab) -> None:
     server = serve()
     probe = Probe(Target.parse(f"http://127.0.0.1:{port}/health"), timeout=TIMEOUT,
                   duration=20)
-    probe.start()
-    try:
-        _wait_for(lambda: sum(1 for s in probe.samples() if s.ok) >= 10, 10)
-        stopping = time.time()
-        server.kill()  # type: ignore[attr-defined]
-        server.wait()  # type: ignore[attr-defined]
-        stopped = time.time()
-        time.sleep(0.5)
-        starting = time.time()
-        serve()
-        started = time.time()
-        _wait_for(lambda: sum(1 for s in probe.samples() if s.wall > started) >= 10, 10)
-    finally:
-        samples = probe.stop()
-    assert_outage_matches(samples, stopping, stopped, starting, started)
+    samples = stop_and_restart(probe, server, serve, pause=0.5)
     assert {s.error for s in samples if not s.ok} <= {"ConnectionError", "ReadTimeout",
                                                       "ConnectTimeout"}
 
@@ -130,21 +139,7 @@ def test_tcp_probe_from_a_namespace_measures_a_listener_stopped_and_restarted(la
     proc = listen()
     probe = Probe(Target.parse(f"tcp://198.51.100.1:{port}"), netns=client_ns.name,
                   timeout=TIMEOUT, duration=30)
-    probe.start()
-    try:
-        _wait_for(lambda: sum(1 for s in probe.samples() if s.ok) >= 10, 10)
-        stopping = time.time()
-        proc.kill()  # type: ignore[attr-defined]
-        proc.wait()  # type: ignore[attr-defined]
-        stopped = time.time()
-        time.sleep(0.6)
-        starting = time.time()
-        listen()
-        started = time.time()
-        _wait_for(lambda: sum(1 for s in probe.samples() if s.wall > started) >= 10, 10)
-    finally:
-        samples = probe.stop()
-    assert_outage_matches(samples, stopping, stopped, starting, started)
+    samples = stop_and_restart(probe, proc, listen, pause=0.6)
     # Refused at once (RST from the namespace's own stack): no probe needed its timeout.
     assert {s.error for s in samples if not s.ok} == {"Connection refused"}
 
