@@ -46,9 +46,7 @@ import uvloop
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from healthcheck.checkers import Checkers  # noqa: E402
-from healthcheck.scheduler import HealthChange, LagMonitor, Scheduler, percentile  # noqa: E402
-from lvsctl.model import (  # noqa: E402
+from lvsctl.core.model import (  # noqa: E402
     Check,
     CheckTiming,
     Cluster,
@@ -63,6 +61,8 @@ from lvsctl.model import (  # noqa: E402
     Vip,
     ZooKeeperSettings,
 )
+from lvsctl.healthcheck.checkers import Checkers  # noqa: E402
+from lvsctl.healthcheck.scheduler import HealthChange, LagMonitor, Scheduler, percentile  # noqa: E402
 
 FIRST = int(ipaddress.ip_address("127.77.0.1"))
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n"

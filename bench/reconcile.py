@@ -26,21 +26,21 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from director.reconcile import (
-    DesiredService,
-    EditDest,
-    ObservedDest,
-    ObservedService,
-    Op,
-    plan,
-)
-from lvsctl.model import (
+from lvsctl.core.model import (
     DestKey,
     DestSpec,
     Forwarding,
     Protocol,
     ServiceKey,
     ServiceSpec,
+)
+from lvsctl.director.reconcile import (
+    DesiredService,
+    EditDest,
+    ObservedDest,
+    ObservedService,
+    Op,
+    plan,
 )
 
 SERVICES = 1000
@@ -118,7 +118,7 @@ def _ns(name: str, *argv: str, stdin: bytes | None = None) -> bytes:
 
 
 def kernel_part(rounds: int) -> None:
-    from director.ipvs import KernelIpvs, save_text
+    from lvsctl.director.ipvs import KernelIpvs, save_text
 
     desired = build()
     rules = save_text(as_observed(desired)).encode()

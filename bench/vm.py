@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from lvsctl import vm  # noqa: E402
+from lvsctl.testbed import vm  # noqa: E402
 
 MARK = "BENCH-JSON "
 PYTHON = sys.executable

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 if TYPE_CHECKING:
-    from director.daemon import Daemon
+    from lvsctl.director.daemon import Daemon
 
 
 def _token(path: str | None) -> bytes | None:

@@ -33,17 +33,17 @@ from kazoo.exceptions import KazooException, NodeExistsError
 from kazoo.recipe.watchers import DataWatch
 from kazoo.security import OPEN_ACL_UNSAFE
 
-from director.dataplane import Dataplane, open_table
-from director.election import Election, State, Timing, Transition
-from director.peer import Beat, PeerLink, read_secret
-from director.vip import KernelVips, Lease, StaleLease, VipTable, announce
-from healthcheck.checkers import Checkers
-from healthcheck.scheduler import HealthChange, Scheduler
-from lvsctl.config import Loaded
-from lvsctl.errors import LvsctlError
-from lvsctl.model import Cluster, Vip
-from lvsctl.node import Node, load_node
-from lvsctl.zk import ClusterConnection, ConfigVersion, Credentials, Target
+from lvsctl.core.config import Loaded
+from lvsctl.core.errors import LvsctlError
+from lvsctl.core.model import Cluster, Vip
+from lvsctl.core.node import Node, load_node
+from lvsctl.core.zk import ClusterConnection, ConfigVersion, Credentials, Target
+from lvsctl.director.dataplane import Dataplane, open_table
+from lvsctl.director.election import Election, State, Timing, Transition
+from lvsctl.director.peer import Beat, PeerLink, read_secret
+from lvsctl.director.vip import KernelVips, Lease, StaleLease, VipTable, announce
+from lvsctl.healthcheck.checkers import Checkers
+from lvsctl.healthcheck.scheduler import HealthChange, Scheduler
 
 log = logging.getLogger("lvsctl.director")
 
@@ -609,7 +609,7 @@ class Daemon:
         log.info("node file reloaded", extra={"event": "node_reloaded"})
 
     async def _start_api(self) -> None:
-        from director.api import start_api
+        from lvsctl.director.api import start_api
 
         with contextlib.suppress(OSError):
             self._api = await start_api(self)

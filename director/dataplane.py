@@ -15,16 +15,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from director.ipvs import IpvsTable, SyncState, open_ipvs
-from director.reconcile import (
+from lvsctl.core.errors import KernelError
+from lvsctl.core.model import Cluster, Health, HealthKey
+from lvsctl.director.ipvs import IpvsTable, SyncState, open_ipvs
+from lvsctl.director.reconcile import (
     DrainKey,
     desired_table,
     op_dict,
     plan,
     update_drain_state,
 )
-from lvsctl.errors import KernelError
-from lvsctl.model import Cluster, Health, HealthKey
 
 log = logging.getLogger("lvsctl.director.ipvs")
 

@@ -51,8 +51,8 @@ from kazoo.client import KazooClient
 from kazoo.exceptions import KazooException, NodeExistsError, NoNodeError
 from kazoo.protocol.states import KazooState
 
-from director.peer import Heard, PeerLink
-from lvsctl.errors import ElectionError
+from lvsctl.core.errors import ElectionError
+from lvsctl.director.peer import Heard, PeerLink
 
 log = logging.getLogger("lvsctl.director.election")
 

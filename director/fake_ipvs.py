@@ -20,7 +20,16 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from director.ipvs import (
+from lvsctl.core.model import (
+    SCHEDULERS,
+    DestKey,
+    Family,
+    Forwarding,
+    Protocol,
+    ServiceKey,
+    ServiceSpec,
+)
+from lvsctl.director.ipvs import (
     SyncDaemon,
     SyncState,
     check_spec,
@@ -31,7 +40,7 @@ from director.ipvs import (
     kernel_error,
     service_spec,
 )
-from director.reconcile import (
+from lvsctl.director.reconcile import (
     AddDest,
     AddService,
     DelDest,
@@ -42,15 +51,6 @@ from director.reconcile import (
     ObservedDest,
     ObservedService,
     Op,
-)
-from lvsctl.model import (
-    SCHEDULERS,
-    DestKey,
-    Family,
-    Forwarding,
-    Protocol,
-    ServiceKey,
-    ServiceSpec,
 )
 
 _State = dict[str, Any]
@@ -238,7 +238,7 @@ def _apply(state: _State, op: Op, schedulers: frozenset[str]) -> int:
 
 
 def _service_entry(spec: ServiceSpec) -> dict[str, Any]:
-    from director.ipvs import F_PERSISTENT
+    from lvsctl.director.ipvs import F_PERSISTENT
 
     bits = flag_bits(spec.scheduler, spec.flags) | (F_PERSISTENT if spec.persistence else 0)
     return {"scheduler": spec.scheduler, "flags": bits, "timeout": spec.persistence,

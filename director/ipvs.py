@@ -31,7 +31,20 @@ from enum import IntEnum
 from functools import cmp_to_key
 from typing import Any, Protocol
 
-from director.reconcile import (
+from lvsctl.core.errors import KernelError, NoIpvsError
+from lvsctl.core.model import (
+    DestKey,
+    DestSpec,
+    Family,
+    Forwarding,
+    ServiceKey,
+    ServiceSpec,
+    canonical_address,
+)
+from lvsctl.core.model import (
+    Protocol as IpProtocol,
+)
+from lvsctl.director.reconcile import (
     AddDest,
     AddService,
     DelDest,
@@ -41,19 +54,6 @@ from director.reconcile import (
     ObservedService,
     Op,
     Stats,
-)
-from lvsctl.errors import KernelError, NoIpvsError
-from lvsctl.model import (
-    DestKey,
-    DestSpec,
-    Family,
-    Forwarding,
-    ServiceKey,
-    ServiceSpec,
-    canonical_address,
-)
-from lvsctl.model import (
-    Protocol as IpProtocol,
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -816,7 +816,7 @@ class KernelIpvs:
 def open_ipvs(netns: str | None = None, fake: str | None = None) -> IpvsTable:
     """The kernel's IPVS (in ``netns`` if given), or the fake stored in file ``fake``."""
     if fake is not None:
-        from director.fake_ipvs import FakeIpvs
+        from lvsctl.director.fake_ipvs import FakeIpvs
 
         return FakeIpvs(fake)
     return KernelIpvs(netns=netns)

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from lvsctl.errors import ConfigError, ConfigIssue
+from lvsctl.core.errors import ConfigError, ConfigIssue
 
 MAC_LEN = 32
 

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from lvsctl.model import (
+from lvsctl.core.model import (
     Cluster,
     DestKey,
     DestSpec,

@@ -25,8 +25,8 @@ from typing import Any, Protocol, TypeVar
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from lvsctl.errors import KernelError
-from lvsctl.model import Announce, Family, Vip
+from lvsctl.core.errors import KernelError
+from lvsctl.core.model import Announce, Family, Vip
 
 T = TypeVar("T")
 IFA_F_NODAD = 0x02  # no duplicate address detection: the VIP is usable at once

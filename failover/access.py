@@ -18,9 +18,9 @@ from typing import Any
 
 from kazoo.exceptions import NoNodeError
 
-from failover.timeline import Record
-from lvsctl.errors import ConfigError, ConfigIssue, LvsctlError
-from lvsctl.zk import ClusterConnection
+from lvsctl.core.errors import ConfigError, ConfigIssue, LvsctlError
+from lvsctl.core.zk import ClusterConnection
+from lvsctl.failover.timeline import Record
 
 
 class ApiError(LvsctlError):

@@ -27,9 +27,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from failover.probe import Probe, Target
-from failover.report import DrillReport
-from failover.timeline import (
+from lvsctl.core.errors import LvsctlError
+from lvsctl.core.model import Cluster
+from lvsctl.failover.probe import Probe, Target
+from lvsctl.failover.report import DrillReport
+from lvsctl.failover.timeline import (
     KINDS,
     TAKEOVER_KINDS,
     Hold,
@@ -39,8 +41,6 @@ from failover.timeline import (
     RoundResult,
     evaluate,
 )
-from lvsctl.errors import LvsctlError
-from lvsctl.model import Cluster
 
 
 class DrillError(LvsctlError):

@@ -13,8 +13,8 @@ import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from failover.drill import DrillError
-from failover.vipwatch import NetnsVipObserver
+from lvsctl.failover.drill import DrillError
+from lvsctl.failover.vipwatch import NetnsVipObserver
 
 NFT_TABLE = "lvsctl_drill"
 

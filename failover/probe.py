@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from typing import IO
 from urllib.parse import urlsplit
 
-from failover.timeline import Sample
-from lvsctl.errors import LvsctlError
+from lvsctl.core.errors import LvsctlError
+from lvsctl.failover.timeline import Sample
 
 INTERVAL = 0.02
 # Below Linux's initial SYN retransmission timeout (1 s): a probe whose first SYN went to a

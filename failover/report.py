@@ -15,8 +15,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from failover.timeline import RoundResult, Timeline
-from lvsctl.errors import LvsctlError
+from lvsctl.core.errors import LvsctlError
+from lvsctl.failover.timeline import RoundResult, Timeline
 
 WIDTH = 960  # SVG user units
 LABEL = 150  # left margin for the row labels
@@ -238,7 +238,7 @@ def render_html(report: DrillReport) -> str:
     import jinja2
 
     env = jinja2.Environment(
-        loader=jinja2.PackageLoader("templates", "report"),
+        loader=jinja2.PackageLoader("lvsctl.templates", "report"),
         autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
     )
     rounds = [{"result": r, "picture": layout(r.timeline), "json": r.to_json()}

@@ -26,8 +26,8 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import IO
 
-from failover.timeline import Hold
-from lvsctl.errors import LvsctlError
+from lvsctl.core.errors import LvsctlError
+from lvsctl.failover.timeline import Hold
 
 RTMGRP_IPV4_IFADDR = 0x10
 RTMGRP_IPV6_IFADDR = 0x100

@@ -1,6 +1,6 @@
 """The checkers: ``await Checkers.check(target) -> CheckResult`` for tcp, http(s), misc, udp, dns.
 
-A target is a resolved ``lvsctl.model.Check`` (kind, timing, probe address and port). Each probe
+A target is a resolved ``lvsctl.core.model.Check`` (kind, timing, probe address, port). Each probe
 is bounded by the check's timeout, opens a new connection (as keepalived does: a reused
 connection would not prove the server still accepts), and reports one short reason line.
 Checkers never touch the kernel. An HTTP probe is one request on an asyncio protocol whose
@@ -31,8 +31,7 @@ import dns.rcode
 import dns.rdatatype
 import httptools
 
-from healthcheck.result import CheckResult
-from lvsctl.model import (
+from lvsctl.core.model import (
     Check,
     DnsCheck,
     HttpCheck,
@@ -41,6 +40,7 @@ from lvsctl.model import (
     UdpCheck,
     join_host_port,
 )
+from lvsctl.healthcheck.result import CheckResult
 
 # A health page is small; a body past this is not read further (regex and digest see no more).
 MAX_BODY = 1 << 20

@@ -23,9 +23,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from enum import Enum
 
-from healthcheck.result import CheckResult
-from lvsctl.errors import StateError
-from lvsctl.model import CheckTiming, Health
+from lvsctl.core.errors import StateError
+from lvsctl.core.model import CheckTiming, Health
+from lvsctl.healthcheck.result import CheckResult
 
 
 class Status(Enum):

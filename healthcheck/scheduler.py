@@ -40,10 +40,10 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from healthcheck.checkers import Checker
-from healthcheck.hysteresis import State, Status, next_state
-from healthcheck.result import CheckResult
-from lvsctl.model import Check, CheckTiming, Cluster, Health, HealthKey, join_host_port
+from lvsctl.core.model import Check, CheckTiming, Cluster, Health, HealthKey, join_host_port
+from lvsctl.healthcheck.checkers import Checker
+from lvsctl.healthcheck.hysteresis import State, Status, next_state
+from lvsctl.healthcheck.result import CheckResult
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from lvsctl.commands.node import node_group
 from lvsctl.commands.realserver import realserver_group
 from lvsctl.commands.status import status_command
 from lvsctl.commands.vm import vm_group
-from lvsctl.errors import ConfigError, LvsctlError
+from lvsctl.core.errors import ConfigError, LvsctlError
 
 
 class LvsctlGroup(click.Group):

@@ -22,16 +22,16 @@ import jinja2
 from pydantic import TypeAdapter, ValidationError
 
 from lvsctl import __version__
-from lvsctl.errors import LvsctlError
-from lvsctl.model import Cluster, Family, Forwarding, canonical_address
-from lvsctl.schema import IfName, Name
+from lvsctl.core.errors import LvsctlError
+from lvsctl.core.model import Cluster, Family, Forwarding, canonical_address
+from lvsctl.core.schema import IfName, Name
 
 Format = Literal["shell", "networkd"]
 FORMATS: tuple[Format, ...] = ("shell", "networkd")
 
 TEMPLATE_DIR = Path(__file__).resolve().parent
 
-# Beyond Linux's own rule (lvsctl.schema.IfName), a name that reaches networkd or sysctl.d must
+# Beyond Linux's own rule (lvsctl.core.schema.IfName), a name that reaches networkd or sysctl.d must
 # not carry characters those formats give a meaning: networkd's Name= takes globs (* ? [ ]),
 # sysctl.d splits at '=', and '#'/';' start comments.
 _RENDERABLE_IFNAME = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -61,7 +61,7 @@ def _rule_message(exc: ValidationError) -> str:
 
 
 def check_interface(value: str, what: str = "--interface") -> str:
-    """A Linux interface name (lvsctl.schema's rule) that is also safe in every output format."""
+    """A Linux interface name (the schema's rule) that is also safe in every output format."""
     try:
         _IFNAME_RULE.validate_python(value)
     except ValidationError as exc:

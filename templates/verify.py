@@ -12,9 +12,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from lvsctl.errors import KernelError
-from lvsctl.model import Family
-from templates.render import (
+from lvsctl.core.errors import KernelError
+from lvsctl.core.model import Family
+from lvsctl.templates.render import (
     Address,
     DefaultRoute,
     LinkUp,

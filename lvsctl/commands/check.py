@@ -16,10 +16,10 @@ from typing import Any
 import click
 import uvloop
 
-from healthcheck.checkers import Checkers
-from healthcheck.scheduler import HealthChange, Scheduler, TargetView
-from lvsctl.config import load_cluster
-from lvsctl.model import Cluster, join_host_port
+from lvsctl.core.config import load_cluster
+from lvsctl.core.model import Cluster, join_host_port
+from lvsctl.healthcheck.checkers import Checkers
+from lvsctl.healthcheck.scheduler import HealthChange, Scheduler, TargetView
 from lvsctl.output import echo_json, table, warn
 
 HEADERS = ["SERVER", "SERVICES", "CHECK", "PROBE", "STATE", "LATENCY", "REASON"]

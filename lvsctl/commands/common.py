@@ -21,11 +21,11 @@ from typing import Any, TypeVar
 
 import click
 
-from lvsctl import schema
-from lvsctl.model import ZooKeeperSettings
-from lvsctl.node import DEFAULT_NODE_FILE, load_node
+from lvsctl.core import schema
+from lvsctl.core.model import ZooKeeperSettings
+from lvsctl.core.node import DEFAULT_NODE_FILE, load_node
+from lvsctl.core.zk import DEFAULT_CONNECT_TIMEOUT, ClusterConnection, Target, open_cluster
 from lvsctl.output import warn
-from lvsctl.zk import DEFAULT_CONNECT_TIMEOUT, ClusterConnection, Target, open_cluster
 
 F = TypeVar("F", bound=Callable[..., Any])
 _ROOT = re.compile(r"^(/[A-Za-z0-9_.-]+)+$")  # as the cluster file's zookeeper.root

@@ -1,7 +1,7 @@
 """``lvsctl config``: check a cluster file, print its JSON Schema, keep it in ZooKeeper.
 
 push validates a file and writes it as the cluster's next version (compare-and-set);
-show, diff, history and rollback read and rewind what ZooKeeper holds (lvsctl.zk).
+show, diff, history and rollback read and rewind what ZooKeeper holds (lvsctl.core.zk).
 """
 
 from __future__ import annotations
@@ -20,12 +20,11 @@ from lvsctl.commands.common import (
     insecure_option,
     zookeeper_options,
 )
-from lvsctl.config import load_cluster
-from lvsctl.errors import ConfigError, ConfigIssue, ZooKeeperError
-from lvsctl.model import Cluster, Service
-from lvsctl.output import echo_json, echo_table, warn
-from lvsctl.schema import ClusterFile
-from lvsctl.zk import (
+from lvsctl.core.config import load_cluster
+from lvsctl.core.errors import ConfigError, ConfigIssue, ZooKeeperError
+from lvsctl.core.model import Cluster, Service
+from lvsctl.core.schema import ClusterFile
+from lvsctl.core.zk import (
     DEFAULT_KEEP,
     ClusterConnection,
     ConfigStore,
@@ -34,6 +33,7 @@ from lvsctl.zk import (
     Target,
     open_cluster,
 )
+from lvsctl.output import echo_json, echo_table, warn
 
 
 @click.group("config")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from lvsctl.node import DEFAULT_NODE_FILE
+from lvsctl.core.node import DEFAULT_NODE_FILE
 
 
 @click.group("director")
@@ -19,6 +19,6 @@ def director_group() -> None:
               help="run even without ZooKeeper credentials or with an open root ACL")
 def run_command(node_file: str, insecure: bool) -> None:
     """Run the director daemon until SIGTERM (graceful stepdown, then exit)."""
-    from director.daemon import run_director
+    from lvsctl.director.daemon import run_director
 
     raise SystemExit(run_director(node_file, insecure=insecure))

@@ -13,16 +13,16 @@ from typing import Any
 
 import click
 
-from failover.access import ClusterView, ZkDirectors, read_token
-from failover.drill import Drill, Expected
-from failover.probe import Target
-from failover.report import SUMMARY_HEADERS, progress_line, summary_rows, write_html
-from failover.timeline import KINDS
 from lvsctl.commands.common import ZkOptions, zookeeper_options
-from lvsctl.errors import ZooKeeperError
-from lvsctl.node import load_node
+from lvsctl.core.errors import ZooKeeperError
+from lvsctl.core.node import load_node
+from lvsctl.core.zk import ConfigStore
+from lvsctl.failover.access import ClusterView, ZkDirectors, read_token
+from lvsctl.failover.drill import Drill, Expected
+from lvsctl.failover.probe import Target
+from lvsctl.failover.report import SUMMARY_HEADERS, progress_line, summary_rows, write_html
+from lvsctl.failover.timeline import KINDS
 from lvsctl.output import echo_json, echo_table
-from lvsctl.zk import ConfigStore
 
 
 @click.group("failover")

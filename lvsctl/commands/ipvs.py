@@ -7,14 +7,17 @@ from typing import Any
 
 import click
 
-from director.ipvs import (
+from lvsctl.core.config import Loaded, load_cluster
+from lvsctl.core.errors import KernelError
+from lvsctl.core.model import Family, ServiceKey
+from lvsctl.director.ipvs import (
     IpvsTable,
     open_ipvs,
     save_text,
     sorted_dests,
     sorted_services,
 )
-from director.reconcile import (
+from lvsctl.director.reconcile import (
     FWD_NAMES,
     ObservedService,
     Op,
@@ -23,9 +26,6 @@ from director.reconcile import (
     plan,
     update_drain_state,
 )
-from lvsctl.config import Loaded, load_cluster
-from lvsctl.errors import KernelError
-from lvsctl.model import Family, ServiceKey
 from lvsctl.output import echo_json, warn
 
 APPLY_CHUNK = 256  # ops per pipelined batch; a progress line per op after each batch

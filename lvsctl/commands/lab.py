@@ -17,10 +17,10 @@ from typing import Any
 
 import click
 
-from lvsctl import lab as labmod
-from lvsctl.errors import LvsctlError
-from lvsctl.lab import LabError
+from lvsctl.core.errors import LvsctlError
 from lvsctl.output import echo_json, echo_table
+from lvsctl.testbed import lab as labmod
+from lvsctl.testbed.lab import LabError
 
 _DIR = click.option("--dir", "state_dir", type=click.Path(file_okay=False),
                     default=str(labmod.DEFAULT_STATE_DIR), show_default=True,
@@ -48,7 +48,7 @@ def _in_vm(args: list[str], timeout: float, *, to_stderr: bool = False,
     """Run this lab command again inside the kernel VM; returns its exit code. ``to_stderr``
     sends everything it prints to stderr (stdout is for --json); ``share`` is a host folder
     the guest may write to (it sees it at the same path)."""
-    from lvsctl import vm
+    from lvsctl.testbed import vm
 
     echo = _progress if to_stderr else _echo
     echo("lab: this kernel has no IPVS: running the lab inside the kernel VM (Debian's "
@@ -65,7 +65,7 @@ def _in_vm(args: list[str], timeout: float, *, to_stderr: bool = False,
 
 
 def _needs_vm(here: bool) -> bool:
-    from lvsctl.vm import kernel_has_ipvs
+    from lvsctl.testbed.vm import kernel_has_ipvs
 
     return not here and not kernel_has_ipvs()
 

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import click
 
-from lvsctl.config import load_cluster
-from lvsctl.errors import LvsctlError
-from lvsctl.model import Cluster
-from lvsctl.node import DEFAULT_NODE_FILE, load_node, parse_node
+from lvsctl.core.config import load_cluster
+from lvsctl.core.errors import LvsctlError
+from lvsctl.core.model import Cluster
+from lvsctl.core.node import DEFAULT_NODE_FILE, load_node, parse_node
 from lvsctl.output import warn
 
 PEER_SECRET = "peer.secret"

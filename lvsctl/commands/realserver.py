@@ -7,10 +7,10 @@ from pathlib import Path
 
 import click
 
-from lvsctl.config import load_cluster
-from lvsctl.errors import LvsctlError
+from lvsctl.core.config import load_cluster
+from lvsctl.core.errors import LvsctlError
 from lvsctl.output import echo_json, echo_table
-from templates.render import (
+from lvsctl.templates.render import (
     FORMATS,
     Format,
     RealServerSetup,
@@ -137,7 +137,7 @@ def verify_command(cluster_file: str | None, server: str | None, mode: str | Non
     """Check this host's live state against the setup it needs; exit 1 if anything is wrong.
 
     With CLUSTER_FILE and no --server, the real server is the one whose address this host has."""
-    from templates.verify import check, local_addresses, observe
+    from lvsctl.templates.verify import check, local_addresses, observe
 
     if cluster_file is not None and server is None and not (mode or vips or gateway):
         server = _this_server(cluster_file, local_addresses())

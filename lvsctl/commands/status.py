@@ -12,8 +12,8 @@ import click
 from kazoo.exceptions import NoNodeError
 
 from lvsctl.commands.common import ZkOptions, zookeeper_options
+from lvsctl.core.zk import ClusterConnection
 from lvsctl.output import echo_json, echo_table
-from lvsctl.zk import ClusterConnection
 
 
 def _children(conn: ClusterConnection, path: str) -> list[str]:

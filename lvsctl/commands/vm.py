@@ -8,9 +8,9 @@ from pathlib import Path
 
 import click
 
-from lvsctl import vm
-from lvsctl.errors import LvsctlError
+from lvsctl.core.errors import LvsctlError
 from lvsctl.output import echo_json, echo_table
+from lvsctl.testbed import vm
 
 _MEMORY = re.compile(r"^[1-9][0-9]*[MG]$")
 

@@ -14,9 +14,19 @@ from pathlib import Path
 
 import pytest
 
-from director.fake_ipvs import FakeIpvs
-from director.ipvs import IpvsTable, KernelIpvs, SyncState, save_text
-from director.reconcile import (
+from lvsctl.core.errors import KernelError
+from lvsctl.core.model import (
+    DestKey,
+    DestSpec,
+    Family,
+    Forwarding,
+    Protocol,
+    ServiceKey,
+    ServiceSpec,
+)
+from lvsctl.director.fake_ipvs import FakeIpvs
+from lvsctl.director.ipvs import IpvsTable, KernelIpvs, SyncState, save_text
+from lvsctl.director.reconcile import (
     AddDest,
     AddService,
     DelDest,
@@ -25,16 +35,6 @@ from director.reconcile import (
     EditDest,
     EditService,
     kernel_spec,
-)
-from lvsctl.errors import KernelError
-from lvsctl.model import (
-    DestKey,
-    DestSpec,
-    Family,
-    Forwarding,
-    Protocol,
-    ServiceKey,
-    ServiceSpec,
 )
 from tests.support.netns import Lab, Netns
 

@@ -15,9 +15,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from healthcheck.checkers import MAX_BODY, Checkers
-from healthcheck.result import CheckResult
-from lvsctl.model import (
+from lvsctl.core.model import (
     Check,
     CheckKind,
     CheckTiming,
@@ -27,6 +25,8 @@ from lvsctl.model import (
     TcpCheck,
     UdpCheck,
 )
+from lvsctl.healthcheck.checkers import MAX_BODY, Checkers
+from lvsctl.healthcheck.result import CheckResult
 from tests.support.listeners import (
     ERROR,
     RESET,

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from lvsctl.model import SCHEDULERS
-from lvsctl.schema import ZooKeeperFile
+from lvsctl.core.model import SCHEDULERS
+from lvsctl.core.schema import ZooKeeperFile
 from tests.conftest import ROOT
 
 DEPLOY = ROOT / "deploy"

@@ -8,7 +8,7 @@ import uuid
 import pytest
 from kazoo.client import KazooClient
 
-from director.election import Election, State, Timing, Transition
+from lvsctl.director.election import Election, State, Timing, Transition
 
 pytestmark = pytest.mark.zookeeper
 

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from failover.drill import Drill, DrillRefused
-from failover.probe import Target
-from failover.report import DrillReport, write_html
+from lvsctl.failover.drill import Drill, DrillRefused
+from lvsctl.failover.probe import Target
+from lvsctl.failover.report import DrillReport, write_html
 from tests.support import chromium
 from tests.support.director_lab import VIP
 from tests.support.drill_pair import SERVICE_PORT, DrillPair, ReachablePair

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from failover.netns_lab import NetnsLab
-from failover.timeline import overlaps
-from failover.vipwatch import holds_from_events, parse_addr_messages
+from lvsctl.failover.netns_lab import NetnsLab
+from lvsctl.failover.timeline import overlaps
+from lvsctl.failover.vipwatch import holds_from_events, parse_addr_messages
 from tests.support.netns import Lab
 
 pytestmark = pytest.mark.netns
@@ -136,6 +136,6 @@ def test_signal_by_pid(lab: Lab) -> None:
     assert state() == "S"
     proc.kill()
     proc.wait()
-    from failover.drill import DrillError
+    from lvsctl.failover.drill import DrillError
     with pytest.raises(DrillError, match=r"lb1 \(pid \d+\) is gone"):
         netns_lab.signal("lb1", signal.SIGTERM)

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from failover.probe import Probe, ProbeError, Target
-from failover.timeline import Sample, outage_windows
+from lvsctl.failover.probe import Probe, ProbeError, Target
+from lvsctl.failover.timeline import Sample, outage_windows
 from tests.support.netns import Lab
 from tests.support.zookeeper import free_port
 

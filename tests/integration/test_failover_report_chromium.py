@@ -7,7 +7,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
-from failover.report import DrillReport, write_html
+from lvsctl.failover.report import DrillReport, write_html
 from tests.support import chromium
 from tests.unit.test_failover_report import overlapping, passing
 

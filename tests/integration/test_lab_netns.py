@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from lvsctl import lab
+from lvsctl.testbed import lab
 
 pytestmark = pytest.mark.netns
 

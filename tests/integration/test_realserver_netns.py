@@ -11,8 +11,8 @@ import pytest
 from click.testing import CliRunner
 
 from lvsctl.cli import cli
-from lvsctl.config import load_cluster
-from templates.render import render_shell, setup_adhoc, write_files
+from lvsctl.core.config import load_cluster
+from lvsctl.templates.render import render_shell, setup_adhoc, write_files
 from tests.conftest import EXAMPLE
 from tests.support.netns import Lab
 from tests.support.realserver import check_up_down_cycle, realserver_host

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from templates.render import render_networkd, setup_adhoc, write_files
+from lvsctl.templates.render import render_networkd, setup_adhoc, write_files
 from tests.support.netns import Lab
 from tests.support.realserver import apply_networkd, realserver_host
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from tests.conftest import ROOT
 
 CODE = """
-import templates.render as r
+import lvsctl.templates.render as r
 print(r.__file__)
 s = r.setup_adhoc("tun", ["192.0.2.10"])
 for fmt in r.FORMATS:
@@ -27,8 +27,8 @@ def test_wheel_ships_the_templates_and_renders_from_an_install(tmp_path: Path) -
     )
     (wheel,) = wheels.glob("lvsctl-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    shipped = {n for n in names if n.startswith("templates/") and n.endswith(".j2")}
-    in_tree = {str(p.relative_to(ROOT)) for p in (ROOT / "templates").rglob("*.j2")}
+    shipped = {n for n in names if n.startswith("lvsctl/templates/") and n.endswith(".j2")}
+    in_tree = {f"lvsctl/{p.relative_to(ROOT)}" for p in (ROOT / "templates").rglob("*.j2")}
     assert in_tree and shipped == in_tree
 
     target = tmp_path / "site"

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from lvsctl.cli import cli
-from templates.render import render_networkd, render_shell, setup_adhoc, write_files
+from lvsctl.templates.render import render_networkd, render_shell, setup_adhoc, write_files
 from tests.conftest import EXAMPLE
 from tests.support.netns import Lab, run
 from tests.support.realserver import apply_networkd, check_up_down_cycle, realserver_host

@@ -10,11 +10,11 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
-from healthcheck.checkers import Checkers
-from healthcheck.hysteresis import Status
-from healthcheck.scheduler import MIN_SLOTS, UNCHECKED, HealthChange, Scheduler, Slots
-from lvsctl.config import parse_cluster
-from lvsctl.model import Cluster, Health
+from lvsctl.core.config import parse_cluster
+from lvsctl.core.model import Cluster, Health
+from lvsctl.healthcheck.checkers import Checkers
+from lvsctl.healthcheck.hysteresis import Status
+from lvsctl.healthcheck.scheduler import MIN_SLOTS, UNCHECKED, HealthChange, Scheduler, Slots
 from tests.support.listeners import CLUSTER_HEAD, ERROR, OK, HttpListener
 from tests.support.loops import each_loop  # noqa: F401  (runs every test on both loops)
 

@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from director.vip import KernelVips, Lease, StaleLease, _checksum, announce
-from lvsctl.model import Announce, Vip
+from lvsctl.core.model import Announce, Vip
+from lvsctl.director.vip import KernelVips, Lease, StaleLease, _checksum, announce
 from tests.support.inside import inside
 
 pytestmark = pytest.mark.netns

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from lvsctl import vm
+from lvsctl.testbed import vm
 from tests.conftest import ROOT
 
 QUIET = {"progress": lambda line: None}

@@ -16,9 +16,9 @@ from kazoo.client import KazooClient
 from kazoo.exceptions import NoAuthError
 from kazoo.security import OPEN_ACL_UNSAFE
 
-from lvsctl.errors import ConfigError, ConflictError, ZooKeeperError
-from lvsctl.model import ZooKeeperSettings
-from lvsctl.zk import ClusterConnection, ConfigStore, ConfigVersion, Target, open_cluster
+from lvsctl.core.errors import ConfigError, ConflictError, ZooKeeperError
+from lvsctl.core.model import ZooKeeperSettings
+from lvsctl.core.zk import ClusterConnection, ConfigStore, ConfigVersion, Target, open_cluster
 from tests.conftest import MINIMAL
 from tests.support.zookeeper import ZooKeeperServer
 

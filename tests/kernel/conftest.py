@@ -6,7 +6,7 @@ import functools
 
 import pytest
 
-from lvsctl.vm import kernel_has_ipvs
+from lvsctl.testbed.vm import kernel_has_ipvs
 
 _has_ipvs = functools.cache(kernel_has_ipvs)
 

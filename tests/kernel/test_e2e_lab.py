@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from lvsctl import lab
-from lvsctl.vm import kernel_has_ipvs
+from lvsctl.testbed import lab
+from lvsctl.testbed.vm import kernel_has_ipvs
 
 pytestmark = pytest.mark.kernel
 

@@ -10,8 +10,11 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from director.ipvs import KernelIpvs
-from director.reconcile import (
+from lvsctl.cli import cli
+from lvsctl.core.config import load_cluster, parse_cluster
+from lvsctl.core.model import DestKey, DestSpec, Forwarding, Protocol, ServiceKey
+from lvsctl.director.ipvs import KernelIpvs
+from lvsctl.director.reconcile import (
     AddDest,
     AddService,
     DelDest,
@@ -21,9 +24,6 @@ from director.reconcile import (
     plan,
     update_drain_state,
 )
-from lvsctl.cli import cli
-from lvsctl.config import load_cluster, parse_cluster
-from lvsctl.model import DestKey, DestSpec, Forwarding, Protocol, ServiceKey
 from tests.conftest import EXAMPLE
 from tests.support.ipvs_lab import ADDRESSES, PORT, RS_PORT, VIP, Client, nat_lab
 from tests.support.netns import Lab

@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from director.ipvs import KernelIpvs, SyncState
-from director.reconcile import desired_table, plan
-from lvsctl.config import parse_cluster
+from lvsctl.core.config import parse_cluster
+from lvsctl.director.ipvs import KernelIpvs, SyncState
+from lvsctl.director.reconcile import desired_table, plan
 from tests.kernel.test_reconcile_kernel import NAT_CLUSTER
 from tests.support.ipvs_lab import VIP, Client, nat_lab
 from tests.support.netns import Lab

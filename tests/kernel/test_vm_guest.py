@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from lvsctl.vm import kernel_has_ipvs
+from lvsctl.testbed.vm import kernel_has_ipvs
 from tests.support.netns import Lab, run
 
 pytestmark = pytest.mark.kernel

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from failover.vipwatch import RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR, parse_addr_messages
+from lvsctl.failover.vipwatch import RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR, parse_addr_messages
 from tests.support.netns import Lab, Netns
 from tests.support.zookeeper import ZooKeeperServer, _in_netns
 

@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from failover.drill import DrillError, Expected
-from failover.netns_lab import NetnsLab
-from failover.timeline import Record
-from lvsctl.config import parse_cluster
+from lvsctl.core.config import parse_cluster
+from lvsctl.failover.drill import DrillError, Expected
+from lvsctl.failover.netns_lab import NetnsLab
+from lvsctl.failover.timeline import Record
 from tests.support.director_lab import PEER_PORT, DirectorPair, cluster_yaml
 from tests.support.netns import Netns
 

@@ -14,9 +14,9 @@ from typing import Any
 
 import yaml
 
-from lvsctl.config import parse_cluster
-from lvsctl.model import Cluster
-from templates.render import RealServerSetup, setup_adhoc, setup_for
+from lvsctl.core.config import parse_cluster
+from lvsctl.core.model import Cluster
+from lvsctl.templates.render import RealServerSetup, setup_adhoc, setup_for
 from tests.conftest import MINIMAL
 from tests.support.netns import Lab, Netns
 

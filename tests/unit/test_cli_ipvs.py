@@ -11,12 +11,12 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from director.fake_ipvs import FakeIpvs
-from director.ipvs import KernelIpvs
-from director.reconcile import AddDest, AddService
 from lvsctl.cli import cli
-from lvsctl.errors import NoIpvsError
-from lvsctl.model import DestKey, DestSpec, Forwarding, Protocol, ServiceKey, ServiceSpec
+from lvsctl.core.errors import NoIpvsError
+from lvsctl.core.model import DestKey, DestSpec, Forwarding, Protocol, ServiceKey, ServiceSpec
+from lvsctl.director.fake_ipvs import FakeIpvs
+from lvsctl.director.ipvs import KernelIpvs
+from lvsctl.director.reconcile import AddDest, AddService
 from tests.conftest import MINIMAL
 
 WWW = ServiceKey.inet(Protocol.TCP, "192.0.2.10", 80)

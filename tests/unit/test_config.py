@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 import yaml
 
-from lvsctl.config import load_cluster, parse_cluster
-from lvsctl.errors import ConfigError
-from lvsctl.model import Family, Forwarding, HttpCheck, Protocol, ServiceKey
+from lvsctl.core.config import load_cluster, parse_cluster
+from lvsctl.core.errors import ConfigError
+from lvsctl.core.model import Family, Forwarding, HttpCheck, Protocol, ServiceKey
 from tests.conftest import EXAMPLE, MINIMAL
 
 _TOKEN = re.compile(r"([^.\[\]]+)|\[(\d+)\]")

@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lvsctl.cli import cli
-from lvsctl.config import parse_cluster
-from lvsctl.errors import ConfigError
+from lvsctl.core.config import parse_cluster
+from lvsctl.core.errors import ConfigError
 from tests.conftest import MINIMAL
 
 scalars = st.one_of(

@@ -6,9 +6,9 @@ import math
 
 import pytest
 
-from director.election import TRANSITIONS, State, Timing, check_transition, hold_permission
-from director.peer import Beat, Heard
-from lvsctl.errors import ElectionError
+from lvsctl.core.errors import ElectionError
+from lvsctl.director.election import TRANSITIONS, State, Timing, check_transition, hold_permission
+from lvsctl.director.peer import Beat, Heard
 
 T = Timing(session_timeout=2.0)  # hold_span = 1 + 0.35 + 0.1 = 1.45
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from failover.access import api_url
+from lvsctl.failover.access import api_url
 
 
 @pytest.mark.parametrize(("address", "director", "url"), [

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from failover.drill import Drill, DrillError, Expected, check_health, pair_state
-from failover.timeline import PairState
+from lvsctl.failover.drill import Drill, DrillError, Expected, check_health, pair_state
+from lvsctl.failover.timeline import PairState
 
 VIP, VIP6 = "192.0.2.10", "2001:db8::10"
 EXPECTED = Expected(("lb1", "lb2"), (VIP, VIP6), {"www": frozenset({"web1", "web2"})}, 2.0,
@@ -96,8 +96,8 @@ def test_partitions_need_the_lab_and_kinds_are_checked() -> None:
 
 
 def test_status_observations_overlap_only_when_both_were_seen_holding_together() -> None:
-    from failover.drill import StatusObserver
-    from failover.timeline import Hold, overlaps
+    from lvsctl.failover.drill import StatusObserver
+    from lvsctl.failover.timeline import Hold, overlaps
 
     obs = StatusObserver(directors=None, names=["lb1", "lb2"])  # type: ignore[arg-type]
     # Polled in turn every 50 ms: lb1 lets go between its polls at 1.00 and 1.05, lb2 is seen

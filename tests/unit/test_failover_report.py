@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import json
 
-from failover.report import LABEL, DrillReport, layout, progress_line, render_html, summary_rows
-from failover.timeline import Hold, RoundResult, evaluate
+from lvsctl.failover.report import (
+    LABEL,
+    DrillReport,
+    layout,
+    progress_line,
+    render_html,
+    summary_rows,
+)
+from lvsctl.failover.timeline import Hold, RoundResult, evaluate
 from tests.unit.test_failover_timeline import VIP, rec, round_input
 
 RECORDS = (

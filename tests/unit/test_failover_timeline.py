@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from failover.timeline import (
+from lvsctl.failover.timeline import (
     Hold,
     PairState,
     Record,

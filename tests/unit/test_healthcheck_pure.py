@@ -8,10 +8,18 @@ import dns.message
 import dns.rrset
 import pytest
 
-from healthcheck.checkers import http_request, judge_dns, judge_exit, judge_http, payload_bytes
-from healthcheck.hysteresis import State, next_state
-from healthcheck.result import CheckResult
-from healthcheck.scheduler import (
+from lvsctl.core.config import parse_cluster
+from lvsctl.core.model import CheckTiming, DnsCheck, HttpCheck, MiscCheck
+from lvsctl.healthcheck.checkers import (
+    http_request,
+    judge_dns,
+    judge_exit,
+    judge_http,
+    payload_bytes,
+)
+from lvsctl.healthcheck.hysteresis import State, next_state
+from lvsctl.healthcheck.result import CheckResult
+from lvsctl.healthcheck.scheduler import (
     LAG_HIGH,
     MIN_SLOTS,
     LagMonitor,
@@ -20,8 +28,6 @@ from healthcheck.scheduler import (
     plan_targets,
     settle,
 )
-from lvsctl.config import parse_cluster
-from lvsctl.model import CheckTiming, DnsCheck, HttpCheck, MiscCheck
 
 
 @pytest.mark.parametrize(

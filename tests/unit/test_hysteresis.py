@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from healthcheck.hysteresis import TRANSITIONS, State, Status, check_transition, next_state
-from healthcheck.result import CheckResult
-from lvsctl.errors import StateError
-from lvsctl.model import CheckTiming, Health
+from lvsctl.core.errors import StateError
+from lvsctl.core.model import CheckTiming, Health
+from lvsctl.healthcheck.hysteresis import TRANSITIONS, State, Status, check_transition, next_state
+from lvsctl.healthcheck.result import CheckResult
 
 TIMING = CheckTiming(interval=1.0, timeout=0.5, rise=2, fall=3)
 OK = CheckResult(True, "HTTP 200", 0.001)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from lvsctl import lab
-from lvsctl.config import parse_cluster
+from lvsctl.core.config import parse_cluster
+from lvsctl.testbed import lab
 
 
 def test_every_address_is_unique_and_private() -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from lvsctl.errors import ConfigError
-from lvsctl.node import load_node, parse_node
+from lvsctl.core.errors import ConfigError
+from lvsctl.core.node import load_node, parse_node
 from tests.conftest import ROOT
 
 

@@ -9,7 +9,7 @@ import yaml
 from click.testing import CliRunner, Result
 
 from lvsctl.cli import cli
-from lvsctl.node import load_node
+from lvsctl.core.node import load_node
 from tests.conftest import EXAMPLE, MINIMAL
 
 

@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from director.peer import Beat, PeerLink, Rejected, decode
+from lvsctl.director.peer import Beat, PeerLink, Rejected, decode
 
 SECRET = b"s" * 32
 

@@ -12,9 +12,9 @@ import yaml
 from click.testing import CliRunner
 
 from lvsctl.cli import cli
-from lvsctl.config import parse_cluster
-from lvsctl.model import Family
-from templates.render import (
+from lvsctl.core.config import parse_cluster
+from lvsctl.core.model import Family
+from lvsctl.templates.render import (
     Address,
     DefaultRoute,
     LinkUp,
@@ -28,7 +28,7 @@ from templates.render import (
     setup_for,
     setups_for_all,
 )
-from templates.verify import Observed, Route, check
+from lvsctl.templates.verify import Observed, Route, check
 from tests.conftest import EXAMPLE, MINIMAL
 from tests.support.realserver import dr_and_tun_cluster
 

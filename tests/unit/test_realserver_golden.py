@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from templates.render import FORMATS, Format, render
+from lvsctl.templates.render import FORMATS, Format, render
 from tests.support.realserver import GOLDEN_CASES
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden" / "realserver"

@@ -6,7 +6,18 @@ from dataclasses import replace
 
 import pytest
 
-from director.reconcile import (
+from lvsctl.core.config import parse_cluster
+from lvsctl.core.model import (
+    DestKey,
+    DestSpec,
+    Family,
+    Forwarding,
+    Health,
+    Protocol,
+    ServiceKey,
+    ServiceSpec,
+)
+from lvsctl.director.reconcile import (
     AddDest,
     AddService,
     DelDest,
@@ -23,17 +34,6 @@ from director.reconcile import (
     op_dict,
     plan,
     update_drain_state,
-)
-from lvsctl.config import parse_cluster
-from lvsctl.model import (
-    DestKey,
-    DestSpec,
-    Family,
-    Forwarding,
-    Health,
-    Protocol,
-    ServiceKey,
-    ServiceSpec,
 )
 
 TCP = ServiceKey.inet(Protocol.TCP, "192.0.2.10", 80)
@@ -161,7 +161,7 @@ def test_observe_failed_plans_adds_only() -> None:
 
 def test_plan_applied_to_the_observed_table_converges() -> None:
     """Applying a plan to the table it came from yields an empty plan (no flapping)."""
-    from director.fake_ipvs import FakeIpvs
+    from lvsctl.director.fake_ipvs import FakeIpvs
 
     desired = table(want(TCP, {A: 1, B: 2}, spec=RR), want(UDP, {C: 1}, fwd=NAT))
     fake = FakeIpvs()

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from lvsctl import vm
 from lvsctl.cli import cli
+from lvsctl.testbed import vm
 
 APT_CACHE = """\
 linux-image-amd64

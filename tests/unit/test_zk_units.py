@@ -1,4 +1,4 @@
-"""The pure parts of lvsctl.zk and the shared connection options: no ZooKeeper needed."""
+"""The pure parts of lvsctl.core.zk and the shared connection options: no ZooKeeper needed."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import click
 import pytest
 
 from lvsctl.commands.common import ZkOptions
-from lvsctl.errors import ConfigError, ZooKeeperError
-from lvsctl.model import ZooKeeperSettings
-from lvsctl.zk import ConfigVersion, Paths, Target, read_credentials
+from lvsctl.core.errors import ConfigError, ZooKeeperError
+from lvsctl.core.model import ZooKeeperSettings
+from lvsctl.core.zk import ConfigVersion, Paths, Target, read_credentials
 
 
 def test_paths_layout() -> None:

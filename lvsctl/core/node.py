@@ -13,10 +13,10 @@ from typing import Annotated, Literal
 
 from pydantic import Field, ValidationError
 
-from lvsctl import schema
-from lvsctl.config import parse_yaml, pydantic_issues, sorted_unique
-from lvsctl.errors import ConfigError, ConfigIssue
-from lvsctl.model import ZooKeeperSettings
+from lvsctl.core import schema
+from lvsctl.core.config import parse_yaml, pydantic_issues, sorted_unique
+from lvsctl.core.errors import ConfigError, ConfigIssue
+from lvsctl.core.model import ZooKeeperSettings
 
 DEFAULT_NODE_FILE = "/etc/lvsctl/node.yaml"
 

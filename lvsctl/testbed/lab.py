@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from lvsctl.errors import LvsctlError
+from lvsctl.core.errors import LvsctlError
 
 Echo = Callable[[str], None]
 T = TypeVar("T")
@@ -866,8 +866,8 @@ def health_cycle(lab: Lab, echo: Echo, service: LabService = SERVICES[0],
 
 def netns_drill_lab(lab: Lab) -> Any:
     """The drills' ``Lab`` (failover/netns_lab.py) for this lab's processes and namespaces."""
-    from failover.netns_lab import NetnsLab
-    from failover.vipwatch import NetnsVipObserver
+    from lvsctl.failover.netns_lab import NetnsLab
+    from lvsctl.failover.vipwatch import NetnsVipObserver
 
     class SlowStartLab(NetnsLab):
         # The watchers are Python processes: in the VM one takes well over the default 10 s
@@ -884,12 +884,12 @@ def netns_drill_lab(lab: Lab) -> Any:
 
 def drill(lab: Lab, kind: str, echo: Echo) -> Result:
     """One round of ``kind`` (stepdown, crash) through the drills code, probing the NAT VIP."""
-    from failover.access import ClusterView, ZkDirectors, read_token
-    from failover.drill import Drill, Expected
-    from failover.probe import Target as ProbeTarget
-    from lvsctl.config import load_cluster
-    from lvsctl.node import load_node
-    from lvsctl.zk import Target, open_cluster
+    from lvsctl.core.config import load_cluster
+    from lvsctl.core.node import load_node
+    from lvsctl.core.zk import Target, open_cluster
+    from lvsctl.failover.access import ClusterView, ZkDirectors, read_token
+    from lvsctl.failover.drill import Drill, Expected
+    from lvsctl.failover.probe import Target as ProbeTarget
 
     cluster = load_cluster(str(lab.workdir / "cluster.yaml")).cluster
     node = load_node(str(lab.workdir / "lb1.node.yaml"))

@@ -62,10 +62,10 @@ from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.recipe.watchers import DataWatch
 from kazoo.security import OPEN_ACL_UNSAFE, make_digest_acl
 
-from lvsctl.config import Loaded, parse_cluster
-from lvsctl.errors import ConfigError, ConfigIssue, ConflictError, ZooKeeperError
-from lvsctl.model import ZooKeeperSettings
-from lvsctl.node import Node
+from lvsctl.core.config import Loaded, parse_cluster
+from lvsctl.core.errors import ConfigError, ConfigIssue, ConflictError, ZooKeeperError
+from lvsctl.core.model import ZooKeeperSettings
+from lvsctl.core.node import Node
 
 log = logging.getLogger(__name__)
 # Library logging: kazoo's reconnect chatter goes to the daemon's handlers when it has some,

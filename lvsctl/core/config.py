@@ -17,9 +17,9 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from lvsctl import schema
-from lvsctl.errors import ConfigError, ConfigIssue
-from lvsctl.model import (
+from lvsctl.core import schema
+from lvsctl.core.errors import ConfigError, ConfigIssue
+from lvsctl.core.model import (
     Announce,
     Check,
     CheckKind,

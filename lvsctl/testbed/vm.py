@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from lvsctl.errors import LvsctlError
+from lvsctl.core.errors import LvsctlError
 
 # -- errors ---------------------------------------------------------------------------------
 

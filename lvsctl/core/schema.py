@@ -1,7 +1,7 @@
 """The cluster file's shape as pydantic models: types, ranges and unknown keys, nothing more.
 
 Rules that span several keys (families, ports per mode, uniqueness, inside networks) live in
-``lvsctl.config``; this module only says what each key may hold. ``ClusterFile`` doubles as
+``lvsctl.core.config``; this module only says what each key may hold. ``ClusterFile`` doubles as
 the source of ``lvsctl config schema``.
 """
 
@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
-from lvsctl.model import SCHED_FLAGS, SCHEDULERS
+from lvsctl.core.model import SCHED_FLAGS, SCHEDULERS
 
 # Linux's dev_valid_name(): 1..15 bytes, not "." or "..", no "/", ":" or white space.
 _IFNAME = re.compile(r"^[^/:\s]{1,15}$")
