@@ -1,8 +1,8 @@
 """The only module that speaks IPVS netlink: observe the table, apply ops, run the sync daemon.
 
 ``IpvsTable`` is the Protocol the director depends on; ``KernelIpvs`` implements it on the
-kernel's generic-netlink family "IPVS", ``director.fake_ipvs.FakeIpvs`` in memory (the contract
-suite in tests/contract proves both obey the same rules).
+kernel's generic-netlink family "IPVS", ``lvsctl.testbed.fake_ipvs.FakeIpvs`` in memory (the
+contract suite in tests/contract proves both obey the same rules).
 
 Why a codec of its own for services and dests: the table is written and read in bulk (10,000
 dests), and pyroute2's per-request path (an event loop per call, generic nla objects) costs
@@ -816,7 +816,7 @@ class KernelIpvs:
 def open_ipvs(netns: str | None = None, fake: str | None = None) -> IpvsTable:
     """The kernel's IPVS (in ``netns`` if given), or the fake stored in file ``fake``."""
     if fake is not None:
-        from lvsctl.director.fake_ipvs import FakeIpvs
+        from lvsctl.testbed.fake_ipvs import FakeIpvs
 
         return FakeIpvs(fake)
     return KernelIpvs(netns=netns)

@@ -24,7 +24,6 @@ from lvsctl.core.model import (
     ServiceKey,
     ServiceSpec,
 )
-from lvsctl.director.fake_ipvs import FakeIpvs
 from lvsctl.director.ipvs import IpvsTable, KernelIpvs, SyncState, save_text
 from lvsctl.director.reconcile import (
     AddDest,
@@ -36,6 +35,7 @@ from lvsctl.director.reconcile import (
     EditService,
     kernel_spec,
 )
+from lvsctl.testbed.fake_ipvs import FakeIpvs
 from tests.support.netns import Lab, Netns
 
 TCP = ServiceKey.inet(Protocol.TCP, "192.0.2.10", 80)

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from lvsctl.director.fake_ipvs import FakeIpvs
+from lvsctl.testbed.fake_ipvs import FakeIpvs
 from tests.support.director_lab import (
     PEER_PORT,
     PYTHON,

@@ -14,9 +14,9 @@ from click.testing import CliRunner
 from lvsctl.cli import cli
 from lvsctl.core.errors import NoIpvsError
 from lvsctl.core.model import DestKey, DestSpec, Forwarding, Protocol, ServiceKey, ServiceSpec
-from lvsctl.director.fake_ipvs import FakeIpvs
 from lvsctl.director.ipvs import KernelIpvs
 from lvsctl.director.reconcile import AddDest, AddService
+from lvsctl.testbed.fake_ipvs import FakeIpvs
 from tests.conftest import MINIMAL
 
 WWW = ServiceKey.inet(Protocol.TCP, "192.0.2.10", 80)

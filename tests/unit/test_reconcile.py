@@ -161,7 +161,7 @@ def test_observe_failed_plans_adds_only() -> None:
 
 def test_plan_applied_to_the_observed_table_converges() -> None:
     """Applying a plan to the table it came from yields an empty plan (no flapping)."""
-    from lvsctl.director.fake_ipvs import FakeIpvs
+    from lvsctl.testbed.fake_ipvs import FakeIpvs
 
     desired = table(want(TCP, {A: 1, B: 2}, spec=RR), want(UDP, {C: 1}, fwd=NAT))
     fake = FakeIpvs()
