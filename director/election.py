@@ -37,11 +37,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import math
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
@@ -52,6 +50,7 @@ from kazoo.exceptions import KazooException, NodeExistsError, NoNodeError
 from kazoo.protocol.states import KazooState
 
 from lvsctl.core.errors import ElectionError
+from lvsctl.core.zk import ElectionQueue
 from lvsctl.director.peer import Heard, PeerLink
 
 log = logging.getLogger("lvsctl.director.election")
@@ -176,10 +175,15 @@ class Election:
     _campaign: asyncio.Task[None] | None = field(init=False, default=None)
     _tasks: list[asyncio.Task[None]] = field(init=False, default_factory=list)
     _wake: asyncio.Event = field(init=False, default_factory=asyncio.Event)
-    _prefix: str = field(init=False, default_factory=lambda: uuid.uuid4().hex)
+    _prefix: str = field(init=False, default_factory=ElectionQueue.new_prefix)
+    _queue: ElectionQueue = field(init=False)
     _stopping: bool = field(init=False, default=False)
     _peer_active_epoch: int = field(init=False, default=0)
     _confirmed_sent: float = field(init=False, default=-math.inf)
+
+    def __post_init__(self) -> None:
+        # The queue's znodes (names, data, reads) belong to the store; this is the recipe.
+        self._queue = ElectionQueue(self.client, self.path)
 
     # -- state ------------------------------------------------------------------------------
 
@@ -338,7 +342,7 @@ class Election:
         if node is None or not self.client.connected:
             return
         with contextlib.suppress(NoNodeError, KazooException):
-            await asyncio.wait_for(self._zk(self.client.delete_async(f"{self.path}/{node}")), 2.0)
+            await asyncio.wait_for(self._zk(self._queue.delete_async(node)), 2.0)
 
     def _cancel_campaign(self) -> None:
         if self._campaign is not None and not self._campaign.done():
@@ -376,13 +380,15 @@ class Election:
             await self._delete_node()
             self._to(State.CANDIDATE, "rejoining the election")
         with contextlib.suppress(NodeExistsError):
-            await self._zk(self.client.ensure_path_async(self.path))
+            await self._zk(self._queue.ensure_async())
         if self.node is None:
             self.node = await self._find_own_node() or await self._create_node()
-        self.epoch = int(self.node.rsplit("_", 1)[1])
+        epoch = ElectionQueue.sequence(self.node)
+        assert epoch is not None  # our own znode's name, made by join_async
+        self.epoch = epoch
         while True:
-            children = await self._zk(self.client.get_children_async(self.path))
-            queue = sorted((c for c in children if "__n_" in c), key=lambda c: c.rsplit("_", 1)[1])
+            children = await self._zk(self._queue.children_async())
+            queue = [entry.znode for entry in ElectionQueue.order(children)]
             if self.node not in queue:
                 if self.state is State.ACTIVE:
                     self._to(State.FENCED, "our election znode vanished")
@@ -402,23 +408,18 @@ class Election:
                       loop: asyncio.AbstractEventLoop = loop) -> None:
                 loop.call_soon_threadsafe(gone.set)
 
-            ahead = f"{self.path}/{queue[position - 1]}"
-            if await self._zk(self.client.exists_async(ahead, watch=watch)) is not None:
+            ahead = queue[position - 1]
+            if await self._zk(self._queue.exists_async(ahead, watch=watch)) is not None:
                 await gone.wait()
 
     async def _find_own_node(self) -> str | None:
         # A create whose reply was lost to a disconnection may still have made our znode.
-        children = await self._zk(self.client.get_children_async(self.path))
-        for child in children:
-            if child.startswith(self._prefix):
-                return str(child)
-        return None
+        children = await self._zk(self._queue.children_async())
+        return ElectionQueue.owned(children, self._prefix)
 
     async def _create_node(self) -> str:
-        data = json.dumps({"director": self.name}).encode()
-        created = await self._zk(self.client.create_async(
-            f"{self.path}/{self._prefix}__n_", data, ephemeral=True, sequence=True))
-        return str(created).rsplit("/", 1)[1]
+        created = await self._zk(self._queue.join_async(self._prefix, self.name))
+        return ElectionQueue.created_name(str(created))
 
     async def _confirm_forever(self) -> None:
         """One round trip per ``confirm_interval``; each reply extends ``confirmed_until``."""
@@ -429,7 +430,7 @@ class Election:
                 sent = self.monotonic()
                 try:
                     await asyncio.wait_for(
-                        self._zk(self.client.exists_async(self.path)),
+                        self._zk(self._queue.exists_async()),
                         self.timing.session_timeout,
                     )
                 except (TimeoutError, KazooException):

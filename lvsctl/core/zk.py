@@ -6,21 +6,29 @@ ACLs, timeouts and error messages are the same everywhere. A director::
 
     target = Target.from_node(load_node(path))
     creds = target.credentials()
-    client = make_client(target, creds)          # the node file's session timeout
+    client = make_client(target, creds, reconnect=DIRECTOR_RECONNECT)  # node's session timeout
     client.add_listener(...)                     # before the session starts
     conn = open_cluster(target, client=client, credentials=creds)
-    ConfigStore(conn).watch(on_config)           # runs on a kazoo thread: do not block
+    store = ClusterStore(conn)
+    store.config.watch(on_config)                # runs on a kazoo thread: do not block
+    store.publish_director(record)               # blocking calls: from a worker thread
+    store.append_transition(entry)
 
-Znode layout, under ``<root>/<cluster>`` (``root`` is ``zookeeper.root``, default ``/lvsctl``)::
+Znode layout, under ``<root>/<cluster>`` (``root`` is ``zookeeper.root``, default ``/lvsctl``);
+``ClusterStore`` writes and reads every one of them, with typed records (lvsctl.core.records)::
 
     <root>                          created by lvsctl if missing, with the cluster's ACL
     <root>/<cluster>                the cluster's node (empty)
         config                      the current cluster file: JSON, see ConfigVersion
         history/<0000000042>        the last N versions (default 20), the current one included,
                                     each the same JSON as ``config`` was when it was current
-        election/                   reserved: director/election.py (leadership recipe, epoch)
-        directors/<name>            reserved: each director's published status
-        transitions/                reserved: the log of leadership transitions
+        election/<hex>__n_<0000000007>
+                                    the election queue (ElectionQueue; the Election recipe in
+                                    director/election.py drives it): ephemeral sequential, data
+                                    a Candidate; the lowest leads and its sequence is the epoch
+        directors/<name>            each running director's DirectorRecord (ephemeral)
+        transitions/t_<0000000042>  the pair's log: one TransitionRecord each, the last 200
+        overrides/                  reserved: maintenance overrides (realserver drain)
 
 ``config`` and its history entry are written in one multi-op transaction guarded by the
 ``config`` znode's version (compare-and-set), so two concurrent pushes cannot both win and the
@@ -40,9 +48,11 @@ import getpass
 import hashlib
 import json
 import logging
+import re
 import socket
 import time
-from collections.abc import Callable, Iterator
+import uuid
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -66,18 +76,34 @@ from lvsctl.core.config import Loaded, parse_cluster
 from lvsctl.core.errors import ConfigError, ConfigIssue, ConflictError, ZooKeeperError
 from lvsctl.core.model import ZooKeeperSettings
 from lvsctl.core.node import Node
+from lvsctl.core.records import (
+    Candidate,
+    DirectorRecord,
+    Read,
+    RecordError,
+    Skipped,
+    TransitionEntry,
+    TransitionRecord,
+)
 
 log = logging.getLogger(__name__)
 # Library logging: kazoo's reconnect chatter goes to the daemon's handlers when it has some,
 # and never to Python's last-resort stderr handler in a CLI run (one line per error, no noise).
 log.addHandler(logging.NullHandler())
 _kazoo_log = logging.getLogger(f"{__name__}.kazoo")
+# kazoo's per-connection INFO lines ("Connecting to ...") are noise in a director's log too.
+_kazoo_log.setLevel(logging.WARNING)
 
 DEFAULT_CONNECT_TIMEOUT = 5.0
 DEFAULT_KEEP = 20
+TRANSITIONS_KEPT = 200
 # ZooKeeper refuses a znode over jute.maxbuffer (1 MiB by default); say so before it does.
 MAX_ZNODE_BYTES = 1_000_000
 _CONFIG_FORMAT = 1
+# As the cluster file's names: one path component, nothing ZooKeeper would refuse.
+_ZNODE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_TRANSITION_PREFIX = "t_"
+_TRANSITION_CHILD = re.compile(r"t_(\d{1,19})")
 
 
 # -- where things are -----------------------------------------------------------------------
@@ -114,11 +140,22 @@ class Paths:
         return f"{self.base}/directors"
 
     def director(self, name: str) -> str:
+        """A director's record. Raises RecordError when ``name`` cannot be a znode's name."""
+        if not _ZNODE_NAME.fullmatch(name) or name in (".", "..", "zookeeper"):
+            raise RecordError(f"director name {name!r} cannot name a znode")
         return f"{self.directors}/{name}"
 
     @property
     def transitions(self) -> str:
         return f"{self.base}/transitions"
+
+    def transition_entry(self, seq: int) -> str:
+        return f"{self.transitions}/{_TRANSITION_PREFIX}{seq:010d}"
+
+    @property
+    def overrides(self) -> str:
+        """Reserved for maintenance overrides (a drained real server); nothing writes it yet."""
+        return f"{self.base}/overrides"
 
 
 @dataclass(frozen=True)
@@ -207,17 +244,43 @@ class Target:
 # -- clients --------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Reconnect:
+    """How a client retries its connection: forever, waiting ``delay`` at first, then
+    ``backoff`` times longer each time, up to ``max_delay`` (seconds)."""
+
+    delay: float
+    backoff: float
+    max_delay: float
+
+    def kazoo(self) -> dict[str, float]:
+        return {"max_tries": -1, "delay": self.delay, "backoff": self.backoff,
+                "max_delay": self.max_delay}
+
+
+# A command: how long it waits is start()'s timeout, so a modest pace will do.
+COMMAND_RECONNECT = Reconnect(delay=0.1, backoff=2, max_delay=1.0)
+# A director: after a whole-ensemble outage the active must be back within half a second,
+# before its (restored) session can expire.
+DIRECTOR_RECONNECT = Reconnect(delay=0.05, backoff=1.5, max_delay=0.5)
+
+
 def make_client(target: Target, credentials: Credentials | None, *,
-                session_timeout: float | None = None) -> KazooClient:
-    """An unstarted kazoo client for ``target``; add listeners, then pass it to open_cluster."""
+                session_timeout: float | None = None,
+                reconnect: Reconnect = COMMAND_RECONNECT) -> KazooClient:
+    """An unstarted kazoo client for ``target``; add listeners, then pass it to open_cluster.
+
+    Every znode it creates without an explicit ACL gets the cluster's (``default_acl``).
+    ``session_timeout`` defaults to the node or cluster file's; a director passes
+    ``reconnect=DIRECTOR_RECONNECT``.
+    """
     acl = [credentials.acl()] if credentials else OPEN_ACL_UNSAFE
     return KazooClient(
         hosts=target.hosts,
         timeout=session_timeout or target.settings.session_timeout,
         auth_data=credentials.auth_data() if credentials else None,
         default_acl=acl,
-        # Reconnect quickly and forever; how long a caller waits is start()'s timeout.
-        connection_retry={"max_tries": -1, "delay": 0.1, "backoff": 2, "max_delay": 1.0},
+        connection_retry=reconnect.kazoo(),
         logger=_kazoo_log,
     )
 
@@ -469,18 +532,23 @@ class ConfigStore:
     # writing
 
     def push(self, text: str, expect_version: int | None = None, *, source: str = "-",
-             rollback_of: int | None = None) -> PushResult:
+             rollback_of: int | None = None, validate: bool = True) -> PushResult:
         """Validate ``text``, then write it as the next version with compare-and-set.
 
         Raises ConfigError (nothing written) when the text is not a valid cluster file of
         this cluster; ConflictError when the current version is not ``expect_version`` or
         another push won the race; ZooKeeperError for anything ZooKeeper refuses.
+        ``validate=False`` writes the text unchecked, as a writer with other rules (another
+        lvsctl version) could: tests use it to show that a director refuses such a config.
         """
-        loaded = parse_cluster(text, source)  # an invalid file never reaches ZooKeeper
-        if loaded.cluster.name != self.paths.cluster:
-            raise ConfigError(source, [ConfigIssue(
-                "cluster", f"is '{loaded.cluster.name}' but this is cluster "
-                f"'{self.paths.cluster}' in ZooKeeper")])
+        warnings: tuple[ConfigIssue, ...] = ()
+        if validate:
+            loaded = parse_cluster(text, source)  # an invalid file never reaches ZooKeeper
+            if loaded.cluster.name != self.paths.cluster:
+                raise ConfigError(source, [ConfigIssue(
+                    "cluster", f"is '{loaded.cluster.name}' but this is cluster "
+                    f"'{self.paths.cluster}' in ZooKeeper")])
+            warnings = loaded.warnings
         found = self._read()
         current, stat = found if found else (None, None)
         have = current.version if current else 0
@@ -488,7 +556,7 @@ class ConfigStore:
             raise self._conflict(expect_version, have)
         sha = hashlib.sha256(text.encode()).hexdigest()
         if current is not None and current.sha256 == sha and rollback_of is None:
-            return PushResult(current, False, loaded.warnings)
+            return PushResult(current, False, warnings)
         kept = self._history_versions()
         made = ConfigVersion(
             version=max([have, *kept]) + 1,
@@ -524,7 +592,7 @@ class ConfigStore:
                 raise self._conflict(have, latest.version if latest else 0, raced=True)
             with self.conn.errors("writing", self.paths.config):
                 raise cause
-        return PushResult(made, True, loaded.warnings)
+        return PushResult(made, True, warnings)
 
     def rollback(self, version: int, expect_version: int | None = None) -> PushResult:
         """Push the text of a kept ``version`` again, as a new version (validated again)."""
@@ -580,3 +648,347 @@ class ConfigStore:
 
         with self.conn.errors("watching", path):
             return DataWatch(self.conn.client, path, changed)
+
+
+# -- the election queue -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class QueueEntry:
+    """One candidate in the election queue: its znode's name and sequence number (epoch)."""
+
+    znode: str
+    epoch: int
+
+
+@dataclass(frozen=True)
+class Leader:
+    """Who leads: the lowest entry of the election queue (DESIGN.md "Leadership rules").
+
+    ``director`` is the name its znode holds (None when the data is not a Candidate),
+    ``epoch`` its sequence number, ``joined`` when the znode was created (wall seconds: it
+    leads since then or since the entries ahead of it left), ``owner`` the ZooKeeper session
+    that owns it (``ephemeralOwner``).
+    """
+
+    director: str | None
+    epoch: int
+    znode: str
+    joined: float
+    owner: int
+
+
+_QUEUE_MARK = "__n_"
+_QUEUE_CHILD = re.compile(r"(?P<prefix>.*)__n_(?P<seq>\d{1,19})")
+_LEADER_TRIES = 5
+
+
+class ElectionQueue:
+    """The election queue's znodes: their names, their data, reading who leads.
+
+    The znodes are kazoo's Lock recipe layout: ``<prefix>__n_<sequence>``, ephemeral and
+    sequential, the lowest sequence first. The Election recipe (director/election.py) drives
+    the queue through the ``*_async`` calls (kazoo IAsyncResults it awaits on its loop);
+    commands read it with ``entries()`` and ``leader()``. ``acl`` None: the client's
+    default ACL, which ``make_client`` sets to the cluster's.
+    """
+
+    def __init__(self, client: KazooClient, path: str, acl: list[Any] | None = None) -> None:
+        self.client = client
+        self.path = path
+        self.acl = acl
+
+    # names
+
+    @staticmethod
+    def new_prefix() -> str:
+        """A prefix unique to one candidate, so it can find its znode after a lost reply."""
+        return uuid.uuid4().hex
+
+    @staticmethod
+    def sequence(znode: str) -> int | None:
+        """The sequence number (epoch) of a queue entry's name; None if it is not one."""
+        match = _QUEUE_CHILD.fullmatch(znode)
+        return int(match["seq"]) if match else None
+
+    @classmethod
+    def order(cls, children: Iterable[str]) -> list[QueueEntry]:
+        """The queue entries among ``children``, the leader first; other names are ignored."""
+        entries = []
+        for child in children:
+            seq = cls.sequence(child)
+            if seq is not None:
+                entries.append(QueueEntry(child, seq))
+        return sorted(entries, key=lambda e: e.epoch)
+
+    @staticmethod
+    def owned(children: Iterable[str], prefix: str) -> str | None:
+        """The child created with ``prefix``, if any."""
+        for child in children:
+            match = _QUEUE_CHILD.fullmatch(child)
+            if match and match["prefix"] == prefix:
+                return child
+        return None
+
+    def entry_path(self, znode: str) -> str:
+        return f"{self.path}/{znode}"
+
+    # the recipe's calls (asynchronous: kazoo IAsyncResult)
+
+    def ensure_async(self) -> Any:
+        """Create the queue's node (and parents) if missing."""
+        return self.client.ensure_path_async(self.path, acl=self.acl)
+
+    def join_async(self, prefix: str, director: str) -> Any:
+        """Queue ``director``: an ephemeral sequential znode; the result is its full path."""
+        return self.client.create_async(
+            f"{self.path}/{prefix}{_QUEUE_MARK}", Candidate(director).to_bytes(),
+            acl=self.acl, ephemeral=True, sequence=True)
+
+    def children_async(self) -> Any:
+        return self.client.get_children_async(self.path)
+
+    def exists_async(self, znode: str | None = None, watch: Callable[..., Any] | None = None,
+                     ) -> Any:
+        """A round trip: the stat of an entry (or of the queue's node), optionally watched."""
+        path = self.path if znode is None else self.entry_path(znode)
+        return self.client.exists_async(path, watch=watch)
+
+    def delete_async(self, znode: str) -> Any:
+        return self.client.delete_async(self.entry_path(znode))
+
+    @staticmethod
+    def created_name(path: str) -> str:
+        """The entry's name from the full path a create returned."""
+        return path.rsplit("/", 1)[1]
+
+    # reading (blocking)
+
+    def entries(self) -> list[QueueEntry]:
+        """The queue, leader first (empty when nobody stands)."""
+        try:
+            return self.order(self.client.get_children(self.path))
+        except NoNodeError:
+            return []
+
+    def join(self, director: str) -> QueueEntry:
+        """Queue ``director`` on this client's session (blocking: for tools and tests)."""
+        created = self.join_async(self.new_prefix(), director).get()
+        name = self.created_name(created)
+        seq = self.sequence(name)
+        assert seq is not None
+        return QueueEntry(name, seq)
+
+    def leader(self) -> Leader | None:
+        """Who leads now, or None when the queue is empty.
+
+        ``sync`` first: a server cut off from the ensemble's leader may answer reads from a
+        stale view for seconds. Raises ZooKeeperError when the queue's head keeps leaving
+        between the listing and the read (more than a few times in a row).
+        """
+        with contextlib.suppress(NoNodeError):
+            self.client.sync(self.path)
+        for _ in range(_LEADER_TRIES):
+            entries = self.entries()
+            if not entries:
+                return None
+            head = entries[0]
+            try:
+                data, stat = self.client.get(self.entry_path(head.znode))
+            except NoNodeError:
+                continue  # it left between the listing and the read: look again
+            try:
+                director: str | None = Candidate.from_bytes(
+                    data, self.entry_path(head.znode)).director
+            except RecordError as exc:
+                log.warning("%s", exc)
+                director = None
+            return Leader(director, head.epoch, head.znode, stat.ctime / 1000.0,
+                          stat.ephemeralOwner)
+        raise ZooKeeperError(f"the election queue {self.path} kept changing while read")
+
+
+# -- everything of one cluster ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Overview:
+    """What ``status`` shows, read at once: who leads, the directors' records, the log."""
+
+    leader: Leader | None
+    queue: tuple[QueueEntry, ...]
+    directors: Read[DirectorRecord]
+    transitions: Read[TransitionEntry]
+
+    @property
+    def skipped(self) -> tuple[Skipped, ...]:
+        return self.directors.skipped + self.transitions.skipped
+
+
+class ClusterStore:
+    """Every znode of one cluster (see the module docstring), written and read here only.
+
+    ``config`` is the cluster file (ConfigStore), ``election`` the election queue; director
+    records and transitions are written and read by the methods below. Every write carries
+    the cluster's ACL. The calls block: a daemon makes them from a worker thread.
+    """
+
+    def __init__(self, conn: ClusterConnection, *, keep: int = DEFAULT_KEEP,
+                 clock: Callable[[], float] = time.time,
+                 who: Callable[[], str] = default_who) -> None:
+        self.conn = conn
+        self.paths = conn.paths
+        self.config = ConfigStore(conn, keep=keep, clock=clock, who=who)
+        self.election = ElectionQueue(conn.client, self.paths.election, acl=conn.acl)
+
+    # the election
+
+    def leader(self) -> Leader | None:
+        """Who leads (the one definition every command uses); see ElectionQueue.leader."""
+        with self.conn.errors("reading", self.paths.election):
+            return self.election.leader()
+
+    def queue(self) -> list[QueueEntry]:
+        """The election queue, leader first."""
+        with self.conn.errors("listing", self.paths.election):
+            return self.election.entries()
+
+    # director records
+
+    def publish_director(self, record: DirectorRecord) -> None:
+        """Create or replace ``directors/<record.director>`` as an ephemeral znode of this
+        session (it goes when the session does).
+
+        A record left by an earlier session of the same director (not expired yet) is
+        replaced, so that ours does not vanish with it. Raises RecordError when the record is
+        too large, ZooKeeperError when ZooKeeper refuses.
+        """
+        path = self.paths.director(record.director)
+        data = record.to_bytes()
+        client = self.conn.client
+        with self.conn.errors("writing", path):
+            self.conn.ensure(self.paths.directors)
+            for _ in range(3):
+                try:
+                    client.create(path, data, acl=self.conn.acl, ephemeral=True)
+                    return
+                except NodeExistsError:
+                    pass
+                try:
+                    stat = client.exists(path)
+                    if stat is None:
+                        continue
+                    if stat.ephemeralOwner == client.client_id[0]:
+                        client.set(path, data)
+                        return
+                    client.delete(path, version=stat.version)
+                except (NoNodeError, BadVersionError):
+                    continue  # changed under us: try again
+        raise ZooKeeperError(f"{path} kept changing while publishing the record")
+
+    def director(self, name: str) -> DirectorRecord | None:
+        """One director's record; None when it publishes none. Raises RecordError when the
+        znode holds something else."""
+        path = self.paths.director(name)
+        with self.conn.errors("reading", path):
+            try:
+                data, _ = self.conn.client.get(path)
+            except NoNodeError:
+                return None
+        return DirectorRecord.from_bytes(data, path)
+
+    def directors(self) -> Read[DirectorRecord]:
+        """Every published record, by name; znodes that hold something else are skipped."""
+        records, skipped = [], []
+        for name in self._children(self.paths.directors):
+            path = f"{self.paths.directors}/{name}"
+            data = self._get(path)
+            if data is None:
+                continue  # its director stopped while we listed
+            try:
+                record = DirectorRecord.from_bytes(data, path)
+                if record.director != name:
+                    raise RecordError(f"{path}: the record is of director {record.director}")
+            except RecordError as exc:
+                skipped.append(Skipped(path, str(exc)))
+                continue
+            records.append(record)
+        return Read(tuple(records), tuple(skipped))
+
+    # transitions
+
+    def append_transition(self, record: TransitionRecord, *,
+                          keep: int = TRANSITIONS_KEPT) -> int:
+        """Append ``record`` to the log and trim the log to the last ``keep``; returns its
+        sequence number. Raises RecordError (too large), ZooKeeperError."""
+        if keep < 1:
+            raise ValueError("keep must be at least 1")
+        data = record.to_bytes()
+        path = self.paths.transitions
+        with self.conn.errors("writing", path):
+            self.conn.ensure(path)
+            created = self.conn.client.create(f"{path}/{_TRANSITION_PREFIX}", data,
+                                              acl=self.conn.acl, sequence=True)
+            seqs = self._transition_seqs()[0]
+            for old in seqs[:-keep]:
+                with contextlib.suppress(NoNodeError):  # trimmed by the other director
+                    self.conn.client.delete(self.paths.transition_entry(old))
+        match = _TRANSITION_CHILD.fullmatch(created.rsplit("/", 1)[1])
+        assert match is not None
+        return int(match[1])
+
+    def transitions(self, *, last: int | None = None,
+                    after: int | None = None) -> Read[TransitionEntry]:
+        """The log, oldest first: only entries after sequence ``after``, only the ``last``
+        ones. Znodes that are not a record are skipped (and counted)."""
+        seqs, skipped = self._transition_seqs()
+        if after is not None:
+            seqs = [s for s in seqs if s > after]
+        if last is not None:
+            seqs = seqs[-last:] if last > 0 else []
+        entries = []
+        for seq in seqs:
+            path = self.paths.transition_entry(seq)
+            data = self._get(path)
+            if data is None:
+                continue  # trimmed while we listed
+            try:
+                entries.append(TransitionEntry(seq, TransitionRecord.from_bytes(data, path)))
+            except RecordError as exc:
+                skipped.append(Skipped(path, str(exc)))
+        return Read(tuple(entries), tuple(skipped))
+
+    def _transition_seqs(self) -> tuple[list[int], list[Skipped]]:
+        seqs, foreign = [], []
+        for child in self._children(self.paths.transitions):
+            match = _TRANSITION_CHILD.fullmatch(child)
+            if match is None:
+                foreign.append(Skipped(f"{self.paths.transitions}/{child}",
+                                       "not a transition record's name (t_<N>)"))
+            else:
+                seqs.append(int(match[1]))
+        return sorted(seqs), foreign
+
+    # everything status shows
+
+    def overview(self, transitions: int = 10) -> Overview:
+        """The leader, the queue, every director record and the last ``transitions``."""
+        return Overview(self.leader(), tuple(self.queue()), self.directors(),
+                        self.transitions(last=transitions))
+
+    # plumbing
+
+    def _children(self, path: str) -> list[str]:
+        with self.conn.errors("listing", path):
+            try:
+                return sorted(self.conn.client.get_children(path))
+            except NoNodeError:
+                return []
+
+    def _get(self, path: str) -> bytes | None:
+        with self.conn.errors("reading", path):
+            try:
+                data, _ = self.conn.client.get(path)
+            except NoNodeError:
+                return None
+        return bytes(data or b"")

@@ -1,0 +1,407 @@
+"""The typed records lvsctl keeps in ZooKeeper, and their one JSON encoding, with bounds.
+
+The ZooKeeper store (lvsctl.core.zk) writes and reads these and nobody else encodes or parses
+them. Decoding is tolerant of keys it does not know (another lvsctl version may add some) and
+of optional keys that are missing, strict on the types of the keys it reads, and bounded in
+size; data that is not a record raises RecordError, which the store's readers count as
+skipped instead of failing the whole read.
+
+    DirectorRecord     directors/<name>     what a running director publishes (its /status)
+    TransitionRecord   transitions/t_<N>    one event in the pair's log (and in a status)
+    Candidate          election/<..>__n_<N> who owns an election znode
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from lvsctl.core.errors import ZooKeeperError
+
+# ZooKeeper refuses a znode over jute.maxbuffer (1 MiB by default); a director's status with
+# thousands of real servers stays well below this. A transition is one small event.
+MAX_DIRECTOR_BYTES = 1_000_000
+MAX_TRANSITION_BYTES = 16_384
+MAX_CANDIDATE_BYTES = 1_024
+# A transition's reason may quote a rejected config's issues: long, but never unbounded.
+MAX_REASON_CHARS = 2_000
+
+
+class RecordError(ZooKeeperError):
+    """A znode's data is not the record it should be (or a record too large to store)."""
+
+
+# -- reading JSON with types checked ----------------------------------------------------------
+
+
+def _type_name(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+_REQUIRED: Any = object()
+
+
+def _is_str(value: Any) -> bool:
+    return isinstance(value, str)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_bool(value: Any) -> bool:
+    return isinstance(value, bool)
+
+
+class _Fields:
+    """The keys of one JSON object, each read with its type checked; errors name the key.
+
+    A key that is absent takes its default (required without one); ``null`` is accepted only
+    where the reader says so.
+    """
+
+    def __init__(self, raw: Any, where: str) -> None:
+        if not isinstance(raw, Mapping):
+            raise RecordError(f"{where}: expected an object, got {_type_name(raw)}")
+        self.raw = raw
+        self.where = where
+
+    def _read(self, key: str, is_ok: Callable[[Any], bool], expected: str, default: Any,
+              nullable: bool = False) -> Any:
+        if key not in self.raw:
+            if default is _REQUIRED:
+                raise RecordError(f"{self.where}: missing {key}")
+            return default
+        value = self.raw[key]
+        if value is None and nullable:
+            return None
+        if not is_ok(value):
+            expected = f"{expected} or null" if nullable else expected
+            raise RecordError(f"{self.where}.{key}: expected {expected}, "
+                              f"got {_type_name(value)}")
+        return value
+
+    def text(self, key: str, default: str = _REQUIRED) -> str:
+        return str(self._read(key, _is_str, "a string", default))
+
+    def text_or_none(self, key: str) -> str | None:
+        value = self._read(key, _is_str, "a string", None, nullable=True)
+        return None if value is None else str(value)
+
+    def integer(self, key: str, default: int = _REQUIRED) -> int:
+        return int(self._read(key, _is_int, "an integer", default))
+
+    def integer_or_none(self, key: str) -> int | None:
+        value = self._read(key, _is_int, "an integer", None, nullable=True)
+        return None if value is None else int(value)
+
+    def number(self, key: str, default: float = _REQUIRED) -> float:
+        return float(self._read(key, _is_number, "a number", default))
+
+    def number_or_none(self, key: str) -> float | None:
+        value = self._read(key, _is_number, "a number", None, nullable=True)
+        return None if value is None else float(value)
+
+    def boolean(self, key: str) -> bool:
+        return bool(self._read(key, _is_bool, "true or false", _REQUIRED))
+
+    def boolean_or_none(self, key: str) -> bool | None:
+        value = self._read(key, _is_bool, "true or false", None, nullable=True)
+        return None if value is None else bool(value)
+
+    def strings(self, key: str) -> tuple[str, ...]:
+        value = self._read(key, lambda v: isinstance(v, list) and all(map(_is_str, v)),
+                           "a list of strings", [])
+        return tuple(value)
+
+    def objects(self, key: str) -> list[_Fields]:
+        value = self._read(key, lambda v: isinstance(v, list), "a list", [])
+        return [_Fields(item, f"{self.where}.{key}[{i}]") for i, item in enumerate(value)]
+
+    def object(self, key: str) -> _Fields | None:
+        value = self._read(key, lambda v: isinstance(v, Mapping), "an object", None,
+                           nullable=True)
+        return None if value is None else _Fields(value, f"{self.where}.{key}")
+
+
+def _decode_json(data: bytes, where: str, limit: int) -> Any:
+    """Parse a znode's data as JSON, refusing more than ``limit`` bytes. Raises RecordError."""
+    if len(data) > limit:
+        raise RecordError(f"{where}: {len(data)} bytes, more than such a record may hold "
+                          f"({limit})")
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise RecordError(f"{where}: not JSON ({exc})") from None
+    except RecursionError:
+        raise RecordError(f"{where}: JSON nested too deeply") from None
+
+
+def _encode_json(data: Mapping[str, Any], what: str, limit: int) -> bytes:
+    """Encode a record, refusing one over ``limit`` bytes. Raises RecordError."""
+    encoded = json.dumps(data, separators=(",", ":")).encode()
+    if len(encoded) > limit:
+        raise RecordError(f"{what}: {len(encoded)} bytes, more than such a record may hold "
+                          f"({limit})")
+    return encoded
+
+
+# -- transitions ------------------------------------------------------------------------------
+
+
+def clip_reason(reason: str) -> str:
+    """``reason`` cut to MAX_REASON_CHARS, saying how much was cut."""
+    if len(reason) <= MAX_REASON_CHARS:
+        return reason
+    cut = len(reason) - MAX_REASON_CHARS
+    return f"{reason[:MAX_REASON_CHARS]}... ({cut} more characters)"
+
+
+@dataclass(frozen=True)
+class TransitionRecord:
+    """One event of a director: a leadership transition, a VIP acquired/released/announced,
+    a real server's health change, a rejected config.
+
+    ``wall`` and ``monotonic`` are the director's clocks when it happened (seconds). The
+    optional fields are those the event has (``state`` for a transition, ``vip`` for a VIP
+    event, ``service``/``realserver``/``healthy`` for health, ``basis`` for an acquired VIP,
+    ``count`` for an announcement).
+    """
+
+    director: str
+    event: str
+    wall: float
+    monotonic: float = 0.0
+    state: str | None = None
+    epoch: int | None = None
+    vip: str | None = None
+    reason: str = ""
+    service: str | None = None
+    realserver: str | None = None
+    healthy: bool | None = None
+    basis: str | None = None
+    count: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The record as JSON: the required keys, and each optional one the event has."""
+        data: dict[str, Any] = {"director": self.director, "monotonic": self.monotonic,
+                                "wall": self.wall, "event": self.event}
+        optional = {"state": self.state, "epoch": self.epoch, "vip": self.vip,
+                    "reason": self.reason or None, "service": self.service,
+                    "realserver": self.realserver, "healthy": self.healthy,
+                    "basis": self.basis, "count": self.count}
+        data.update({k: v for k, v in optional.items() if v is not None})
+        return data
+
+    @classmethod
+    def from_json(cls, raw: Any, where: str = "transition record") -> TransitionRecord:
+        """Decode one record. Raises RecordError naming the key that is wrong."""
+        f = _Fields(raw, where)
+        return cls(
+            director=f.text("director"), event=f.text("event"), wall=f.number("wall"),
+            monotonic=f.number("monotonic", 0.0), state=f.text_or_none("state"),
+            epoch=f.integer_or_none("epoch"), vip=f.text_or_none("vip"),
+            reason=f.text_or_none("reason") or "", service=f.text_or_none("service"),
+            realserver=f.text_or_none("realserver"), healthy=f.boolean_or_none("healthy"),
+            basis=f.text_or_none("basis"), count=f.integer_or_none("count"),
+        )
+
+    def to_bytes(self) -> bytes:
+        """The znode data; the reason is clipped to MAX_REASON_CHARS. Raises RecordError."""
+        data = self.to_json()
+        if self.reason:
+            data["reason"] = clip_reason(self.reason)
+        return _encode_json(data, f"transition record of {self.director}",
+                            MAX_TRANSITION_BYTES)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, where: str) -> TransitionRecord:
+        return cls.from_json(_decode_json(data, where, MAX_TRANSITION_BYTES), where)
+
+
+@dataclass(frozen=True)
+class TransitionEntry:
+    """A stored transition and its place in the log (the znode's sequence number)."""
+
+    seq: int
+    record: TransitionRecord
+
+
+# -- director records -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HealthStatus:
+    """A real server's health as the director's checks last found it."""
+
+    healthy: bool
+    weight: int
+    reason: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"healthy": self.healthy, "weight": self.weight, "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class RealServerStatus:
+    name: str
+    address: str = ""  # "ADDRESS:PORT" as the model prints its key
+    weight: int = 0  # the configured weight
+    health: HealthStatus | None = None  # None: not checked (yet)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "address": self.address, "weight": self.weight,
+                "health": None if self.health is None else self.health.to_json()}
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    name: str
+    service: str = ""  # the virtual service's key as the model prints it
+    forwarding: str = ""
+    realservers: tuple[RealServerStatus, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "service": self.service, "forwarding": self.forwarding,
+                "realservers": [rs.to_json() for rs in self.realservers]}
+
+
+@dataclass(frozen=True)
+class ConfigState:
+    """Which config a director runs (``version`` names it) and why it refused the last one."""
+
+    version: str = ""
+    error: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"version": self.version, "error": self.error}
+
+
+@dataclass(frozen=True)
+class DirectorRecord:
+    """What one running director publishes under ``directors/<name>``: its /status.
+
+    ``role`` is its election state (CANDIDATE, ACTIVE, STANDBY, FENCED), ``epoch`` its
+    election znode's sequence number, ``since`` when it entered that role (wall seconds),
+    ``zookeeper`` "connected" or "disconnected", ``vips`` the VIPs it holds, ``api`` its HTTP
+    API's HOST:PORT, ``last_reconcile`` the summary of its last IPVS pass (a JSON object the
+    dataplane defines), ``transitions`` its last few records.
+    """
+
+    director: str
+    cluster: str
+    role: str
+    epoch: int
+    since: float | None = None
+    zookeeper: str = ""
+    vips: tuple[str, ...] = ()
+    config: ConfigState = field(default_factory=ConfigState)
+    services: tuple[ServiceStatus, ...] = ()
+    last_reconcile: Mapping[str, Any] = field(default_factory=dict)
+    api: str = ""
+    transitions: tuple[TransitionRecord, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        """The record as JSON: the same shape as the director's /status."""
+        return {
+            "director": self.director, "cluster": self.cluster, "role": self.role,
+            "epoch": self.epoch, "since": self.since, "zookeeper": self.zookeeper,
+            "vips": list(self.vips), "config": self.config.to_json(),
+            "services": [svc.to_json() for svc in self.services],
+            "last_reconcile": dict(self.last_reconcile), "api": self.api,
+            "transitions": [t.to_json() for t in self.transitions],
+        }
+
+    @classmethod
+    def from_json(cls, raw: Any, where: str = "director record") -> DirectorRecord:
+        """Decode a record (e.g. a /status). Raises RecordError naming the key that is wrong."""
+        f = _Fields(raw, where)
+        config = f.object("config")
+        last = f.object("last_reconcile")
+        return cls(
+            director=f.text("director"), cluster=f.text("cluster"), role=f.text("role"),
+            epoch=f.integer("epoch"), since=f.number_or_none("since"),
+            zookeeper=f.text("zookeeper", ""), vips=f.strings("vips"),
+            config=ConfigState() if config is None else ConfigState(
+                version=config.text_or_none("version") or "",
+                error=config.text_or_none("error") or ""),
+            services=tuple(_service(s) for s in f.objects("services")),
+            last_reconcile={} if last is None else dict(last.raw),
+            api=f.text("api", ""),
+            transitions=tuple(TransitionRecord.from_json(t.raw, t.where)
+                              for t in f.objects("transitions")),
+        )
+
+    def to_bytes(self) -> bytes:
+        """The znode data. Raises RecordError when it is larger than MAX_DIRECTOR_BYTES."""
+        return _encode_json(self.to_json(), f"director record of {self.director}",
+                            MAX_DIRECTOR_BYTES)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, where: str) -> DirectorRecord:
+        return cls.from_json(_decode_json(data, where, MAX_DIRECTOR_BYTES), where)
+
+
+def _service(f: _Fields) -> ServiceStatus:
+    return ServiceStatus(
+        name=f.text("name"), service=f.text("service", ""),
+        forwarding=f.text("forwarding", ""),
+        realservers=tuple(_realserver(rs) for rs in f.objects("realservers")),
+    )
+
+
+def _realserver(f: _Fields) -> RealServerStatus:
+    health = f.object("health")
+    return RealServerStatus(
+        name=f.text("name"), address=f.text("address", ""), weight=f.integer("weight", 0),
+        health=None if health is None else HealthStatus(
+            healthy=health.boolean("healthy"), weight=health.integer("weight", 0),
+            reason=health.text_or_none("reason") or ""),
+    )
+
+
+# -- the election queue's data ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """The data of an election znode: which director it stands for."""
+
+    director: str
+
+    def to_bytes(self) -> bytes:
+        return _encode_json({"director": self.director}, "election znode",
+                            MAX_CANDIDATE_BYTES)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, where: str) -> Candidate:
+        raw = _decode_json(data, where, MAX_CANDIDATE_BYTES)
+        return cls(_Fields(raw, where).text("director"))
+
+
+# -- what a reader got ------------------------------------------------------------------------
+
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A znode a reader passed over: its path, and why it is not a record."""
+
+    znode: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Read(Generic[T]):
+    """Records read from a set of znodes, and the znodes whose data was not a record."""
+
+    items: tuple[T, ...]
+    skipped: tuple[Skipped, ...] = ()
