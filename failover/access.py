@@ -1,25 +1,18 @@
 """Reaching a running director pair from outside: what ZooKeeper holds about it (published
-statuses, election, transition records) and each director's HTTP API.
-
-Znodes read (written by director/daemon.py, see lvsctl/zk.py for the layout)::
-
-    <root>/<cluster>/directors/<name>     ephemeral JSON status, incl. "api": "HOST:PORT"
-    <root>/<cluster>/election/<..._N>     the election queue; N is the epoch
-    <root>/<cluster>/transitions/t_<N>    one JSON record per transition (timeline.Record)
+director records, transition records; read through the store, lvsctl.core.zk) and each
+director's HTTP API.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kazoo.exceptions import NoNodeError
-
 from lvsctl.core.errors import ConfigError, ConfigIssue, LvsctlError
-from lvsctl.core.zk import ClusterConnection
+from lvsctl.core.records import DirectorRecord, TransitionRecord
+from lvsctl.core.zk import ClusterConnection, ClusterStore
 from lvsctl.failover.timeline import Record
 
 
@@ -58,61 +51,27 @@ def api_url(address: str, path: str, director_address: str | None = None) -> str
     return f"http://{host}:{port}{path}"
 
 
-@dataclass
+def timeline_record(record: TransitionRecord) -> Record:
+    """A stored transition as the drill's timeline reads it."""
+    return Record(director=record.director, event=record.event, wall=record.wall,
+                  monotonic=record.monotonic, state=record.state, epoch=record.epoch,
+                  vip=record.vip, reason=record.reason)
+
+
 class ClusterView:
-    """Read-only view of the pair's znodes."""
+    """Read-only view of the pair's records in ZooKeeper (through the cluster's store)."""
 
-    conn: ClusterConnection
+    def __init__(self, conn: ClusterConnection) -> None:
+        self.store = ClusterStore(conn)
 
-    def _get_json(self, path: str) -> Any | None:
-        with self.conn.errors("reading", path):
-            try:
-                data, _ = self.conn.client.get(path)
-            except NoNodeError:
-                return None
-        try:
-            return json.loads(data.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
-            return None
+    def published(self) -> dict[str, DirectorRecord]:
+        """Each running director's record (ephemeral: gone when it is); others skipped."""
+        return {r.director: r for r in self.store.directors().items}
 
-    def _children(self, path: str) -> list[str]:
-        with self.conn.errors("listing", path):
-            try:
-                return sorted(self.conn.client.get_children(path))
-            except NoNodeError:
-                return []
-
-    def published(self) -> dict[str, dict[str, Any]]:
-        """Each running director's published status (ephemeral: gone when it is)."""
-        out: dict[str, dict[str, Any]] = {}
-        for name in self._children(self.conn.paths.directors):
-            data = self._get_json(self.conn.paths.director(name))
-            if isinstance(data, dict):
-                out[name] = data
-        return out
-
-    def election(self) -> list[tuple[str, int]]:
-        """The election queue, leader first: (znode, epoch)."""
-        out = []
-        for child in self._children(self.conn.paths.election):
-            _, _, seq = child.rpartition("_")
-            if seq.isdigit():
-                out.append((child, int(seq)))
-        return sorted(out, key=lambda c: c[1])
-
-    def records(self, after: str | None = None) -> list[tuple[str, Record]]:
-        """Transition records (znode name, record), oldest first; only those after ``after``."""
-        out = []
-        for child in self._children(self.conn.paths.transitions):
-            if after is not None and child <= after:
-                continue
-            data = self._get_json(f"{self.conn.paths.transitions}/{child}")
-            if isinstance(data, dict):
-                try:
-                    out.append((child, Record.from_json(data)))
-                except ValueError:
-                    continue
-        return out
+    def records(self, after: int | None = None) -> list[tuple[int, Record]]:
+        """Transition records (sequence, record), oldest first; only those after ``after``."""
+        return [(e.seq, timeline_record(e.record))
+                for e in self.store.transitions(after=after).items]
 
 
 @dataclass
@@ -125,12 +84,12 @@ class ZkDirectors:
     timeout: float = 1.0
     addresses: Mapping[str, str] = field(default_factory=dict)  # director -> cluster address
     _api: dict[str, str] = field(default_factory=dict)
-    _records: list[tuple[str, Record]] = field(default_factory=list)
+    _records: list[tuple[int, Record]] = field(default_factory=list)
 
     def _address(self, director: str) -> str | None:
         published = self.view.published().get(director)
-        if published and published.get("api"):
-            self._api[director] = str(published["api"])
+        if published is not None and published.api:
+            self._api[director] = published.api
         # Keep the last address known: a crashed director's znode is gone, its API comes back.
         return self._api.get(director)
 

@@ -1,4 +1,5 @@
-"""Options shared by every command that talks to a cluster's ZooKeeper.
+"""Options shared by every command that talks to a cluster's ZooKeeper, and who leads as
+every command shows it.
 
 ``@zookeeper_options`` adds ``--node FILE`` (default /etc/lvsctl/node.yaml) or
 ``--zookeeper HOST:PORT[,..] --cluster NAME [--root PATH]``, plus ``--auth FILE``,
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -24,7 +25,14 @@ import click
 from lvsctl.core import schema
 from lvsctl.core.model import ZooKeeperSettings
 from lvsctl.core.node import DEFAULT_NODE_FILE, load_node
-from lvsctl.core.zk import DEFAULT_CONNECT_TIMEOUT, ClusterConnection, Target, open_cluster
+from lvsctl.core.records import DirectorRecord, Skipped
+from lvsctl.core.zk import (
+    DEFAULT_CONNECT_TIMEOUT,
+    ClusterConnection,
+    Leader,
+    Target,
+    open_cluster,
+)
 from lvsctl.output import warn
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -146,3 +154,47 @@ def zookeeper_options(func: F) -> F:
     for decorate in reversed(decorators):
         wrapped = decorate(wrapped)
     return wrapped
+
+
+# -- who leads, as every command shows it ---------------------------------------------------
+
+
+def describe_leader(leader: Leader | None,
+                    records: Sequence[DirectorRecord]) -> dict[str, Any] | None:
+    """Who leads (the store's ``leader()``), as ``status`` and ``failover status`` print it.
+
+    ``since`` is when the leader turned ACTIVE by its own record, when that record agrees
+    (ACTIVE at the queue's epoch), else None; ``also_active`` names any other director whose
+    record claims ACTIVE (a stale record, or a split brain worth a look).
+    """
+    if leader is None:
+        return None
+    own = next((r for r in records if r.director == leader.director), None)
+    agrees = own is not None and own.role == "ACTIVE" and own.epoch == leader.epoch
+    return {
+        "director": leader.director, "epoch": leader.epoch,
+        "since": own.since if agrees and own is not None else None,
+        "joined": leader.joined, "znode": leader.znode, "session": f"0x{leader.owner:x}",
+        "also_active": [r.director for r in records
+                        if r.role == "ACTIVE" and r.director != leader.director],
+    }
+
+
+def leader_name(described: dict[str, Any]) -> str:
+    return described["director"] or f"an unknown director (znode {described['znode']})"
+
+
+def skipped_json(skipped: Sequence[Skipped]) -> list[dict[str, str]]:
+    return [{"znode": s.znode, "reason": s.reason} for s in skipped]
+
+
+def echo_skipped(skipped: Sequence[Skipped], shown: int = 5) -> None:
+    """One line per record that could not be read (at most ``shown``), under a count."""
+    if not skipped:
+        return
+    click.echo("")
+    click.echo(f"{len(skipped)} malformed record{'s' if len(skipped) != 1 else ''} skipped")
+    for item in skipped[:shown]:
+        click.echo(f"  {item.reason}")
+    if len(skipped) > shown:
+        click.echo(f"  ... and {len(skipped) - shown} more (--json lists them all)")

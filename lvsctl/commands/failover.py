@@ -13,11 +13,18 @@ from typing import Any
 
 import click
 
-from lvsctl.commands.common import ZkOptions, zookeeper_options
+from lvsctl.commands.common import (
+    ZkOptions,
+    describe_leader,
+    echo_skipped,
+    leader_name,
+    skipped_json,
+    zookeeper_options,
+)
 from lvsctl.core.errors import ZooKeeperError
 from lvsctl.core.node import load_node
-from lvsctl.core.zk import ConfigStore
-from lvsctl.failover.access import ClusterView, ZkDirectors, read_token
+from lvsctl.core.zk import ClusterStore
+from lvsctl.failover.access import ClusterView, ZkDirectors, read_token, timeline_record
 from lvsctl.failover.drill import Drill, Expected
 from lvsctl.failover.probe import Target
 from lvsctl.failover.report import SUMMARY_HEADERS, progress_line, summary_rows, write_html
@@ -78,7 +85,7 @@ def drill_command(zk: ZkOptions, kind: str, rounds: int, probe_url: str | None,
     token_file = _token_file(zk, token)
     secret = read_token(token_file) if token_file else None
     with zk.connect() as conn:
-        current = ConfigStore(conn).current()
+        current = ClusterStore(conn).config.current()
         if current is None:
             raise ZooKeeperError(f"nothing pushed yet for cluster {conn.paths.cluster}: "
                                  "lvsctl config push FILE")
@@ -125,39 +132,40 @@ def drill_command(zk: ZkOptions, kind: str, rounds: int, probe_url: str | None,
 def status_command(zk: ZkOptions, last: int, as_json: bool) -> None:
     """The active director, its epoch and since when, and the last transitions (ZooKeeper)."""
     with zk.connect() as conn:
-        view = ClusterView(conn)
-        published = view.published()
-        queue = view.election()
-        records = [r for _, r in view.records()][-last:]
-    actives = [n for n, st in published.items() if st.get("role") == "ACTIVE"]
-    active = actives[0] if len(actives) == 1 else None
-    epoch = published[active].get("epoch") if active else (queue[0][1] if queue else None)
-    since = published[active].get("since") if active else None
+        seen = ClusterStore(conn).overview(last)
+    records = seen.directors.items
+    leader = describe_leader(seen.leader, records)
+    transitions = [timeline_record(e.record) for e in seen.transitions.items]
     data: dict[str, Any] = {
-        "cluster": conn.paths.cluster, "active": active, "epoch": epoch, "since": since,
-        "directors": [{"director": n, "role": st.get("role"), "epoch": st.get("epoch"),
-                       "since": st.get("since"), "vips": st.get("vips", []),
-                       "zookeeper": st.get("zookeeper"), "api": st.get("api")}
-                      for n, st in sorted(published.items())],
-        "election": [{"znode": z, "epoch": e} for z, e in queue],
-        "transitions": [r.to_json() for r in records],
+        "cluster": conn.paths.cluster,
+        "active": leader["director"] if leader else None,
+        "epoch": leader["epoch"] if leader else None,
+        "since": leader["since"] if leader else None,
+        "leader": leader,
+        "directors": [{"director": r.director, "role": r.role, "epoch": r.epoch,
+                       "since": r.since, "vips": list(r.vips), "zookeeper": r.zookeeper,
+                       "api": r.api} for r in records],
+        "election": [{"znode": e.znode, "epoch": e.epoch} for e in seen.queue],
+        "transitions": [r.to_json() for r in transitions],
+        "skipped": skipped_json(seen.skipped),
     }
     if as_json:
         echo_json(data)
         return
-    if active:
-        click.echo(f"active: {active} epoch {epoch} since {_when(since)}")
-    elif len(actives) > 1:
-        click.echo(f"active: CONFLICT, {' and '.join(actives)} both say they are active")
-    else:
+    if leader is None:
         click.echo("active: none")
+    else:
+        click.echo(f"active: {leader_name(leader)} epoch {leader['epoch']} since "
+                   f"{_when(leader['since'])}")
+        if leader["also_active"]:
+            click.echo(f"warning: {' and '.join(leader['also_active'])} also say ACTIVE")
     click.echo("")
     echo_table(["DIRECTOR", "ROLE", "EPOCH", "SINCE", "VIPS", "ZOOKEEPER"], [
-        [d["director"], d["role"], d["epoch"], _when(d["since"]), ",".join(d["vips"]) or "-",
-         d["zookeeper"]] for d in data["directors"]] or [["-", "no director published", "", "",
-                                                          "", ""]])
+        [r.director, r.role, r.epoch, _when(r.since), ",".join(r.vips) or "-",
+         r.zookeeper or "-"] for r in records] or [["-", "no director published", "", "", "",
+                                                    ""]])
     click.echo("")
     echo_table(["WHEN", "DIRECTOR", "EVENT", "STATE", "EPOCH", "VIP", "REASON"], [
         [_when(r.wall), r.director, r.event, r.state or "", r.epoch if r.epoch is not None
-         else "", r.vip or "", r.reason] for r in records])
-
+         else "", r.vip or "", r.reason] for r in transitions])
+    echo_skipped(seen.skipped)

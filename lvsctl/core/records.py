@@ -241,7 +241,7 @@ class HealthStatus:
     """A real server's health as the director's checks last found it."""
 
     healthy: bool
-    weight: int
+    weight: int | None = None  # from a dynamic check; None: the configured weight
     reason: str = ""
 
     def to_json(self) -> dict[str, Any]:
@@ -361,7 +361,7 @@ def _realserver(f: _Fields) -> RealServerStatus:
     return RealServerStatus(
         name=f.text("name"), address=f.text("address", ""), weight=f.integer("weight", 0),
         health=None if health is None else HealthStatus(
-            healthy=health.boolean("healthy"), weight=health.integer("weight", 0),
+            healthy=health.boolean("healthy"), weight=health.integer_or_none("weight"),
             reason=health.text_or_none("reason") or ""),
     )
 
@@ -393,7 +393,8 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Skipped:
-    """A znode a reader passed over: its path, and why it is not a record."""
+    """A znode a reader passed over: its path, and why it is not a record (a line that
+    names the path)."""
 
     znode: str
     reason: str

@@ -773,6 +773,7 @@ class ElectionQueue:
 
     def join(self, director: str) -> QueueEntry:
         """Queue ``director`` on this client's session (blocking: for tools and tests)."""
+        self.client.ensure_path(self.path, acl=self.acl)
         created = self.join_async(self.new_prefix(), director).get()
         name = self.created_name(created)
         seq = self.sequence(name)
@@ -963,8 +964,9 @@ class ClusterStore:
         for child in self._children(self.paths.transitions):
             match = _TRANSITION_CHILD.fullmatch(child)
             if match is None:
-                foreign.append(Skipped(f"{self.paths.transitions}/{child}",
-                                       "not a transition record's name (t_<N>)"))
+                path = f"{self.paths.transitions}/{child}"
+                foreign.append(Skipped(path, f"{path}: not a transition record's name "
+                                             "(t_<N>)"))
             else:
                 seqs.append(int(match[1]))
         return sorted(seqs), foreign

@@ -1,7 +1,8 @@
 """``lvsctl failover status|drill`` against a real ZooKeeper holding what directors publish.
 
-The director pair itself is exercised in test_failover_drills.py; here the znodes are written
-the way director/daemon.py writes them, and /status is served over real HTTP on loopback.
+The director pair itself is exercised in test_failover_drills.py; here the records are written
+with the store's writers (as a director writes them), and /status is served over real HTTP
+on loopback.
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ from typing import Any, ClassVar
 import pytest
 import yaml
 from click.testing import CliRunner, Result
-from kazoo.client import KazooClient
-from kazoo.security import make_digest_acl
 
 from lvsctl.cli import cli
+from lvsctl.core.model import ZooKeeperSettings
+from lvsctl.core.records import DirectorRecord, TransitionRecord
+from lvsctl.core.zk import ClusterStore, Target, open_cluster
 from tests.conftest import MINIMAL
 from tests.support.zookeeper import ZooKeeperServer
 from tests.unit.test_failover_health import status
@@ -39,13 +41,9 @@ class Env:
         doc: dict[str, Any] = copy.deepcopy(MINIMAL)
         doc["zookeeper"] = {"hosts": [server.hosts], "root": self.root, "auth": "zk.secret"}
         (tmp / "cluster.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
-        self.zk = KazooClient(hosts=server.hosts, auth_data=[("digest", "lvs:s3cret")],
-                              default_acl=[make_digest_acl("lvs", "s3cret", all=True)])
-        self.zk.start(timeout=15)
-
-    @property
-    def base(self) -> str:
-        return f"{self.root}/t"
+        settings = ZooKeeperSettings((server.hosts,), self.root, 4.0, str(tmp / "zk.secret"))
+        self.conn = open_cluster(Target(settings, "t"), connect_timeout=15)
+        self.store = ClusterStore(self.conn)
 
     def opts(self) -> list[str]:
         return ["--zookeeper", self.server.hosts, "--cluster", "t", "--root", self.root,
@@ -54,17 +52,9 @@ class Env:
     def run(self, *args: str) -> Result:
         return CliRunner().invoke(cli, list(args))
 
-    def publish(self, name: str, st: dict[str, Any]) -> None:
-        path = f"{self.base}/directors/{name}"
-        self.zk.ensure_path(f"{self.base}/directors")
-        if self.zk.exists(path):
-            self.zk.set(path, json.dumps(st).encode())
-        else:
-            self.zk.create(path, json.dumps(st).encode(), ephemeral=True)
-
-    def record(self, entry: dict[str, Any]) -> None:
-        self.zk.ensure_path(f"{self.base}/transitions")
-        self.zk.create(f"{self.base}/transitions/t_", json.dumps(entry).encode(), sequence=True)
+    def publish(self, st: dict[str, Any]) -> None:
+        """Publish a director's /status as its record."""
+        self.store.publish_director(DirectorRecord.from_json(st))
 
 
 @pytest.fixture
@@ -75,40 +65,39 @@ def env(zookeeper_module: ZooKeeperServer, tmp_path: Path) -> Iterator[Env]:
         assert pushed.exit_code == 0, pushed.output
         yield made
     finally:
-        made.zk.stop()
-        made.zk.close()
+        made.conn.close()
 
 
 def test_status_shows_the_active_its_epoch_and_the_last_transitions(env: Env) -> None:
-    lb1 = status("lb1", "ACTIVE", 7, VIPS[:2])
+    first, second = env.store.election.join("lb1"), env.store.election.join("lb2")
+    epoch = first.epoch
+    lb1 = status("lb1", "ACTIVE", epoch, VIPS[:2])
     lb1["since"] = 1764150000.25
-    env.publish("lb1", lb1)
-    env.publish("lb2", status("lb2", "STANDBY", 8, []))
-    env.zk.ensure_path(f"{env.base}/election")
-    for seq in (7, 8):
-        env.zk.create(f"{env.base}/election/abc__lock__{seq:010d}", b"")
+    env.publish(lb1)
+    env.publish(status("lb2", "STANDBY", second.epoch, []))
     for i, (event, extra) in enumerate([
-        ("transition", {"state": "STANDBY", "epoch": 5, "reason": "another leads"}),
-        ("transition", {"state": "ACTIVE", "epoch": 7, "reason": "won the election"}),
-        ("vip_acquired", {"vip": "192.0.2.10", "epoch": 7, "basis": "zk"}),
+        ("transition", {"state": "STANDBY", "epoch": epoch - 1, "reason": "another leads"}),
+        ("transition", {"state": "ACTIVE", "epoch": epoch, "reason": "won the election"}),
+        ("vip_acquired", {"vip": "192.0.2.10", "epoch": epoch, "basis": "zk"}),
     ]):
-        env.record({"director": "lb1", "monotonic": 10.0 + i, "wall": 1764150000.0 + i,
-                    "event": event, **extra})
+        env.store.append_transition(TransitionRecord.from_json(
+            {"director": "lb1", "monotonic": 10.0 + i, "wall": 1764150000.0 + i,
+             "event": event, **extra}))
 
     shown = env.run("failover", "status", "--last", "2", *env.opts())
     assert shown.exit_code == 0, shown.output
     lines = shown.stdout.splitlines()
-    assert lines[0] == "active: lb1 epoch 7 since 2025-11-26 09:40:00.250Z"
+    assert lines[0] == f"active: lb1 epoch {epoch} since 2025-11-26 09:40:00.250Z"
     assert lines[2].split() == ["DIRECTOR", "ROLE", "EPOCH", "SINCE", "VIPS", "ZOOKEEPER"]
-    assert lines[3].split()[:3] == ["lb1", "ACTIVE", "7"]
+    assert lines[3].split()[:3] == ["lb1", "ACTIVE", str(epoch)]
     assert "192.0.2.10,2001:db8::10" in lines[3]
     events = [line for line in lines[6:] if line]
     assert events[0].split()[0] == "WHEN" and len(events) == 3
     assert "won the election" in events[1] and "vip_acquired" in events[2]
 
     data = json.loads(env.run("failover", "status", "--json", *env.opts()).stdout)
-    assert (data["active"], data["epoch"], data["since"]) == ("lb1", 7, 1764150000.25)
-    assert [e["epoch"] for e in data["election"]] == [7, 8]
+    assert (data["active"], data["epoch"], data["since"]) == ("lb1", epoch, 1764150000.25)
+    assert [e["epoch"] for e in data["election"]] == [epoch, second.epoch]
     assert [t["event"] for t in data["transitions"]] == ["transition", "transition",
                                                          "vip_acquired"]
 
@@ -164,7 +153,7 @@ def test_drill_reads_each_directors_api_and_refuses_an_unfit_pair(env: Env) -> N
                               {"name": "app", "realservers": [{"name": "app1", "health": None}]}]
             st["api"] = f"127.0.0.1:{port}"
             _Api.statuses[port] = st
-            env.publish(name, st)
+            env.publish(st)
         got = env.run("failover", "drill", "--kind", "crash", "--token",
                       str(env.dir / "api.token"), *env.opts())
         assert got.exit_code == 3, got.output

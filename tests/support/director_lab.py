@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lvsctl.core.records import TransitionRecord
 from lvsctl.failover.vipwatch import RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR, parse_addr_messages
 from tests.support.netns import Lab, Netns
 from tests.support.zookeeper import ZooKeeperServer, _in_netns
@@ -74,17 +75,6 @@ def cluster_yaml(announce_count: int = 3, interval: str = "20ms", extra_vip6: bo
         f"      - {{name: zk1, address: {ZK_ADDR}}}   # ZooKeeper itself: healthy",
         "",
     ])
-
-
-def config_znode(text: str, version: int) -> bytes:
-    """The config znode's data as ``lvsctl config push`` writes it (format 1)."""
-    import hashlib
-
-    return json.dumps({
-        "format": 1, "version": version, "sha256": hashlib.sha256(text.encode()).hexdigest(),
-        "pushed_by": "tests", "pushed_at": "2026-01-01T00:00:00Z", "source": "cluster.yaml",
-        "text": text, "rollback_of": None,
-    }, sort_keys=True).encode()
 
 
 @dataclass
@@ -172,7 +162,6 @@ class DirectorPair:
     ns: dict[str, Netns] = field(default_factory=dict)
     watches: dict[str, AddrWatch] = field(default_factory=dict)
     zk: ZooKeeperServer | None = None
-    config_version: int = 0
     vip6: bool = True
     session: float = SESSION
 
@@ -217,20 +206,21 @@ class DirectorPair:
         ]))
         return path
 
-    # -- ZooKeeper writes from inside a namespace (the test process is outside) -------------
+    # -- the cluster's store, from inside a namespace (the test process is outside) ----------
 
-    def zk_script(self, code: str, timeout: float = 20) -> str:
+    def store_script(self, code: str, timeout: float = 20) -> str:
+        """Run ``code`` in lb1's namespace with ``store``, the cluster's ClusterStore."""
         script = (
-            "import sys, json\n"
-            "from kazoo.client import KazooClient\n"
-            "from kazoo.security import make_digest_acl\n"
-            f"zk = KazooClient(hosts='{ZK_ADDR}:2181', auth_data=[('digest', '{ZK_AUTH}')],"
-            f" default_acl=[make_digest_acl('lvsctl', 'test-password', all=True)])\n"
-            "zk.start(timeout=10)\n"
-            + code + "\nzk.stop()\n"
+            "import json\n"
+            "from lvsctl.core.model import ZooKeeperSettings\n"
+            "from lvsctl.core.zk import ClusterStore, Target, open_cluster\n"
+            f"settings = ZooKeeperSettings(('{ZK_ADDR}:2181',), '/lvsctl', {self.session}, "
+            f"{str(self.workdir / 'zk.secret')!r})\n"
+            "with open_cluster(Target(settings, 't'), connect_timeout=10) as conn:\n"
+            "    store = ClusterStore(conn)\n"
+            + "".join(f"    {line}\n" for line in code.splitlines())
         )
-        ns = self.ns["lb1"]
-        return ns.run([PYTHON, "-c", script], timeout=timeout)
+        return self.ns["lb1"].run([PYTHON, "-c", script], timeout=timeout)
 
     def push(self, text: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
         """``lvsctl config push`` of ``text`` (default: the lab's cluster file), from lb1's ns."""
@@ -246,23 +236,15 @@ class DirectorPair:
         return proc
 
     def raw_push(self, text: str) -> None:
-        """Write the config znode directly, bypassing push's validation (as a skewed or
-        foreign writer could)."""
-        self.config_version += 1
-        data = config_znode(text, 1000 + self.config_version)
-        self.zk_script(
-            "zk.ensure_path('/lvsctl/t')\n"
-            f"data = {data!r}\n"
-            "if zk.exists('/lvsctl/t/config'): zk.set('/lvsctl/t/config', data)\n"
-            "else: zk.create('/lvsctl/t/config', data)\n"
-        )
+        """Write the config without validating it (as a skewed or foreign writer could)."""
+        self.store_script(
+            f"store.config.push({text!r}, source='cluster.yaml', validate=False)")
 
-    def zk_read_json(self, path: str) -> Any:
-        out = self.zk_script(
-            f"kids = zk.get_children('{path}') if zk.exists('{path}') else []\n"
-            f"print(json.dumps([json.loads(zk.get('{path}/' + k)[0]) for k in sorted(kids)]))\n"
-        )
-        return json.loads(out)
+    def transitions(self) -> list[TransitionRecord]:
+        """The transition log as the store reads it, oldest first."""
+        out = self.store_script(
+            "print(json.dumps([e.record.to_json() for e in store.transitions().items]))")
+        return [TransitionRecord.from_json(r) for r in json.loads(out)]
 
     # -- directors ---------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from lvsctl.core.config import parse_cluster
+from lvsctl.failover.access import timeline_record
 from lvsctl.failover.drill import DrillError, Expected
 from lvsctl.failover.netns_lab import NetnsLab
 from lvsctl.failover.timeline import Record
@@ -65,7 +66,7 @@ class PairDirectors:
         return json.loads(body) if body.strip() else {}
 
     def records(self) -> list[Record]:
-        return [Record.from_json(r) for r in self.pair.zk_read_json("/lvsctl/t/transitions")]
+        return [timeline_record(r) for r in self.pair.transitions()]
 
 
 @dataclass
