@@ -1,8 +1,9 @@
 """ZooKeeper leadership for the director pair: the election, its fencing epoch and the VIP lease.
 
 Leadership is an ephemeral sequential znode under ``<root>/<cluster>/election`` (the layout of
-kazoo's Lock recipe: the lowest sequence number leads). The **epoch** is our znode's sequence
-number, so a later leader always has a higher epoch.
+kazoo's Lock recipe: the lowest sequence number leads), named, written and read through the
+store's ``ElectionQueue`` (lvsctl.core.zk), which also tells commands who leads. The
+**epoch** is our znode's sequence number, so a later leader always has a higher epoch.
 
 The leader may hold the VIPs only while its leadership is *confirmed* (DESIGN.md "Leadership
 rules"). Every ``confirm_interval`` we make one ZooKeeper round trip; a reply to a request sent
@@ -384,7 +385,8 @@ class Election:
         if self.node is None:
             self.node = await self._find_own_node() or await self._create_node()
         epoch = ElectionQueue.sequence(self.node)
-        assert epoch is not None  # our own znode's name, made by join_async
+        if epoch is None:
+            raise ElectionError(f"our election znode {self.node} is not a queue entry")
         self.epoch = epoch
         while True:
             children = await self._zk(self._queue.children_async())
