@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from lvsctl.core.model import ZooKeeperSettings
 from lvsctl.core.records import (
     MAX_DIRECTOR_BYTES,
     MAX_REASON_CHARS,
@@ -26,6 +27,8 @@ from lvsctl.core.zk import (
     ElectionQueue,
     Paths,
     QueueEntry,
+    Target,
+    make_client,
 )
 
 TRANSITION = TransitionRecord("lb1", "transition", 1764150000.25, monotonic=812.5,
@@ -173,8 +176,12 @@ def test_paths_of_records() -> None:
             paths.director(bad)
 
 
-def test_reconnect_policies() -> None:
+def test_reconnect_policies_reach_the_client() -> None:
     assert COMMAND_RECONNECT.kazoo() == {"max_tries": -1, "delay": 0.1, "backoff": 2,
                                          "max_delay": 1.0}
-    assert DIRECTOR_RECONNECT.kazoo() == {"max_tries": -1, "delay": 0.05, "backoff": 1.5,
-                                          "max_delay": 0.5}
+    target = Target(ZooKeeperSettings(("127.0.0.1:2181",), "/lvsctl", 2.5, None), "t",
+                    insecure=True)
+    client = make_client(target, None, reconnect=DIRECTOR_RECONNECT)
+    retry = client._conn_retry  # kazoo keeps the policy it was given here (not started)
+    assert (retry.max_tries, retry.delay, retry.backoff, retry.max_delay) == (-1, 0.05, 1.5, 0.5)
+    assert client._session_timeout == 2500  # the node file's session timeout, in ms
