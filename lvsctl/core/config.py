@@ -517,8 +517,7 @@ class _Resolver:
         hysteresis = raw.quorum_hysteresis or 0
         if hysteresis > quorum:
             self.error(f"{path}.quorum_hysteresis",
-                       f"{hysteresis} is more than the quorum {quorum}: quorum could never be "
-                       "lost")
+                       f"must be at most the quorum ({quorum}); got {hysteresis}")
         elif quorum <= total < quorum + hysteresis:
             self.error(f"{path}.quorum_hysteresis",
                        f"quorum {quorum} + {hysteresis} is more than the service's {total} real "

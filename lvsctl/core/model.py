@@ -310,6 +310,28 @@ class Service:
     def dest_spec(self, weight: int) -> DestSpec:
         return DestSpec(weight, self.forwarding)
 
+    def quorum_held(self, healthy: int, was_held: bool | None) -> bool:
+        """Whether ``healthy`` real servers make quorum, given the last verdict (None: none).
+
+        keepalived's ``quorum``/``hysteresis`` rule, on lvsctl's count of healthy servers
+        instead of keepalived's sum of their weights (q = quorum, h = quorum_hysteresis):
+
+            last verdict        quorum held when
+            ------------------  ------------------------------------------
+            held, or none yet   healthy >= q - h   (lost below q - h)
+            lost                healthy >= q + h   (regained at q + h)
+            any                 never with 0 healthy, unless q = 0
+
+        With h = 0 this is plainly healthy >= q. A director that starts has no last verdict
+        and judges as if quorum were held, as keepalived does at start.
+        """
+        q, h = self.quorum, self.quorum_hysteresis
+        if q == 0:
+            return True
+        if healthy == 0:
+            return False
+        return healthy >= (q + h if was_held is False else q - h)
+
 
 @dataclass(frozen=True)
 class Vip:

@@ -57,7 +57,7 @@ BAD = [
     ("services[0].ops", "yes", "services[0].ops", "expected true or false"),
     ("services[0].alpha", 1, "services[0].alpha", "expected true or false"),
     ("services[0].quorum_hysteresis", 2, "services[0].quorum_hysteresis",
-     "more than the quorum 1"),
+     "must be at most the quorum (1)"),
     ("services[0].quorum_hysteresis", -1, "services[0].quorum_hysteresis", "at least 0"),
     ("ipvs_timeouts", {"tcp": "15m", "udp": "1.5s"}, "ipvs_timeouts.udp", "whole seconds"),
     ("ipvs_timeouts", {"tcp": 0}, "ipvs_timeouts.tcp", "at least 1"),
