@@ -492,6 +492,12 @@ class _Resolver:
                                  forwarding, service_port)
             if rs is not None:
                 resolved.append((j, rs))
+        if not any(_inherits(raw_rs, service_checks) for _, raw_rs in realservers):
+            # No real server runs the service's checks: judge them alone, so a mistake in
+            # them is reported even before a real server inherits it.
+            anywhere = "0.0.0.0" if family is Family.INET else "::"
+            for where, check in service_checks:
+                self.check(where, _set_values(check), anywhere, service_port or 1)
         self.unique_at(f"{path}.realservers", [(j, rs.name) for j, rs in resolved], "name")
         self.unique_at(f"{path}.realservers", [(j, str(rs.key)) for j, rs in resolved],
                        "address")
@@ -634,8 +640,7 @@ class _Resolver:
         own = _check_list(raw.check, raw.checks, path)
         if not own:
             chosen = [(where, _set_values(c)) for where, c in inherited]
-        elif raw.check is not None and len(inherited) == 1 and inherited[0][1].type == (
-                raw.check.type):
+        elif raw.check is not None and _inherits(raw, inherited):
             chosen = [(own[0][0], {**_set_values(inherited[0][1]), **_set_values(raw.check)})]
         else:
             chosen = [(where, _set_values(c)) for where, c in own]
@@ -785,6 +790,16 @@ def _check_list(
     if check is not None:
         return [(f"{path}.check", check)]
     return [(f"{path}.checks[{k}]", c) for k, c in enumerate(checks or ())]
+
+
+def _inherits(raw: schema.RealServerFile, service_checks: list[tuple[str, schema.CheckFile]]
+              ) -> bool:
+    """Whether a real server runs its service's checks: it names none of its own, or its one
+    ``check`` is of the type of the service's single check (and is merged into it)."""
+    if raw.check is None and raw.checks is None:
+        return True
+    return (raw.check is not None and len(service_checks) == 1
+            and service_checks[0][1].type == raw.check.type)
 
 
 def _set_values(model: BaseModel) -> dict[str, Any]:

@@ -42,8 +42,9 @@ def test_timeouts_both_ways_and_through_the_cli(lab: Lab, tmp_path: Path) -> Non
             ns.run(["ipvsadm", "--set", "100", "50", "40"])
             assert kernel.observe() == IpvsTimeouts(100, 50, 40)
 
+        ns.run(["ipvsadm", "--set", "900", "50", "300"])
         want = IpvsTimeouts(900, 120, 300)
-        assert sync_timeouts(ipvs, want) == IpvsTimeouts(900, 0, 300)  # only what differs
+        assert sync_timeouts(ipvs, want) == IpvsTimeouts(tcp_fin=120)  # only what differs
         assert ipvsadm_timeouts(ns) == (900, 120, 300)
         assert sync_timeouts(ipvs, want) is None  # already so: nothing written
 

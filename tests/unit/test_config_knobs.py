@@ -176,3 +176,25 @@ def test_one_check_stays_the_one_check_form() -> None:
     www = loaded(MINIMAL).cluster.services[0]
     assert [len(rs.checks) for rs in www.realservers] == [1, 1]
     assert all(not isinstance(rs.checks[0].kind, TcpCheck) for rs in www.realservers)
+
+
+def test_service_checks_are_judged_even_when_every_server_has_its_own() -> None:
+    doc = mutate(MINIMAL, "services[0].check", _DELETE)
+    doc = mutate(doc, "services[0].checks", [{"type": "tcp", "timeout": 5}, {"type": "ping",
+                                                                             "port": 7}])
+    for j in (0, 1):
+        doc = mutate(doc, f"services[0].realservers[{j}].checks", [TCP])
+    issues = issues_of(doc)
+    assert ("services[0].checks[0].timeout", "must be shorter than the interval (2s)") in issues
+    assert ("services[0].checks[1].port", "a ping check has no port (ICMP echo)") in issues
+
+
+def test_a_merged_check_is_judged_merged() -> None:
+    # Alone, the service's check would be wrong (timeout 3s, default interval 2s); each real
+    # server's same-type check sets the interval, and the merged checks are right.
+    doc = mutate(MINIMAL, "services[0].check", {"type": "http", "timeout": 3})
+    for j in (0, 1):
+        doc = mutate(doc, f"services[0].realservers[{j}].check", {"type": "http", "interval": 5})
+    www = loaded(doc).cluster.services[0]
+    assert [(c.timing.interval, c.timing.timeout) for rs in www.realservers
+            for c in rs.checks] == [(5.0, 3.0), (5.0, 3.0)]
