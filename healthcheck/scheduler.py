@@ -49,6 +49,8 @@ from lvsctl.healthcheck.result import CheckResult
 
 log = logging.getLogger(__name__)
 
+# A real server with several checks: its combined health reason is cut at this length.
+MAX_REASON = 480
 # A real server without a check is always healthy (the config loader warns about it).
 UNCHECKED = Health(True, None, "no check")
 # How long past its own timeout a checker may run before the scheduler gives up on it.
@@ -179,7 +181,10 @@ def _freeze_loaded() -> None:
 
 
 def target_label(check: Check) -> str:
-    """How a target is named in tables and watchdog figures: "http 10.0.1.31:80 /healthz"."""
+    """How a target is named in tables and watchdog figures: "http 10.0.1.31:80 /healthz",
+    "ping 10.0.1.31" (a ping has no port)."""
+    if check.type == "ping":
+        return f"ping {check.address}"
     label = f"{check.type} {join_host_port(check.address, check.port)}"
     path = getattr(check.kind, "path", None)
     return f"{label} {path}" if path is not None else label
@@ -240,10 +245,15 @@ def combine(parts: Iterable[tuple[str, State]]) -> Health | None:
             if state.weight is not None:
                 weights.append(state.weight)
     if down:
-        return Health(False, None, "; ".join(down))
+        return Health(False, None, _bounded("; ".join(down)))
     if undecided:
         return None
-    return Health(True, min(weights) if weights else None, "; ".join(up))
+    return Health(True, min(weights) if weights else None, _bounded("; ".join(up)))
+
+
+def _bounded(reason: str) -> str:
+    # Each check's reason is short already; sixteen of them joined are not.
+    return reason if len(reason) <= MAX_REASON else reason[:MAX_REASON - 3] + "..."
 
 
 @dataclass

@@ -647,15 +647,12 @@ class _Resolver:
         out: list[Check] = []
         for where, values in chosen:
             check = self.check(where, values, address, port)
-            if check is None:
-                continue
             if check in out:
                 self.error(where, "is the same check as an earlier one in the list")
             out.append(check)
         return tuple(out)
 
-    def check(self, where: str, values: dict[str, Any], address: str, port: int
-              ) -> Check | None:
+    def check(self, where: str, values: dict[str, Any], address: str, port: int) -> Check:
         """Fill one check's defaults; ``where`` is its key path for errors."""
         values = dict(values)
         kind_name = values.pop("type")

@@ -23,6 +23,7 @@ from lvsctl.healthcheck.hysteresis import State, Status, next_state
 from lvsctl.healthcheck.result import CheckResult
 from lvsctl.healthcheck.scheduler import (
     LAG_HIGH,
+    MAX_REASON,
     MIN_SLOTS,
     LagMonitor,
     combine,
@@ -31,6 +32,7 @@ from lvsctl.healthcheck.scheduler import (
     plan_multi,
     plan_targets,
     settle,
+    target_label,
 )
 
 
@@ -243,6 +245,13 @@ def test_combine_all_checks_must_be_up(
     assert combine(parts) == expected
 
 
+def test_combined_reason_is_bounded() -> None:
+    parts = [(f"tcp 192.0.2.{i}:80", State(DOWN, reason="x" * 150)) for i in range(16)]
+    health = combine(parts)
+    assert health is not None and len(health.reason) == MAX_REASON
+    assert health.reason.startswith("tcp 192.0.2.0:80: xxx") and health.reason.endswith("...")
+
+
 def test_plan_with_several_checks_per_server() -> None:
     text = SHARED.replace(
         "check: {type: http, path: /h}", "checks: [{type: http, path: /h}, {type: ping}]", 1)
@@ -250,6 +259,8 @@ def test_plan_with_several_checks_per_server() -> None:
     plan, _ = plan_targets(cluster)
     assert sorted(keys for check, keys in plan.items() if check.type == "ping") == [
         (("a", "r1"),), (("a", "r2"),)]
+    assert sorted(target_label(c) for c in plan if c.type == "ping") == [
+        "ping 192.0.2.21", "ping 192.0.2.22"]
     multi = plan_multi(cluster)
     assert sorted(multi) == [("a", "r1"), ("a", "r2")]
     assert [c.type for c in multi["a", "r1"]] == ["http", "ping"]
