@@ -12,7 +12,7 @@ import yaml
 from lvsctl.core.config import parse_cluster
 from lvsctl.core.model import HttpCheck, IpvsTimeouts, PingCheck, SmtpCheck, TcpCheck
 from lvsctl.core.schema import MAX_CHECKS
-from tests.conftest import MINIMAL
+from tests.conftest import EXAMPLE, MINIMAL
 from tests.unit.test_config import _DELETE, issues_of, mutate
 
 TCP = {"type": "tcp", "interval": 3, "timeout": 1}
@@ -198,3 +198,16 @@ def test_a_merged_check_is_judged_merged() -> None:
     www = loaded(doc).cluster.services[0]
     assert [(c.timing.interval, c.timing.timeout) for rs in www.realservers
             for c in rs.checks] == [(5.0, 3.0), (5.0, 3.0)]
+
+
+def test_the_example_files_commented_keepalived_keys_are_valid() -> None:
+    text = EXAMPLE.read_text()
+    for key in ("ipvs_timeouts", "checks", "quorum_hysteresis", "alpha", "ops"):
+        assert f"# {key}:" in text, key
+        text = text.replace(f"# {key}:", f"{key}:")
+    text = text.replace("    check: {type: tcp, interval: 2s, timeout: 500ms}\n", "")
+    cluster = parse_cluster(text, "cluster.yaml").cluster
+    assert cluster.ipvs_timeouts == IpvsTimeouts(900, 120, 300)
+    assert [c.type for c in cluster.service("www6").realservers[0].checks] == ["tcp", "ping"]
+    dns = cluster.service("dns")
+    assert (dns.alpha, dns.quorum_hysteresis, "ops" in dns.spec.flags) == (True, 1, True)
