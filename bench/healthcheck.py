@@ -141,8 +141,8 @@ def make_cluster(ports: list[int], timing: CheckTiming, share: int) -> Cluster:
         for g, group in enumerate(groups):
             realservers = tuple(
                 RealServer(f"rs{i}", str(ipaddress.ip_address(FIRST + i)), 80, 1,
-                           Check(HttpCheck(path="/healthz"), timing,
-                                 str(ipaddress.ip_address(FIRST + i)), ports[i]))
+                           (Check(HttpCheck(path="/healthz"), timing,
+                                  str(ipaddress.ip_address(FIRST + i)), ports[i]),))
                 for i in group
             )
             services.append(Service(

@@ -110,6 +110,7 @@ class DesiredService:
     spec: ServiceSpec
     dests: Mapping[DestKey, DestSpec]
     drain_timeout: float = 60.0
+    quorum_held: bool = True  # this pass's quorum verdict: the next pass's last verdict
 
 
 DesiredTable = Mapping[ServiceKey, DesiredService]
@@ -245,6 +246,7 @@ def desired_table(
     health: Mapping[HealthKey, Health],
     *,
     unknown: Literal["healthy", "unhealthy"] = "healthy",
+    quorum_held: Mapping[ServiceKey, bool] | None = None,
 ) -> dict[ServiceKey, DesiredService]:
     """The table lvsctl wants for ``cluster`` given the health results so far.
 
@@ -255,20 +257,27 @@ def desired_table(
         yes     healthy     any         -> Health.weight if set (dynamic), else configured
         yes     unhealthy   remove      -> absent (drained if the kernel has it)
         yes     unhealthy   weight0     -> weight 0 (kept, gets no new connections)
-        yes     unknown     any         -> as ``unknown`` says; "healthy" by default
+        yes     unknown     any         -> as ``unknown`` says; "healthy" by default,
+                                           "unhealthy" in an ``alpha`` service
+
+    ``on_failure`` is the real server's own (inherited from its service unless it sets it).
 
     Unknown defaults to healthy for a warm start: a director that (re)starts adopts the
     kernel's table, and taking unknown as unhealthy would drain a working pool for the length
     of the checks' warmup; a dead server is taken out by its first failed checks instead.
 
-    Quorum: when fewer than ``quorum`` real servers are healthy and the service has a sorry
-    server, the sorry server is added (weight 1) next to whatever healthy servers remain.
+    Quorum: when the healthy real servers do not make quorum (``Service.quorum_held``, with
+    the last verdict from ``quorum_held``, the previous pass's ``DesiredService.quorum_held``)
+    and the service has a sorry server, the sorry server is added (weight 1) next to whatever
+    healthy servers remain.
     """
-    return {s.key: _desired_service(s, health, unknown) for s in cluster.services}
+    held = quorum_held or {}
+    return {s.key: _desired_service(s, health, unknown, held.get(s.key))
+            for s in cluster.services}
 
 
 def _desired_service(
-    service: Service, health: Mapping[HealthKey, Health], unknown: str
+    service: Service, health: Mapping[HealthKey, Health], unknown: str, was_held: bool | None
 ) -> DesiredService:
     dests: dict[DestKey, DestSpec] = {}
     healthy = 0
@@ -277,19 +286,25 @@ def _desired_service(
         if rs.check is None:
             ok, weight = True, rs.weight
         elif result is None:
-            ok, weight = unknown == "healthy", rs.weight
+            ok, weight = unknown == "healthy" and not service.alpha, rs.weight
         else:
             ok = result.healthy
             weight = rs.weight if result.weight is None else result.weight
         if ok:
             healthy += 1
             dests[rs.key] = service.dest_spec(weight)
-        elif service.on_failure == "weight0":
+        elif rs.on_failure == "weight0":
             dests[rs.key] = service.dest_spec(0)
     sorry = service.sorry_server
-    if sorry is not None and healthy < service.quorum:
+    held = service.quorum_held(healthy, was_held)
+    if sorry is not None and not held:
         dests.setdefault(sorry.key, service.dest_spec(SORRY_WEIGHT))
-    return DesiredService(service.key, service.spec, dests, service.drain_timeout)
+    return DesiredService(service.key, service.spec, dests, service.drain_timeout, held)
+
+
+def quorum_verdicts(desired: DesiredTable) -> dict[ServiceKey, bool]:
+    """Each service's quorum verdict of this pass, to pass as the next pass's ``quorum_held``."""
+    return {key: service.quorum_held for key, service in desired.items()}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,4 +1,6 @@
-"""The checkers: ``await Checkers.check(target) -> CheckResult`` for tcp, http(s), misc, udp, dns.
+"""The checkers: ``await Checkers.check(target) -> CheckResult`` for every check type.
+
+Types: tcp, http(s), misc, udp, dns, smtp and ping.
 
 A target is a resolved ``lvsctl.core.model.Check`` (kind, timing, probe address, port). Each probe
 is bounded by the check's timeout, opens a new connection (as keepalived does: a reused
@@ -7,17 +9,24 @@ Checkers never touch the kernel. An HTTP probe is one request on an asyncio prot
 response is parsed by httptools (llhttp, the parser Node.js uses): less than half the CPU of an
 aiohttp request, which is what lets one core check thousands of servers a second
 (``bench/healthcheck.py``). DNS uses dnspython; misc checks run an argv list, never a shell.
+Ping sends one ICMP echo from an unprivileged ICMP datagram socket (allowed by
+``net.ipv4.ping_group_range``), or from a raw socket when that is refused (the director runs
+as root): no shell, no setuid helper.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hashlib
+import itertools
 import os
 import re
 import signal
+import socket
 import ssl
+import struct
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -36,6 +45,8 @@ from lvsctl.core.model import (
     DnsCheck,
     HttpCheck,
     MiscCheck,
+    PingCheck,
+    SmtpCheck,
     TcpCheck,
     UdpCheck,
     join_host_port,
@@ -45,6 +56,10 @@ from lvsctl.healthcheck.result import CheckResult
 # A health page is small; a body past this is not read further (regex and digest see no more).
 MAX_BODY = 1 << 20
 MAX_REASON = 160
+# An SMTP reply line is at most 512 octets (RFC 5321 4.5.3.1.5); a multi-line reply is cut
+# off after this many lines: a greeting that goes on is not a mail server worth trusting.
+MAX_SMTP_LINE = 512
+MAX_SMTP_LINES = 32
 
 
 class Checker(Protocol):
@@ -90,6 +105,10 @@ class _NoResponse(Exception):
     """The server closed the connection before it sent a response."""
 
 
+class _BadSmtp(Exception):
+    """The server answered, but not with an SMTP reply."""
+
+
 def describe_error(exc: BaseException) -> str:
     """One line for a failed connection or exchange, in the words an operator expects."""
     if isinstance(exc, ssl.SSLCertVerificationError):
@@ -106,6 +125,8 @@ def describe_error(exc: BaseException) -> str:
         return "connection reset"
     if isinstance(exc, _BadResponse | httptools.HttpParserError):
         return _short(f"bad HTTP response: {exc}")
+    if isinstance(exc, _BadSmtp):
+        return _short(f"bad SMTP reply: {exc}")
     if isinstance(exc, OSError) and exc.strerror:
         return _short(exc.strerror.lower())
     if isinstance(exc, dns.exception.DNSException):
@@ -201,7 +222,13 @@ class Checkers:
             MiscCheck: self._misc,
             UdpCheck: self._udp,
             DnsCheck: self._dns,
+            SmtpCheck: self._smtp,
+            PingCheck: self._ping,
         }
+        # Echo sequence numbers (and, on raw sockets, the identifier) tell this checker's
+        # replies apart from any other's.
+        self._ping_seq = itertools.count(1)
+        self._ping_ident = os.getpid() & 0xFFFF
 
     async def __aenter__(self) -> Checkers:
         return self
@@ -242,7 +269,7 @@ class Checkers:
             else:
                 return CheckResult(False, f"timed out after {timeout:g}s {probe.phase}",
                                    time.monotonic() - start, timed_out=True)
-        except (OSError, _BadResponse, _NoResponse, httptools.HttpParserError,
+        except (OSError, _BadResponse, _NoResponse, _BadSmtp, httptools.HttpParserError,
                 dns.exception.DNSException, ValueError) as exc:
             outcome = _Outcome(False, describe_error(exc))
         return CheckResult(outcome.healthy, outcome.reason, time.monotonic() - start,
@@ -365,6 +392,141 @@ class Checkers:
                 query, target.address, timeout, target.port, ignore_unexpected=True
             )
         return judge_dns(kind, answer)
+
+
+    # -- smtp -----------------------------------------------------------------------------
+
+    async def _smtp(self, target: Check, probe: _Probe) -> _Outcome:
+        """Greeting 220, HELO answered 250, QUIT; all within the check's one timeout."""
+        kind = target.kind
+        assert isinstance(kind, SmtpCheck)
+        reader, writer = await asyncio.open_connection(target.address, target.port,
+                                                       limit=MAX_SMTP_LINE + 2)
+        try:
+            probe.phase = "waiting for the SMTP greeting"
+            code, text = await smtp_reply(reader)
+            if code != 220:
+                return _Outcome(False, _short(f"SMTP greeting {code} {text}, expected 220"))
+            probe.phase = "waiting for the HELO reply"
+            writer.write(f"HELO {kind.helo_name}\r\n".encode("ascii"))
+            code, text = await smtp_reply(reader)
+            if code != 250:
+                return _Outcome(False, _short(f"SMTP HELO answered {code} {text}, "
+                                              "expected 250"))
+            # QUIT is a courtesy: the 221 is not waited for, the verdict is already known.
+            writer.write(b"QUIT\r\n")
+            return _Outcome(True, "SMTP 250 after HELO")
+        finally:
+            writer.close()
+
+    # -- ping -----------------------------------------------------------------------------
+
+    async def _ping(self, target: Check, probe: _Probe) -> _Outcome:
+        """One ICMP echo request; healthy on the matching echo reply."""
+        family = socket.AF_INET6 if ":" in target.address else socket.AF_INET
+        sock, raw = open_icmp(family)
+        with sock:
+            sock.setblocking(False)
+            # Connected: the kernel hands this socket only what comes from the target, and
+            # reports an ICMP error about it (host unreachable) as the error of a receive.
+            sock.connect((target.address, 0))
+            seq = next(self._ping_seq) & 0xFFFF
+            payload = b"lvsctl" + struct.pack("!Q", time.monotonic_ns())
+            loop = asyncio.get_running_loop()
+            await loop.sock_sendall(sock, echo_request(family, self._ping_ident, seq, payload))
+            probe.phase = "waiting for the echo reply"
+            while True:
+                data = await loop.sock_recv(sock, 65535)
+                # A datagram socket's identifier is chosen by the kernel, which also sorts
+                # replies by it; a raw socket sees every ICMP message from the target.
+                ident = self._ping_ident if raw else None
+                if is_echo_reply(family, data, raw, ident, seq, payload):
+                    return _Outcome(True, "echo reply")
+
+
+def open_icmp(family: int) -> tuple[socket.socket, bool]:
+    """An ICMP socket for echo requests: (socket, is raw).
+
+    An ICMP datagram socket needs no privilege when the process's group is inside
+    ``net.ipv4.ping_group_range`` (which covers IPv6 too); when it is refused, a raw socket
+    (root or CAP_NET_RAW). Raises OSError when neither may be opened.
+    """
+    proto = socket.IPPROTO_ICMP if family == socket.AF_INET else socket.IPPROTO_ICMPV6
+    try:
+        return socket.socket(family, socket.SOCK_DGRAM, proto), False
+    except OSError as exc:
+        if exc.errno not in (errno.EACCES, errno.EPERM, errno.EPROTONOSUPPORT):
+            raise
+    try:
+        return socket.socket(family, socket.SOCK_RAW, proto), True
+    except PermissionError:
+        raise PermissionError(errno.EPERM, "may not open an ICMP socket (neither "
+                                           "ping_group_range nor CAP_NET_RAW allows it)") from None
+
+
+_ICMP_HEAD = struct.Struct("!BBHHH")  # type, code, checksum, identifier, sequence
+ECHO_REQUEST: dict[int, int] = {socket.AF_INET: 8, socket.AF_INET6: 128}
+ECHO_REPLY: dict[int, int] = {socket.AF_INET: 0, socket.AF_INET6: 129}
+
+
+def icmp_checksum(data: bytes) -> int:
+    """The Internet checksum (RFC 1071) of ``data``."""
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def echo_request(family: int, ident: int, seq: int, payload: bytes) -> bytes:
+    """An ICMP (IPv4) or ICMPv6 echo request. The ICMPv6 checksum covers a pseudo-header
+    only the kernel knows; it fills it in (RFC 3542 3.1), as it does for datagram sockets."""
+    kind = ECHO_REQUEST[family]
+    checksum = 0
+    if family == socket.AF_INET:
+        checksum = icmp_checksum(_ICMP_HEAD.pack(kind, 0, 0, ident, seq) + payload)
+    return _ICMP_HEAD.pack(kind, 0, checksum, ident, seq) + payload
+
+
+def is_echo_reply(family: int, data: bytes, raw: bool, ident: int | None, seq: int,
+                  payload: bytes) -> bool:
+    """Pure: is ``data`` (as a socket of this kind received it) the reply to our request?
+
+    A raw IPv4 socket receives the IP header too; raw ICMPv6 and datagram sockets do not.
+    """
+    if raw and family == socket.AF_INET:
+        if len(data) < 20:
+            return False
+        data = data[(data[0] & 0x0F) * 4:]
+    if len(data) < _ICMP_HEAD.size:
+        return False
+    kind, code, _, got_ident, got_seq = _ICMP_HEAD.unpack_from(data)
+    return (kind == ECHO_REPLY[family] and code == 0 and got_seq == seq
+            and (ident is None or got_ident == ident) and data[_ICMP_HEAD.size:] == payload)
+
+
+async def smtp_reply(reader: asyncio.StreamReader) -> tuple[int, str]:
+    """One SMTP reply, single- or multi-line: (code, text of its last line).
+
+    Raises _BadSmtp for something that is not a reply (or one past the line bounds) and
+    _NoResponse when the server closes first.
+    """
+    for _ in range(MAX_SMTP_LINES):
+        try:
+            line = await reader.readuntil(b"\n")
+        except asyncio.IncompleteReadError as exc:
+            if exc.partial:
+                raise _BadSmtp(f"connection closed inside a line {exc.partial[:40]!r}") from None
+            raise _NoResponse() from None
+        except asyncio.LimitOverrunError:
+            raise _BadSmtp(f"a reply line longer than {MAX_SMTP_LINE} bytes") from None
+        text = line.rstrip(b"\r\n").decode("utf-8", "replace")
+        if len(text) < 3 or not text[:3].isdigit() or text[3:4] not in ("", " ", "-"):
+            raise _BadSmtp(repr(text[:40]))
+        if text[3:4] != "-":
+            return int(text[:3]), text[4:]
+    raise _BadSmtp(f"a reply of more than {MAX_SMTP_LINES} lines")
 
 
 def judge_dns(kind: DnsCheck, answer: dns.message.Message) -> _Outcome:

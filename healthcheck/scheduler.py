@@ -3,8 +3,10 @@
 Many services often share real servers; keepalived then runs the same check once per virtual
 service. Here every distinct resolved ``Check`` (kind, timing, probe address and port) is one
 *target*, probed by one task, and its state is copied to every ``HealthKey`` (service, real
-server) that uses it. Probes run on a fixed grid (``interval``) with a small jitter that does
-not accumulate, first probes spread over ``warmup``, and at most ``concurrency`` at once.
+server) that uses it. A real server with several checks is healthy only while every one of its
+targets is up (``combine``); each target keeps its own rise/fall state. Probes run on a fixed
+grid (``interval``) with a small jitter that does not accumulate, first probes spread over
+``warmup``, and at most ``concurrency`` at once.
 
 The probes' own work must never flood the loop: how many may run at once follows the loop's
 lag (``next_limit``), so an overloaded checker runs fewer probes on time rather than all of
@@ -47,6 +49,8 @@ from lvsctl.healthcheck.result import CheckResult
 
 log = logging.getLogger(__name__)
 
+# A real server with several checks: its combined health reason is cut at this length.
+MAX_REASON = 480
 # A real server without a check is always healthy (the config loader warns about it).
 UNCHECKED = Health(True, None, "no check")
 # How long past its own timeout a checker may run before the scheduler gives up on it.
@@ -177,7 +181,10 @@ def _freeze_loaded() -> None:
 
 
 def target_label(check: Check) -> str:
-    """How a target is named in tables and watchdog figures: "http 10.0.1.31:80 /healthz"."""
+    """How a target is named in tables and watchdog figures: "http 10.0.1.31:80 /healthz",
+    "ping 10.0.1.31" (a ping has no port)."""
+    if check.type == "ping":
+        return f"ping {check.address}"
     label = f"{check.type} {join_host_port(check.address, check.port)}"
     path = getattr(check.kind, "path", None)
     return f"{label} {path}" if path is not None else label
@@ -198,11 +205,55 @@ def plan_targets(
             continue
         for rs in service.realservers:
             key = (service.name, rs.name)
-            if rs.check is None:
+            if not rs.checks:
                 unchecked.append(key)
-            else:
-                targets.setdefault(rs.check, []).append(key)
+            for check in rs.checks:
+                targets.setdefault(check, []).append(key)
     return {check: tuple(keys) for check, keys in targets.items()}, tuple(unchecked)
+
+
+def plan_multi(
+    cluster: Cluster, services: Iterable[str] | None = None
+) -> dict[HealthKey, tuple[Check, ...]]:
+    """Pure: the keys with more than one check, and their checks in file order."""
+    wanted = None if services is None else set(services)
+    return {
+        (service.name, rs.name): rs.checks
+        for service in cluster.services if wanted is None or service.name in wanted
+        for rs in service.realservers if len(rs.checks) > 1
+    }
+
+
+def combine(parts: Iterable[tuple[str, State]]) -> Health | None:
+    """Pure: one real server's health from the states of all its checks (label, state).
+
+        any check DOWN                 -> unhealthy; the reason names every check that is down
+        else any check not decided     -> None (undecided, like a single check's first wait)
+        every check UP                 -> healthy; the lowest dynamic weight among them, if any
+    """
+    down: list[str] = []
+    up: list[str] = []
+    weights: list[int] = []
+    undecided = False
+    for label, state in parts:
+        if state.status is Status.DOWN:
+            down.append(f"{label}: {state.reason}")
+        elif state.status is Status.UNKNOWN:
+            undecided = True
+        else:
+            up.append(f"{label}: {state.reason}")
+            if state.weight is not None:
+                weights.append(state.weight)
+    if down:
+        return Health(False, None, _bounded("; ".join(down)))
+    if undecided:
+        return None
+    return Health(True, min(weights) if weights else None, _bounded("; ".join(up)))
+
+
+def _bounded(reason: str) -> str:
+    # Each check's reason is short already; sixteen of them joined are not.
+    return reason if len(reason) <= MAX_REASON else reason[:MAX_REASON - 3] + "..."
 
 
 @dataclass
@@ -325,6 +376,8 @@ class Scheduler:
         self._on_change = on_change
         self._slots = Slots(concurrency)
         self._targets: dict[Check, _Target] = {}
+        # Keys with several checks (usually none): their health combines their targets'.
+        self._multi: dict[HealthKey, tuple[Check, ...]] = {}
         self._unchecked: tuple[HealthKey, ...] = ()
         self._health: dict[HealthKey, Health] = {}
         self._subscribers: list[asyncio.Queue[HealthChange]] = []
@@ -438,6 +491,7 @@ class Scheduler:
         if not self._targets:
             self._started_at = self._clock.monotonic()
             plan, self._unchecked = plan_targets(self._cluster, self._services)
+            self._multi = plan_multi(self._cluster, self._services)
             self._targets = {check: _Target(check, keys) for check, keys in plan.items()}
             for key in self._unchecked:
                 self._set_health(key, UNCHECKED)
@@ -453,6 +507,7 @@ class Scheduler:
 
     def _apply_plan(self, cluster: Cluster) -> None:
         plan, unchecked = plan_targets(cluster, self._services)
+        self._multi = plan_multi(cluster, self._services)
         for check in list(self._targets):
             if check not in plan:
                 gone = self._targets.pop(check)
@@ -473,6 +528,12 @@ class Scheduler:
             health = target.state.health
             if health is not None:
                 wanted.update(dict.fromkeys(target.keys, health))
+        for key in self._multi:
+            combined = self._combined(key)
+            if combined is None:
+                wanted.pop(key, None)
+            else:
+                wanted[key] = combined
         for key in set(self._health) - set(wanted):
             del self._health[key]
         for key, health in wanted.items():
@@ -528,8 +589,23 @@ class Scheduler:
             return  # undecided, or what every key already has (most probes of a steady pool)
         health = state.health
         assert health is not None
+        multi = self._multi
         for key in target.keys:
-            self._set_health(key, health, now)
+            if multi and key in multi:
+                combined = self._combined(key)
+                if combined is not None:
+                    self._set_health(key, combined, now)
+                else:  # back to undecided (a check up again while another has no result)
+                    self._health.pop(key, None)
+            else:
+                self._set_health(key, health, now)
+
+    def _combined(self, key: HealthKey) -> Health | None:
+        """The health of a key with several checks, from its targets' states."""
+        parts = [self._targets.get(c) for c in self._multi[key]]
+        if None in parts:  # a target gone with a config change; the new plan decides
+            return None
+        return combine((t.label, t.state) for t in parts if t is not None)
 
     def _set_health(self, key: HealthKey, health: Health, at: float | None = None) -> None:
         previous = self._health.get(key)

@@ -17,6 +17,12 @@ from lvsctl.director.ipvs import (
     sorted_dests,
     sorted_services,
 )
+from lvsctl.director.ipvs_timeouts import (
+    observe_timeouts,
+    sync_timeouts,
+    timeouts_json,
+    timeouts_text,
+)
 from lvsctl.director.reconcile import (
     FWD_NAMES,
     ObservedService,
@@ -126,8 +132,10 @@ def show_command(ctx: click.Context, as_json: bool) -> None:
     """Show the live IPVS table with connection counts (like ipvsadm -Ln)."""
     with _closing(_open(ctx)) as ipvs:
         table = ipvs.observe()
+        timeouts = observe_timeouts(ipvs) if as_json else None
     if as_json:
-        echo_json({"services": table_json(table)})
+        echo_json({"services": table_json(table),
+                   "timeouts": None if timeouts is None else timeouts_json(timeouts)})
         return
     for line in show_lines(table):
         click.echo(line)
@@ -186,11 +194,15 @@ def apply_command(ctx: click.Context, file: str) -> None:
     """Reconcile the live table with FILE once, printing each op as it is applied.
 
     Only the file's services are touched. A real server no longer in the file is drained
-    (weight 0) and deleted once idle; run apply again later to finish a drain.
+    (weight 0) and deleted once idle; run apply again later to finish a drain. The file's
+    ipvs_timeouts are set too (like ipvsadm --set).
     """
     loaded = _load(file)
     with _closing(_open(ctx)) as ipvs:
         source, ops = _plan(ipvs, loaded)
+        sent = sync_timeouts(ipvs, loaded.cluster.ipvs_timeouts)
+        if sent is not None:
+            click.echo(f"set IPVS timeouts {timeouts_text(sent)}")
         if not ops:
             click.echo(f"{source}: the IPVS table already matches; nothing to do")
             return

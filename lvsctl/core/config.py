@@ -30,12 +30,16 @@ from lvsctl.core.model import (
     Family,
     Forwarding,
     HttpCheck,
+    IpvsTimeouts,
     MiscCheck,
+    OnFailure,
+    PingCheck,
     Protocol,
     RealServer,
     Service,
     ServiceKey,
     ServiceSpec,
+    SmtpCheck,
     SorryServer,
     TcpCheck,
     UdpCheck,
@@ -135,8 +139,9 @@ def _salvage_issues(data: dict[str, Any]) -> list[ConfigIssue]:
         try:
             service = schema.ServiceFile.model_validate(known)
         except ValidationError:
-            try:  # the check may be what is broken: judge the rest without it
-                service = schema.ServiceFile.model_validate({**known, "check": None})
+            try:  # the checks may be what is broken: judge the rest without them
+                service = schema.ServiceFile.model_validate(
+                    {**known, "check": None, "checks": None})
             except ValidationError:
                 continue
         resolver.service(
@@ -205,6 +210,7 @@ for _model in (
     schema.SyncFile, schema.VipFile, schema.ServiceFile, schema.PersistenceFile,
     schema.SorryServerFile, schema.RealServerFile, schema.AnnounceFile, schema.TcpCheckFile,
     schema.HttpCheckFile, schema.MiscCheckFile, schema.UdpCheckFile, schema.DnsCheckFile,
+    schema.SmtpCheckFile, schema.PingCheckFile, schema.IpvsTimeoutsFile,
 ):
     _KEYS.update(_model.model_fields)
 
@@ -276,7 +282,7 @@ def _message(err: Any) -> str:
     if kind == "union_tag_invalid":
         return f"unknown check type {ctx.get('tag')!r}; expected one of {ctx.get('expected_tags')}"
     if kind == "union_tag_not_found":
-        return "a check needs a 'type' (tcp, http, https, misc, udp or dns)"
+        return "a check needs a 'type' (tcp, http, https, misc, udp, dns, smtp or ping)"
     expected = {
         "int_type": "a whole number", "float_type": "a number", "string_type": "text",
         "bool_type": "true or false", "list_type": "a list", "dict_type": "a mapping",
@@ -314,6 +320,8 @@ _CHECK_DEFAULTS: dict[str, CheckKind] = {
     "misc": MiscCheck(),
     "udp": UdpCheck(),
     "dns": DnsCheck(),
+    "smtp": SmtpCheck(),
+    "ping": PingCheck(),
 }
 _TIMING_KEYS = ("interval", "timeout", "rise", "fall", "warmup")
 _TARGET_KEYS = ("address", "port")
@@ -349,6 +357,7 @@ class _Resolver:
             self.across_services(services)
         zk = raw.zookeeper
         announce = raw.announce or schema.AnnounceFile()
+        timeouts = self.ipvs_timeouts("ipvs_timeouts", raw.ipvs_timeouts)
         if self.errors:
             return None
         return Cluster(
@@ -360,7 +369,25 @@ class _Resolver:
             vips=vips,
             services=services,
             announce=Announce(announce.count, announce.interval),
+            ipvs_timeouts=timeouts,
         )
+
+    def ipvs_timeouts(self, path: str, raw: schema.IpvsTimeoutsFile | None) -> IpvsTimeouts:
+        """Whole seconds, as the kernel's interface takes them (``ipvsadm --set``)."""
+        if raw is None:
+            return IpvsTimeouts()
+        values: dict[str, int] = {}
+        for key in ("tcp", "tcp_fin", "udp"):
+            seconds = getattr(raw, key)
+            if seconds is None:
+                continue
+            if seconds != int(seconds):
+                self.error(f"{path}.{key}", f"must be whole seconds (the kernel's unit); got "
+                                            f"{seconds:g}s")
+            values[key] = int(seconds)
+        if not values:
+            self.error(path, "give at least one of tcp, tcp_fin, udp")
+        return IpvsTimeouts(**values)
 
     def unique(self, path: str, values: list[Any], key: str) -> None:
         self.unique_at(path, list(enumerate(values)), key)
@@ -433,6 +460,13 @@ class _Resolver:
             owner = schema.SCHED_FLAGS[flag]
             if owner != scheduler:
                 self.error(f"{path}.flags", f"{flag} needs scheduler {owner}, not {scheduler}")
+        if raw.ops:
+            # The kernel takes the flag on any service but only honours it for UDP; on TCP or
+            # a fwmark it would be a setting that silently does nothing.
+            if key.protocol is not Protocol.UDP:
+                self.error(f"{path}.ops", "one-packet scheduling is only for udp services "
+                                          "(protocol: udp)")
+            flags |= {"ops"}
         netmask = family.host_prefix
         persistence = 0
         if raw.persistence is not None:
@@ -446,13 +480,24 @@ class _Resolver:
                         " service",
                     )
         service_port = key.port
+        if raw.check is not None and raw.checks is not None:
+            self.error(f"{path}.checks", "give check (one) or checks (a list), not both")
+        service_checks = _check_list(raw.check, raw.checks, path)
+        on_failure = raw.on_failure or "remove"
 
         resolved: list[tuple[int, RealServer]] = []
         for j, raw_rs in realservers:
             rs_path = f"{path}.realservers[{j}]"
-            rs = self.realserver(rs_path, raw_rs, raw, family, forwarding, service_port)
+            rs = self.realserver(rs_path, raw_rs, service_checks, on_failure, family,
+                                 forwarding, service_port)
             if rs is not None:
                 resolved.append((j, rs))
+        if not any(_inherits(raw_rs, service_checks) for _, raw_rs in realservers):
+            # No real server runs the service's checks: judge them alone, so a mistake in
+            # them is reported even before a real server inherits it.
+            anywhere = "0.0.0.0" if family is Family.INET else "::"
+            for where, check in service_checks:
+                self.check(where, _set_values(check), anywhere, service_port or 1)
         self.unique_at(f"{path}.realservers", [(j, rs.name) for j, rs in resolved], "name")
         self.unique_at(f"{path}.realservers", [(j, str(rs.key)) for j, rs in resolved],
                        "address")
@@ -475,12 +520,26 @@ class _Resolver:
                 f"{path}.quorum",
                 f"{quorum} is more than the service's {total} real server(s)",
             )
+        hysteresis = raw.quorum_hysteresis or 0
+        if hysteresis > quorum:
+            self.error(f"{path}.quorum_hysteresis",
+                       f"must be at most the quorum ({quorum}); got {hysteresis}")
+        elif quorum <= total < quorum + hysteresis:
+            self.error(f"{path}.quorum_hysteresis",
+                       f"quorum {quorum} + {hysteresis} is more than the service's {total} real "
+                       "server(s): once lost, quorum could never come back")
+        elif hysteresis and raw.sorry_server is None:
+            self.warn(f"{path}.quorum_hysteresis",
+                      "has no effect without a sorry_server (quorum only decides on it)")
         sorry = None
         if raw.sorry_server is not None:
             sorry = self.sorry_server(f"{path}.sorry_server", raw.sorry_server, family,
                                       forwarding, service_port)
-        if raw.check is None and all(rs.check is None for _, rs in realservers):
+        if not service_checks and all(rs.check is None and rs.checks is None
+                                      for _, rs in realservers):
             self.warn(f"{path}.check", "no check: every real server is always taken as healthy")
+        if raw.alpha and not any(rs.checks for _, rs in resolved):
+            self.warn(f"{path}.alpha", "has no effect: no real server of the service is checked")
         if len(self.errors) > errors_before:
             return None
         return Service(
@@ -488,12 +547,14 @@ class _Resolver:
             key=key,
             spec=ServiceSpec(scheduler, flags, persistence, netmask),
             forwarding=forwarding,
-            on_failure=raw.on_failure or "remove",
+            on_failure=on_failure,
             quorum=quorum,
             sorry_server=sorry,
             drain_timeout=60.0 if raw.drain_timeout is None else raw.drain_timeout,
             realservers=tuple(rs for _, rs in resolved),
             vips=vip_list,
+            alpha=bool(raw.alpha),
+            quorum_hysteresis=hysteresis,
         )
 
     def service_key(
@@ -534,7 +595,8 @@ class _Resolver:
         self,
         path: str,
         raw: schema.RealServerFile,
-        service: schema.ServiceFile,
+        service_checks: list[tuple[str, schema.CheckFile]],
+        on_failure: OnFailure,
         family: Family,
         forwarding: Forwarding,
         service_port: int,
@@ -555,33 +617,44 @@ class _Resolver:
         if forwarding is Forwarding.NAT and port == 0:
             self.error(f"{path}.port", "a nat real server behind a fwmark service needs a port")
             ok = False
-        check = self.check(path, service.check, raw.check, raw.address, port)
+        if raw.check is not None and raw.checks is not None:
+            self.error(f"{path}.checks", "give check (one) or checks (a list), not both")
+        checks = self.checks(path, service_checks, raw, raw.address, port)
         if not ok:
             return None
         weight = 1 if raw.weight is None else raw.weight
-        return RealServer(raw.name, raw.address, port, weight, check)
+        return RealServer(raw.name, raw.address, port, weight, checks,
+                          raw.on_failure or on_failure)
 
-    def check(
+    def checks(
         self,
         path: str,
-        inherited: schema.CheckFile | None,
-        own: schema.CheckFile | None,
+        inherited: list[tuple[str, schema.CheckFile]],
+        raw: schema.RealServerFile,
         address: str,
         port: int,
-    ) -> Check | None:
-        """Merge the service's check with the real server's override, then fill defaults."""
-        if inherited is None and own is None:
-            return None
-        if inherited is not None and own is not None and inherited.type == own.type:
-            values = {**_set_values(inherited), **_set_values(own)}
-            where = f"{path}.check"
-        elif own is not None:
-            values = _set_values(own)
-            where = f"{path}.check"
+    ) -> tuple[Check, ...]:
+        """The real server's resolved checks: its own list replaces the service's, except
+        that its one ``check`` of the same type as the service's one check overrides only
+        the keys it names (as before several checks existed)."""
+        own = _check_list(raw.check, raw.checks, path)
+        if not own:
+            chosen = [(where, _set_values(c)) for where, c in inherited]
+        elif raw.check is not None and _inherits(raw, inherited):
+            chosen = [(own[0][0], {**_set_values(inherited[0][1]), **_set_values(raw.check)})]
         else:
-            assert inherited is not None
-            values = _set_values(inherited)
-            where = path.rsplit(".realservers", 1)[0] + ".check"
+            chosen = [(where, _set_values(c)) for where, c in own]
+        out: list[Check] = []
+        for where, values in chosen:
+            check = self.check(where, values, address, port)
+            if check in out:
+                self.error(where, "is the same check as an earlier one in the list")
+            out.append(check)
+        return tuple(out)
+
+    def check(self, where: str, values: dict[str, Any], address: str, port: int) -> Check:
+        """Fill one check's defaults; ``where`` is its key path for errors."""
+        values = dict(values)
         kind_name = values.pop("type")
         timing = replace(CheckTiming(), **{k: values.pop(k) for k in _TIMING_KEYS if k in values})
         target = {k: values.pop(k) for k in _TARGET_KEYS if k in values}
@@ -596,6 +669,11 @@ class _Resolver:
             if not values.get("command"):
                 self.error(f"{where}.command", "a misc check needs a command (a list of words)")
             values["command"] = tuple(values.get("command") or ())
+        elif kind_name == "ping":
+            if "port" in target:
+                self.error(f"{where}.port", "a ping check has no port (ICMP echo)")
+            # One probe per address: the same host pinged for several services is one target.
+            probe_port = 0
         elif probe_port == 0:
             self.error(f"{where}.port", f"a {kind_name} check needs a port to probe")
         if kind_name == "dns":
@@ -700,6 +778,25 @@ class _Resolver:
                         f"{path}.realservers[{j}].address",
                         f"real server {rs.name} is {first[0]} at {first[1]}; one name is one host",
                     )
+
+
+def _check_list(
+    check: schema.CheckFile | None, checks: list[schema.CheckFile] | None, path: str
+) -> list[tuple[str, schema.CheckFile]]:
+    """An object's checks with the key path of each: ``check`` alone, else ``checks``."""
+    if check is not None:
+        return [(f"{path}.check", check)]
+    return [(f"{path}.checks[{k}]", c) for k, c in enumerate(checks or ())]
+
+
+def _inherits(raw: schema.RealServerFile, service_checks: list[tuple[str, schema.CheckFile]]
+              ) -> bool:
+    """Whether a real server runs its service's checks: it names none of its own, or its one
+    ``check`` is of the type of the service's single check (and is merged into it)."""
+    if raw.check is None and raw.checks is None:
+        return True
+    return (raw.check is not None and len(service_checks) == 1
+            and service_checks[0][1].type == raw.check.type)
 
 
 def _set_values(model: BaseModel) -> dict[str, Any]:

@@ -204,7 +204,24 @@ class DnsCheck:
     expect: tuple[str, ...] = ()  # answers that must all be present; empty = any answer
 
 
-CheckKind = TcpCheck | HttpCheck | MiscCheck | UdpCheck | DnsCheck
+@dataclass(frozen=True)
+class SmtpCheck:
+    """Connect, read the 220 greeting, HELO, expect 250, QUIT (keepalived's SMTP_CHECK)."""
+
+    type: Literal["smtp"] = "smtp"
+    # The director's host name is not known to a checker; keepalived's own default is the
+    # host name, so files that care set helo_name (the import carries it).
+    helo_name: str = "lvsctl"
+
+
+@dataclass(frozen=True)
+class PingCheck:
+    """ICMP echo request, answered by an echo reply (keepalived's PING_CHECK); no port."""
+
+    type: Literal["ping"] = "ping"
+
+
+CheckKind = TcpCheck | HttpCheck | MiscCheck | UdpCheck | DnsCheck | SmtpCheck | PingCheck
 
 
 @dataclass(frozen=True)
@@ -214,7 +231,7 @@ class Check:
     kind: CheckKind
     timing: CheckTiming
     address: str  # where to probe (the real server's address unless overridden)
-    port: int  # where to probe (the real server's port unless overridden)
+    port: int  # where to probe (the real server's port unless overridden; 0 for ping)
 
     @property
     def type(self) -> str:
@@ -241,15 +258,24 @@ HealthKey = tuple[str, str]
 
 @dataclass(frozen=True)
 class RealServer:
+    """A real server of one service; healthy only while every one of ``checks`` is up."""
+
     name: str
     address: str
     port: int
     weight: int
-    check: Check | None
+    checks: tuple[Check, ...]
+    on_failure: OnFailure = "remove"  # resolved from the service's unless the server sets it
 
     @property
     def key(self) -> DestKey:
         return DestKey(self.address, self.port)
+
+    @property
+    def check(self) -> Check | None:
+        """The first check, or None for an unchecked server (for callers that only ask
+        whether the server is checked)."""
+        return self.checks[0] if self.checks else None
 
 
 @dataclass(frozen=True)
@@ -274,6 +300,8 @@ class Service:
     drain_timeout: float
     realservers: tuple[RealServer, ...]
     vips: tuple[str, ...]  # the VIP addresses real servers must accept (for fwmark: all listed)
+    alpha: bool = False  # checked real servers count as down until their checks first pass
+    quorum_hysteresis: int = 0  # quorum lost below quorum - this, regained at quorum + this
 
     @property
     def family(self) -> Family:
@@ -281,6 +309,28 @@ class Service:
 
     def dest_spec(self, weight: int) -> DestSpec:
         return DestSpec(weight, self.forwarding)
+
+    def quorum_held(self, healthy: int, was_held: bool | None) -> bool:
+        """Whether ``healthy`` real servers make quorum, given the last verdict (None: none).
+
+        keepalived's ``quorum``/``hysteresis`` rule, on lvsctl's count of healthy servers
+        instead of keepalived's sum of their weights (q = quorum, h = quorum_hysteresis):
+
+            last verdict        quorum held when
+            ------------------  ------------------------------------------
+            held, or none yet   healthy >= q - h   (lost below q - h)
+            lost                healthy >= q + h   (regained at q + h)
+            any                 never with 0 healthy, unless q = 0
+
+        With h = 0 this is plainly healthy >= q. A director that starts has no last verdict
+        and judges as if quorum were held, as keepalived does at start.
+        """
+        q, h = self.quorum, self.quorum_hysteresis
+        if q == 0:
+            return True
+        if healthy == 0:
+            return False
+        return healthy >= (q + h if was_held is False else q - h)
 
 
 @dataclass(frozen=True)
@@ -333,6 +383,20 @@ class Announce:
 
 
 @dataclass(frozen=True)
+class IpvsTimeouts:
+    """The kernel's IPVS connection timeouts in whole seconds (``ipvsadm --set tcp tcpfin
+    udp``); 0 = leave that one as the kernel has it."""
+
+    tcp: int = 0
+    tcp_fin: int = 0
+    udp: int = 0
+
+    @property
+    def given(self) -> bool:
+        return bool(self.tcp or self.tcp_fin or self.udp)
+
+
+@dataclass(frozen=True)
 class Cluster:
     name: str
     zookeeper: ZooKeeperSettings
@@ -340,6 +404,7 @@ class Cluster:
     vips: tuple[Vip, ...]
     services: tuple[Service, ...]
     announce: Announce = field(default_factory=Announce)
+    ipvs_timeouts: IpvsTimeouts = field(default_factory=IpvsTimeouts)
 
     def director(self, name: str) -> Director:
         for director in self.directors:

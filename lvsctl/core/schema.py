@@ -210,10 +210,24 @@ class DnsCheckFile(CheckCommon):
     expect: list[str] | None = None
 
 
+class SmtpCheckFile(CheckCommon):
+    type: Literal["smtp"]
+    helo_name: Annotated[
+        str, Field(pattern=r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,252}[A-Za-z0-9])?$|^\[[0-9A-Fa-f.:]+\]$")
+    ] | None = Field(None, description="the name sent with HELO; defaults to lvsctl")
+
+
+class PingCheckFile(CheckCommon):
+    type: Literal["ping"]
+
+
 CheckFile = Annotated[
-    TcpCheckFile | HttpCheckFile | MiscCheckFile | UdpCheckFile | DnsCheckFile,
+    TcpCheckFile | HttpCheckFile | MiscCheckFile | UdpCheckFile | DnsCheckFile | SmtpCheckFile
+    | PingCheckFile,
     Field(discriminator="type"),
 ]
+# A real server has at most this many checks: each is a probe on every interval.
+MAX_CHECKS = 16
 
 
 class RealServerFile(Strict):
@@ -223,6 +237,13 @@ class RealServerFile(Strict):
     weight: Weight | None = Field(None, description="defaults to 1")
     check: CheckFile | None = Field(
         None, description="overrides the service check (keys of the same type are merged)"
+    )
+    checks: list[CheckFile] | None = Field(
+        None, min_length=1, max_length=MAX_CHECKS,
+        description="replaces the service's checks; healthy only while all pass",
+    )
+    on_failure: Literal["remove", "weight0"] | None = Field(
+        None, description="defaults to the service's on_failure"
     )
 
 
@@ -250,11 +271,22 @@ class ServiceFile(Strict):
     flags: list[Literal[tuple(SCHED_FLAGS)]] | None = None  # type: ignore[valid-type]
     forwarding: Literal["nat", "dr", "tun"]
     persistence: PersistenceFile | None = None
+    ops: bool | None = Field(None, description="one-packet scheduling (udp services only)")
     on_failure: Literal["remove", "weight0"] | None = None
     quorum: Annotated[int, Field(ge=0, le=10000)] | None = None
+    quorum_hysteresis: Annotated[int, Field(ge=0, le=10000)] | None = Field(
+        None, description="quorum is lost below quorum - this and regained at quorum + this"
+    )
+    alpha: bool | None = Field(
+        None, description="checked real servers start down until their checks first pass"
+    )
     sorry_server: SorryServerFile | None = None
     drain_timeout: Annotated[Duration, _positive(0, 86400)] | None = None
     check: CheckFile | None = None
+    checks: list[CheckFile] | None = Field(
+        None, min_length=1, max_length=MAX_CHECKS,
+        description="several checks; a real server is healthy only while all pass",
+    )
     realservers: list[RealServerFile] = Field(min_length=0, max_length=100000)
 
 
@@ -297,6 +329,16 @@ class AnnounceFile(Strict):
     interval: Annotated[Duration, _positive(0.001, 10)] = 0.2
 
 
+# The kernel keeps IPVS timeouts in jiffies in an int; a day is far more than any use.
+_IPVS_TIMEOUT = Annotated[Duration, _positive(1, 86400)]
+
+
+class IpvsTimeoutsFile(Strict):
+    tcp: _IPVS_TIMEOUT | None = Field(None, description="established TCP connections")
+    tcp_fin: _IPVS_TIMEOUT | None = Field(None, description="TCP connections after a FIN")
+    udp: _IPVS_TIMEOUT | None = Field(None, description="UDP flows")
+
+
 class ClusterFile(Strict):
     """An lvsctl cluster file."""
 
@@ -306,3 +348,6 @@ class ClusterFile(Strict):
     vips: list[VipFile] = Field(min_length=1)
     services: list[ServiceFile] = Field(min_length=1)
     announce: AnnounceFile | None = None
+    ipvs_timeouts: IpvsTimeoutsFile | None = Field(
+        None, description="the kernel's IPVS connection timeouts (ipvsadm --set)"
+    )

@@ -188,3 +188,22 @@ def test_live_table_redraws_with_state_and_watchdog(tmp_path: Path, listener: Ht
     assert len(tables) >= 2
     assert tables[-1][1].split()[:5] == ["r1", "b", "http", f"127.0.0.1:{listener.port}", "up"]
     assert all(f.startswith("1 probes, ") and "loop lag p99" in f for f in footers)
+
+
+def test_once_json_shows_each_of_several_checks_of_a_server(
+    tmp_path: Path, listener: HttpListener
+) -> None:
+    closed = free_tcp_port("127.0.0.4")
+    http = f"{{type: http, path: /h, port: {listener.port}, interval: 2, timeout: 1}}"
+    tcp = f"{{type: tcp, port: {closed}, timeout: 0.5}}"
+    path = tmp_path / "cluster.yaml"
+    path.write_text(CLUSTER_HEAD + f"""
+  - {{name: a, vip: 192.0.2.10, port: 80, forwarding: dr, checks: [{http}, {tcp}],
+     realservers: [{{name: r1, address: 127.0.0.1}}]}}
+""")
+    result = CliRunner().invoke(cli, ["check", "run", str(path), "--once", "--json"])
+    assert result.exit_code == 0, result.output
+    summary = {(r["server"], r["check"]): (r["healthy"], r["reason"])
+               for r in json.loads(result.output)}
+    assert summary == {("r1", "http"): (True, "HTTP 200"),
+                       ("r1", "tcp"): (False, "connection refused")}

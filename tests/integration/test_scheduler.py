@@ -295,3 +295,68 @@ def test_slots_a_cancelled_waiter_takes_no_slot() -> None:
         assert slots.running == 1
 
     run(go)
+
+
+def test_several_checks_all_must_pass_each_with_its_own_hysteresis() -> None:
+    async def go() -> None:
+        web = await HttpListener().start()
+        other = await HttpListener().start()
+        http = (f"{{type: http, path: /h, port: {web.port}, interval: 0.2, timeout: 0.15, "
+                "rise: 1, fall: 1, warmup: 0}")
+        tcp = (f"{{type: tcp, port: {other.port}, interval: 0.2, timeout: 0.15, rise: 1, "
+               "fall: 2, warmup: 0}")
+        rs = "{name: r1, address: 127.0.0.1}"
+        cluster = cluster_of(
+            f"  - {{name: a, vip: 192.0.2.10, port: 80, forwarding: dr, checks: [{http}, {tcp}],"
+            f"\n     realservers: [{rs}]}}\n",
+            service("b", "192.0.2.11", 80, http, rs),
+        )
+        http_label = f"http 127.0.0.1:{web.port} /h"
+        tcp_label = f"tcp 127.0.0.1:{other.port}"
+        changes: list[HealthChange] = []
+        async with Checkers() as checkers:
+            scheduler = Scheduler(cluster, checkers, on_change=changes.append)
+            try:
+                await scheduler.start()
+                await until(lambda: len(scheduler.snapshot()) == 2)
+                health = scheduler.snapshot()
+                assert health["a", "r1"] == Health(
+                    True, None, f"{http_label}: HTTP 200; {tcp_label}: connected")
+                assert health["b", "r1"] == Health(True, None, "HTTP 200")
+
+                # The tcp check fails: only the server that has it goes down, after its own
+                # fall (2) failures, and the reason names that check alone.
+                changes.clear()
+                await other.close()
+                await until(lambda: not scheduler.snapshot()["a", "r1"].healthy)
+                assert scheduler.snapshot()["a", "r1"] == Health(
+                    False, None, f"{tcp_label}: connection refused")
+                assert scheduler.snapshot()["b", "r1"].healthy
+                assert [c.key for c in changes] == [("a", "r1")]
+
+                # The shared http check fails too: both go down; a's reason names both.
+                web.behaviour = ERROR
+                await until(lambda: not scheduler.snapshot()["b", "r1"].healthy)
+                assert scheduler.snapshot()["a", "r1"].reason == (
+                    f"{http_label}: HTTP 500, expected 200; {tcp_label}: connection refused")
+                assert [c.key for c in changes] == [("a", "r1"), ("b", "r1")]
+
+                # http recovers: b is back up; a stays down while its tcp check is down.
+                web.behaviour = OK
+                await until(lambda: scheduler.snapshot()["b", "r1"].healthy)
+                await until(lambda: scheduler.snapshot()["a", "r1"].reason
+                            == f"{tcp_label}: connection refused")
+                assert not scheduler.snapshot()["a", "r1"].healthy
+
+                # One probe per distinct check, however many servers use it.
+                await scheduler.stop()
+                views = {v.label: v for v in scheduler.targets()}
+                assert set(views) == {http_label, tcp_label}
+                assert sorted(views[http_label].keys) == [("a", "r1"), ("b", "r1")]
+                assert views[tcp_label].keys == (("a", "r1"),)
+                assert web.requests["/h"] == views[http_label].rounds
+            finally:
+                await scheduler.stop()
+                await web.close()
+
+    run(go)

@@ -9,24 +9,30 @@ import dns.rrset
 import pytest
 
 from lvsctl.core.config import parse_cluster
-from lvsctl.core.model import CheckTiming, DnsCheck, HttpCheck, MiscCheck
+from lvsctl.core.model import CheckTiming, DnsCheck, Health, HttpCheck, MiscCheck
 from lvsctl.healthcheck.checkers import (
+    echo_request,
     http_request,
+    icmp_checksum,
     judge_dns,
     judge_exit,
     judge_http,
     payload_bytes,
 )
-from lvsctl.healthcheck.hysteresis import State, next_state
+from lvsctl.healthcheck.hysteresis import State, Status, next_state
 from lvsctl.healthcheck.result import CheckResult
 from lvsctl.healthcheck.scheduler import (
     LAG_HIGH,
+    MAX_REASON,
     MIN_SLOTS,
     LagMonitor,
+    combine,
     late,
     next_limit,
+    plan_multi,
     plan_targets,
     settle,
+    target_label,
 )
 
 
@@ -208,3 +214,63 @@ LOW, HIGH = LAG_HIGH / 2, LAG_HIGH * 2
 )
 def test_next_limit(limit: int, lag: float, waiting: int, ceiling: int, after: int) -> None:
     assert next_limit(limit, lag, waiting, ceiling) == after
+
+
+UP, DOWN, UNKNOWN = Status.UP, Status.DOWN, Status.UNKNOWN
+
+
+@pytest.mark.parametrize(
+    ("states", "expected"),
+    [
+        # (status, reason, dynamic weight) per check -> the real server's health
+        ([(UP, "HTTP 200", None), (UP, "connected", None)],
+         Health(True, None, "a: HTTP 200; b: connected")),
+        ([(UP, "HTTP 200", None), (DOWN, "connection refused", None)],
+         Health(False, None, "b: connection refused")),
+        ([(DOWN, "HTTP 500", None), (DOWN, "connection refused", None)],
+         Health(False, None, "a: HTTP 500; b: connection refused")),
+        ([(DOWN, "HTTP 500", None), (UNKNOWN, "no result yet", None)],
+         Health(False, None, "a: HTTP 500")),  # one down is enough to decide
+        ([(UP, "HTTP 200", None), (UNKNOWN, "no result yet", None)], None),  # undecided
+        ([(UNKNOWN, "no result yet", None)] * 2, None),
+        ([(UP, "exit 7: weight 5", 5), (UP, "exit 4: weight 2", 2), (UP, "ok", None)],
+         Health(True, 2, "a: exit 7: weight 5; b: exit 4: weight 2; c: ok")),
+    ],
+)
+def test_combine_all_checks_must_be_up(
+    states: list[tuple[Status, str, int | None]], expected: Health | None
+) -> None:
+    parts = [(label, State(status, reason=reason, weight=weight))
+             for label, (status, reason, weight) in zip("abc", states, strict=False)]
+    assert combine(parts) == expected
+
+
+def test_combined_reason_is_bounded() -> None:
+    parts = [(f"tcp 192.0.2.{i}:80", State(DOWN, reason="x" * 150)) for i in range(16)]
+    health = combine(parts)
+    assert health is not None and len(health.reason) == MAX_REASON
+    assert health.reason.startswith("tcp 192.0.2.0:80: xxx") and health.reason.endswith("...")
+
+
+def test_plan_with_several_checks_per_server() -> None:
+    text = SHARED.replace(
+        "check: {type: http, path: /h}", "checks: [{type: http, path: /h}, {type: ping}]", 1)
+    cluster = parse_cluster(text, "multi.yaml").cluster
+    plan, _ = plan_targets(cluster)
+    assert sorted(keys for check, keys in plan.items() if check.type == "ping") == [
+        (("a", "r1"),), (("a", "r2"),)]
+    assert sorted(target_label(c) for c in plan if c.type == "ping") == [
+        "ping 192.0.2.21", "ping 192.0.2.22"]
+    multi = plan_multi(cluster)
+    assert sorted(multi) == [("a", "r1"), ("a", "r2")]
+    assert [c.type for c in multi["a", "r1"]] == ["http", "ping"]
+    assert plan_multi(cluster, ["b"]) == {}
+
+
+def test_icmp_checksum_and_echo_request() -> None:
+    # RFC 1071's example words sum to 0xddf2; the checksum is its complement.
+    assert icmp_checksum(bytes.fromhex("0001f203f4f5f6f7")) == 0x220D
+    packet = echo_request(2, 0x1234, 7, b"abc")  # AF_INET
+    assert packet[:2] == bytes([8, 0]) and packet[4:8] == bytes.fromhex("12340007")
+    assert icmp_checksum(packet) == 0  # a packet with its checksum in sums to zero
+    assert echo_request(10, 1, 2, b"")[:4] == bytes([128, 0, 0, 0])  # AF_INET6: kernel sums
