@@ -48,7 +48,8 @@ def records(cluster: Cluster, views: list[TargetView]) -> list[dict[str, Any]]:
                 "address": rs.address,
                 "services": services,
                 "check": view.check.type,
-                "probe": join_host_port(view.check.address, view.check.port),
+                "probe": (view.check.address if view.check.type == "ping"  # ICMP has no port
+                          else join_host_port(view.check.address, view.check.port)),
                 "state": view.state.status.value,
                 "healthy": None if view.state.health is None else view.state.health.healthy,
                 "weight": view.state.weight,

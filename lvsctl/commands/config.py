@@ -42,7 +42,7 @@ def config_group() -> None:
 
 
 def _check_label(service: Service) -> str:
-    types = sorted({rs.check.type for rs in service.realservers if rs.check is not None})
+    types = sorted({check.type for rs in service.realservers for check in rs.checks})
     return ",".join(types) or "-"
 
 

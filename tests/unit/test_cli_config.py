@@ -108,3 +108,17 @@ def test_installed_executable_version() -> None:
     proc = subprocess.run([_installed_lvsctl(), "--version"], capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 0 and proc.stdout.strip() == f"lvsctl, version {__version__}"
+
+
+def test_check_summary_names_every_check_type(tmp_path: Path) -> None:
+    doc = yaml.safe_load(EXAMPLE.read_text())
+    www = doc["services"][0]
+    www["checks"] = [www.pop("check"), {"type": "tcp"}, {"type": "ping"}]
+    for rs in www["realservers"]:
+        rs.pop("check", None)
+    path = tmp_path / "checks.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    result = CliRunner().invoke(cli, ["config", "check", str(path), "--json"])
+    assert result.exit_code == 0, result.output
+    (row,) = [s for s in json.loads(result.stdout)["services"] if s["name"] == "www"]
+    assert row["check"] == "http,ping,tcp"
