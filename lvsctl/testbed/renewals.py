@@ -191,15 +191,20 @@ def window_figures(events: Sequence[AddrEvent], address: str, start: float, end:
     A gap is the time between two consecutive renewals; after the last one it runs to
     ``observed_until`` (still open when watching stopped). A gap counts in every window it
     overlaps, so none is hidden by falling across a window's edge. A lapse is the address
-    vanishing (RTM_DELADDR) inside the window, whether it expired or was removed.
+    vanishing (RTM_DELADDR) inside the window, whether it expired or was removed, or being
+    already gone when the window opened.
     """
     times = renewal_times(events, address)
     bounds = [*times, max(observed_until, times[-1])] if times else []
     gaps = sorted((b - a) * 1000 for a, b in itertools.pairwise(bounds)
                   if b > start and a < end and b > a)
     renewals = sum(1 for t in times if start <= t <= end)
-    lapses = sum(1 for ev in events
-                 if ev.kind == "del" and ev.address == address and start <= ev.received <= end)
+    deletions = [ev.received for ev in events if ev.kind == "del" and ev.address == address]
+    lapses = sum(1 for t in deletions if start <= t <= end)
+    last_renewal = max((t for t in times if t <= start), default=None)
+    last_deletion = max((t for t in deletions if t <= start), default=None)
+    if last_deletion is not None and (last_renewal is None or last_deletion > last_renewal):
+        lapses += 1  # gone before the window opened, not back yet
     if not gaps:
         # Never renewed in or across the window: the whole window is one gap.
         return Figures(renewals, (end - start) * 1000, math.nan, lapses, 0)

@@ -108,6 +108,7 @@ def ev(kind: str, t: float, address: str = ADDRESS) -> AddrEvent:
     ((0.6, 0.9), 0, 500.0, 0),    # no renewal inside: the .5-1.0 gap covers the window
     ((0.95, 2.0), 2, 1900.0, 0),  # the gap after the last renewal (1.1) stays open
     ((1.2, 3.0), 0, 1900.0, 1),   # ... and the address expired inside this window
+    ((2.5, 3.0), 0, 1900.0, 1),   # gone before this window opened: still a lapse in it
 ])
 def test_window_figures_count_every_gap_that_touches_the_window(  # type: ignore[no-untyped-def]
         window, renewals, longest_ms, lapses):
