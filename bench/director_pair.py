@@ -80,9 +80,9 @@ class BenchLab:
     def log_path(self, director: str) -> Path:
         return self.pair.workdir / f"{director}.log"
 
-    def config_events(self, director: str, since: int) -> tuple[list[str], int]:
-        """The ``config_applied``/``config_rejected`` events in ``director``'s JSON log after
-        byte ``since``; and where the log ends now."""
+    def log_events(self, director: str, since: int) -> tuple[list[str], int]:
+        """The ``event`` of every line in ``director``'s JSON log after byte ``since``; and
+        where the log ends now."""
         path = self.log_path(director)
         with open(path, "rb") as log:
             log.seek(since)
@@ -94,7 +94,7 @@ class BenchLab:
                 event = json.loads(line).get("event")
             except (ValueError, AttributeError):
                 continue
-            if event in ("config_applied", "config_rejected"):
+            if isinstance(event, str):
                 events.append(event)
         return events, end
 

@@ -7,21 +7,27 @@ kernel, and the VIP vanishing is an RTM_DELADDR (lvsctl/testbed/renewals.py). Lo
 the other in one run, each measured over its own window after a quiet baseline:
 
 - ``quiet``: nothing but the base config (10 real servers checked over HTTP);
-- ``checks``: HTTP checks of ``--servers`` real servers (listeners in a real-server namespace);
-- ``push``: ``lvsctl config push`` of a large valid file (``--push-bytes``), a few times, each
-  waited for until the director applied it;
 - ``api``: many clients on the director's HTTP API at once, plus half-open connections;
+- ``checks``: HTTP checks of ``--servers`` real servers (listeners in a real-server namespace),
+  measured once the director has reconciled them (its log shows no IPVS change for 2 s);
+- ``push``: ``lvsctl config push`` of a large valid file (``--push-bytes``), repeated until
+  the window ends (at most ``--pushes``), each waited for until the director applied it;
 - ``endless`` / ``slow``: real servers that send a status line and then a header that never
   ends (as fast as read / one byte every 100 ms);
 - ``chatty``: a misc check whose command prints without end;
 - ``peer``: a flood of datagrams to the director's peer port.
 
 A gap that crosses a window's edge counts in the window; setting a load up and taking it down
-(pushing its config, waiting for it) is not measured. Every traffic load is a bounded process
-of its own in a namespace the bench made; ``--quick`` is a short run.
+(pushing its config, waiting for its reconcile) is not measured. Every traffic load is a
+bounded process of its own in a namespace the bench made; ``--quick`` is a short run.
+
+The director's IPVS is the test bed's file-backed fake, which rewrites its whole file for every
+op, and today's daemon applies op by op: a table of thousands of dests takes minutes to build.
+Hence the settle wait before ``checks`` (and ``--settle-timeout``), and ``push`` last: the
+reconcile that follows a large push is not waited for.
 
     sudo .venv/bin/python bench/lease.py [--duration 20] [--servers 5000]
-        [--loads quiet,checks,push,api] [--push-bytes 500000] [--pair] [--quick] [--json]
+        [--loads quiet,api,checks,push] [--push-bytes 500000] [--pair] [--quick] [--json]
 
 The last line is ``longest renewal gap: N ms`` over the loads other than ``quiet``.
 """
@@ -62,13 +68,17 @@ from lvsctl.testbed.loads import (  # noqa: E402
 from lvsctl.testbed.renewals import RenewalWatch, subscribe, window_figures  # noqa: E402
 
 ACTIVE = "lb1"
-LEASE_LOADS = ("quiet", "checks", "api", "push")
+LEASE_LOADS = ("quiet", "api", "checks", "push")
 HOSTILE_LOADS = ("quiet", "endless", "slow", "chatty", "api", "peer", "push")
 ALL_LOADS = ("quiet", "checks", "push", "api", "endless", "slow", "chatty", "peer")
 BASE_SERVERS = 10
 APPLY_TIMEOUT = 60.0  # a large config on a busy machine: seconds, not minutes
 SETTLE = 2.0  # after a config change, before a window opens (first checks, reconcile)
 RSS_LIMIT = 1 << 30  # the chatty check must not take the shared machine's memory
+
+
+class BenchError(RuntimeError):
+    """The bench could not set a load up."""
 
 
 def progress(message: str) -> None:
@@ -139,7 +149,7 @@ class LeaseBench:
             self.lab.start("lb2")
         self._log_at = 0
         self.wait_applied(0)  # the base config, before the first window
-        time.sleep(SETTLE)
+        self.wait_settled()
 
     def close(self) -> None:
         if self.farm is not None:
@@ -151,22 +161,40 @@ class LeaseBench:
 
     # -- config changes ------------------------------------------------------------------------
 
-    def wait_applied(self, pushes: int) -> str:
+    def wait_applied(self, pushes: int, timeout: float = APPLY_TIMEOUT) -> str:
         """Wait until the active's log says ``pushes`` more configs were applied or rejected;
-        the last verdict (``timeout`` if none came in APPLY_TIMEOUT s)."""
+        the last verdict (``timeout`` if none came in ``timeout`` s)."""
         assert self.lab is not None
-        deadline = time.monotonic() + APPLY_TIMEOUT
+        deadline = time.monotonic() + timeout
         seen: list[str] = []
         while time.monotonic() < deadline:
-            events, self._log_at = self.lab.config_events(ACTIVE, self._log_at)
-            seen += events
+            events, self._log_at = self.lab.log_events(ACTIVE, self._log_at)
+            seen += [e for e in events if e in ("config_applied", "config_rejected")]
             if len(seen) >= max(pushes, 1):
                 return seen[-1]
             time.sleep(0.05)
         return "timeout"
 
-    def change_config(self, text: str, what: str) -> dict[str, Any]:
-        """Push ``text`` and wait until the active director took it; the push's figures."""
+    def wait_settled(self) -> dict[str, Any]:
+        """Wait until the active's log shows no IPVS change for SETTLE s (the reconcile of a
+        new config is done), at most --settle-timeout s; how long that took."""
+        assert self.lab is not None
+        started = time.monotonic()
+        quiet_since = started
+        while time.monotonic() - started < self.args.settle_timeout:
+            events, self._log_at = self.lab.log_events(ACTIVE, self._log_at)
+            now = time.monotonic()
+            if "ipvs_op" in events:
+                quiet_since = now
+            elif now - quiet_since >= SETTLE:
+                return {"settle_s": round(now - started, 1)}
+            time.sleep(0.1)
+        return {"settle_s": round(time.monotonic() - started, 1), "settled": False}
+
+    def change_config(self, text: str, what: str,
+                      timeout: float = APPLY_TIMEOUT) -> dict[str, Any]:
+        """Push ``text`` and wait (at most ``timeout`` s) until the active director took it;
+        the push's figures."""
         assert self.lab is not None
         if text == self._pushed:
             return {"push": "unchanged"}
@@ -178,7 +206,7 @@ class LeaseBench:
             progress(f"push refused: {reason[0]}")
             return {"push": "refused", "reason": reason[0]}
         self._pushed = text
-        verdict = self.wait_applied(1)
+        verdict = self.wait_applied(1, timeout)
         return {"push": verdict, "bytes": len(text),
                 "push_s": round(time.monotonic() - started, 2)}
 
@@ -186,7 +214,11 @@ class LeaseBench:
                     during: Callable[[], dict[str, Any]] | None = None) -> Window:
         """Apply base + ``extra``, settle, measure a window, go back to the base config."""
         notes = self.change_config(self.config(extra), what)
-        time.sleep(SETTLE)
+        if notes["push"] != "config_applied":
+            # The bench's own file: refused or never applied is a fault of the bench or the
+            # director, not a figure.
+            raise BenchError(f"load {name}: the config was not applied: {notes}")
+        notes.update(self.wait_settled())
         start = time.monotonic()
         notes.update(during() if during is not None else self.sleep_watching_rss())
         end = time.monotonic()
@@ -197,7 +229,7 @@ class LeaseBench:
         """Between loads (not measured): the base config again, and a moment to settle."""
         if not self._last:
             self.change_config(self.config(), "the base config back")
-            time.sleep(SETTLE)
+            self.wait_settled()
 
     def sleep_watching_rss(self) -> dict[str, Any]:
         """Sleep the window out; stop early if the director's memory passes RSS_LIMIT."""
@@ -228,7 +260,10 @@ class LeaseBench:
         while (len(pushes) < self.args.pushes
                and time.monotonic() - start < self.args.duration):
             text = self.config(bulk_services(VIP, self.args.push_bytes, variant=len(pushes)))
-            pushes.append(self.change_config(text, f"a large config #{len(pushes) + 1}"))
+            # Each push may take the rest of the window (and a little more) to be applied.
+            left = self.args.duration - (time.monotonic() - start)
+            pushes.append(self.change_config(text, f"a large config #{len(pushes) + 1}",
+                                             timeout=max(left, 0.0) + 10.0))
         end = time.monotonic()
         self.back_to_base()
         applied = sum(1 for p in pushes if p.get("push") == "config_applied")
@@ -281,8 +316,9 @@ class LeaseBench:
                 progress(f"load {name}")
                 self._last = i + 1 == len(self.args.loads)
                 windows.append(getattr(self, f"load_{name}")())
-        except (KeyboardInterrupt, SystemExit) as exc:
-            self.interrupted = f"interrupted ({type(exc).__name__}) after {len(windows)} loads"
+        except (KeyboardInterrupt, SystemExit, BenchError) as exc:
+            self.interrupted = (f"stopped after {len(windows)} loads: "
+                                f"{exc if isinstance(exc, BenchError) else type(exc).__name__}")
         return windows
 
 
@@ -351,6 +387,9 @@ def parse_args(argv: list[str] | None, loads: tuple[str, ...], prog: str) -> arg
                         help="half-open API connections held during the api load")
     parser.add_argument("--hostile", type=int, default=5,
                         help="real servers in each hostile load (endless, slow, chatty)")
+    parser.add_argument("--settle-timeout", type=float, default=60.0,
+                        help="longest wait for a load's config to be reconciled before its "
+                             "window opens")
     parser.add_argument("--pair", action="store_true",
                         help="also run the standby director (both run every check; on one "
                              "small machine that doubles the check load)")
@@ -409,14 +448,14 @@ def main(argv: list[str] | None = None, *, loads: tuple[str, ...] = LEASE_LOADS,
         print(json.dumps({"rows": table, "command": command, "interrupted": bench.interrupted,
                           "longest_ms": round(longest, 1), "quiet_ms": quiet, "lapses": lapses,
                           "watch_overruns": overruns, "last_line": last}, indent=2))
-        return 0
+        return 1 if bench.interrupted else 0
     print_table(table, command, overruns)
     if bench.interrupted:
         print(f"warning: {bench.interrupted}")
     if quiet:
         print(f"quiet baseline: {quiet:.0f} ms (under load {longest / quiet:.1f}x)")
     print(last)
-    return 0
+    return 1 if bench.interrupted else 0
 
 
 if __name__ == "__main__":

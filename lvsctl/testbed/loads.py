@@ -84,7 +84,8 @@ def farm_services(vip: str, servers: int, *, name: str = "farm", first: int = 0,
 def bulk_services(vip: str, target_bytes: int, *, variant: int = 0, per_service: int = 200,
                   first_port: int = 20000) -> list[str]:
     """Unchecked services whose text adds up to about ``target_bytes`` (never more):
-    a large but valid file. ``variant`` changes every weight, so two variants differ."""
+    a large but valid file. ``variant`` changes the first real server's weight only, so two
+    variants differ while the IPVS table they describe stays almost the same."""
     lines: list[str] = []
     size = 0
     index = 0
@@ -94,8 +95,9 @@ def bulk_services(vip: str, target_bytes: int, *, variant: int = 0, per_service:
                 "    forwarding: dr", "    realservers:"]
         block = list(head)
         for _ in range(per_service):
+            weight = 1 + variant % 2 if index == 0 else 1
             block.append(f"      - {{name: b{index}, address: {server_address(index, BULK_NET)},"
-                         f" weight: {1 + variant % 2}}}")
+                         f" weight: {weight}}}")
             index += 1
         grown = sum(len(line) + 1 for line in block)
         if size + grown > target_bytes:
@@ -125,7 +127,7 @@ def hostile_http_services(vip: str, servers: int, port: int, *, name: str,
         f"    vip: {vip}",
         f"    port: {service_port}",
         "    forwarding: dr",
-        f"    check: {{type: http, port: {port}, path: /, interval: 1s, timeout: 1s, rise: 1,"
+        f"    check: {{type: http, port: {port}, path: /, interval: 1s, timeout: 900ms, rise: 1,"
         " fall: 1, warmup: 0}",
         "    realservers:",
         *(f"      - {{name: {name}{i}, address: {server_address(first_index + i)}}}"
@@ -151,7 +153,7 @@ def chatty_misc_services(vip: str, servers: int, *, python: str = sys.executable
         f"    vip: {vip}",
         f"    port: {service_port}",
         "    forwarding: dr",
-        f"    check: {{type: misc, command: {command}, interval: 1s, timeout: 1s, rise: 1,"
+        f"    check: {{type: misc, command: {command}, interval: 1s, timeout: 900ms, rise: 1,"
         " fall: 1, warmup: 0}",
         "    realservers:",
         *(f"      - {{name: chatty{i}, address: {server_address(HOSTILE_FIRST + 1000 + i)}}}"
@@ -175,6 +177,7 @@ class LoadProcess:
     netns: str | None = None
     proc: subprocess.Popen[str] | None = None
     lines: list[str] = field(default_factory=list)
+    _reader: threading.Thread | None = None
 
     def start(self, timeout: float = 30.0) -> LoadProcess:
         argv = [sys.executable, "-m", "lvsctl.testbed.loads", self.kind, *self.args]
@@ -184,7 +187,9 @@ class LoadProcess:
                                      stderr=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None
         ready = threading.Event()
-        threading.Thread(target=self._read, args=(self.proc.stdout, ready), daemon=True).start()
+        self._reader = threading.Thread(target=self._read, args=(self.proc.stdout, ready),
+                                        daemon=True)
+        self._reader.start()
         if not ready.wait(timeout):
             self.stop()
             raise RuntimeError(f"load {self.kind} did not start: {self.stderr()}")
@@ -209,6 +214,8 @@ class LoadProcess:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self.stop()
+        if self._reader is not None:
+            self._reader.join(5)  # its last line may still be on the way
         for line in reversed(self.lines):
             with contextlib.suppress(ValueError):
                 result = json.loads(line)
