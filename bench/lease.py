@@ -359,11 +359,14 @@ def summary(table: list[dict[str, Any]]) -> tuple[float, float | None, int]:
 
 
 def print_table(table: list[dict[str, Any]], command: str, overruns: int) -> None:
-    print(f"{'load':<9} {'renewals':>8} {'longest ms':>11} {'p99 ms':>8} {'lapses':>6}  notes")
+    print(f"{'load':<9} {'renewals':>8} {'longest ms':>11} {'p99 ms':>8} {'lapses':>6} "
+          f"{'expired':>7}  notes")
     for r in table:
         notes = json.dumps(r["notes"], separators=(",", ":"))
         print(f"{r['load']:<9} {r['renewals']:>8} {r['longest_ms']:>11.0f} {r['p99_ms']:>8.0f} "
-              f"{r['lapses']:>6}  {notes}")
+              f"{r['lapses']:>6} {r['expired']:>7}  {notes}")
+    print("(lapses: the VIP vanished in the window; expired: of those, its lifetime ran out "
+          "rather than the director removing it)")
     print(f"command: {command}")
     if overruns:
         print(f"warning: the watch lost events {overruns} times (receive buffer overrun)")

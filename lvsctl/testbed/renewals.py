@@ -159,10 +159,12 @@ class Figures:
     p99_ms: float
     lapses: int
     gaps: int
+    expired: int = 0  # lapses where the kernel let the lifetime run out (not a removal)
 
     def as_dict(self) -> dict[str, float | int]:
         return {"renewals": self.renewals, "longest_ms": round(self.longest_ms, 1),
-                "p99_ms": round(self.p99_ms, 1), "lapses": self.lapses, "gaps": self.gaps}
+                "p99_ms": round(self.p99_ms, 1), "lapses": self.lapses,
+                "expired": self.expired, "gaps": self.gaps}
 
 
 def stamp_offset(events: Iterable[AddrEvent]) -> float:
@@ -192,20 +194,23 @@ def window_figures(events: Sequence[AddrEvent], address: str, start: float, end:
     ``observed_until`` (still open when watching stopped). A gap counts in every window it
     overlaps, so none is hidden by falling across a window's edge. A lapse is the address
     vanishing (RTM_DELADDR) inside the window, whether it expired or was removed, or being
-    already gone when the window opened.
+    already gone when the window opened. ``expired`` counts the deletions whose message says
+    no lifetime was left (the kernel's, in whole seconds): a removal comes with some left.
     """
     times = renewal_times(events, address)
     bounds = [*times, max(observed_until, times[-1])] if times else []
     gaps = sorted((b - a) * 1000 for a, b in itertools.pairwise(bounds)
                   if b > start and a < end and b > a)
     renewals = sum(1 for t in times if start <= t <= end)
-    deletions = [ev.received for ev in events if ev.kind == "del" and ev.address == address]
+    deleted = [ev for ev in events if ev.kind == "del" and ev.address == address]
+    deletions = [ev.received for ev in deleted]
     lapses = sum(1 for t in deletions if start <= t <= end)
+    expired = sum(1 for ev in deleted if start <= ev.received <= end and ev.valid == 0)
     last_renewal = max((t for t in times if t <= start), default=None)
     last_deletion = max((t for t in deletions if t <= start), default=None)
     if last_deletion is not None and (last_renewal is None or last_deletion > last_renewal):
         lapses += 1  # gone before the window opened, not back yet
     if not gaps:
         # Never renewed in or across the window: the whole window is one gap.
-        return Figures(renewals, (end - start) * 1000, math.nan, lapses, 0)
-    return Figures(renewals, gaps[-1], percentile(gaps, 0.99), lapses, len(gaps))
+        return Figures(renewals, (end - start) * 1000, math.nan, lapses, 0, expired)
+    return Figures(renewals, gaps[-1], percentile(gaps, 0.99), lapses, len(gaps), expired)

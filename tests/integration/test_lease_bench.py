@@ -3,7 +3,8 @@
 The test renews an address itself (pyroute2 ``replace`` with lifetimes, as a director does),
 pauses once, then stops: the watch must see every renewal, report the pause as the longest
 gap (agreeing with the test's own clock to within the kernel stamps' resolution, whatever the
-machine's load) and report the lapse when the kernel lets the address expire.
+machine's load), report the lapse when the kernel lets the address expire, and tell that
+expiry from a removal.
 """
 
 from __future__ import annotations
@@ -73,16 +74,21 @@ def test_the_watch_reports_the_pause_as_the_longest_gap_and_the_expiry_as_a_laps
             stopped = time.monotonic()
             lapsed = wait_for(lambda: any(ev.kind == "del" for ev in watch.events),
                               LIFETIME + 8.0)
+            # Then a removal, as a director releasing the VIP: a lapse, but no expiry.
+            renew_at_cadence(ipr, index, ADDRESS, count=1, pause_after=0)
+            ipr.addr("del", index=index, address=ADDRESS, prefixlen=32)
+            removed = wait_for(lambda: sum(ev.kind == "del" for ev in watch.events) == 2, 10.0)
         finally:
             ipr.close()
             events = watch.stop()
     end = time.monotonic()
     assert lapsed, f"no RTM_DELADDR within {LIFETIME + 8.0} s of the last renewal: {events}"
+    assert removed, f"no RTM_DELADDR for the removal: {events}"
     assert {ev.address for ev in events} == {ADDRESS}
-    assert [ev.kind for ev in events] == ["renew"] * 12 + ["del"]
+    assert [ev.kind for ev in events] == ["renew"] * 12 + ["del", "renew", "del"]
 
-    # The watched window ends at the last renewal: what follows is the lapse.
-    figures = window_figures(events, ADDRESS, calls[0][0] - SLACK, stopped,
+    # The cadence alone (its 12 renewals), up to when the test stopped renewing.
+    figures = window_figures(events[:12], ADDRESS, calls[0][0] - SLACK, stopped,
                              observed_until=stopped)
     assert figures.renewals == 12
     # The test's own bounds on each gap: from the earliest to the latest moment either
@@ -93,8 +99,9 @@ def test_the_watch_reports_the_pause_as_the_longest_gap_and_the_expiry_as_a_laps
     assert max(shortest) - SLACK <= figures.longest_ms / 1000 <= max(longest) + SLACK
 
     whole = window_figures(events, ADDRESS, calls[0][0], end, observed_until=end)
-    assert whole.lapses == 1
-    # The gap after the last renewal stays open until the watch stopped: at least the lapse.
+    assert whole.lapses == 2
+    assert whole.expired == 1  # the kernel's own expiry; the removal had lifetime left
+    # From the last cadence renewal to the re-add: at least the lifetime the kernel waited.
     assert whole.longest_ms / 1000 >= LIFETIME - SLACK
 
 
