@@ -251,7 +251,8 @@ def synthetic_snapshot(services: int = 2, realservers: int = 2, *, director: str
         services=tuple(service_records), last_reconcile={"planned": 0, "applied": 0},
         api="127.0.0.1:9180",
         transitions=(TransitionRecord(director, "transition", 1_700_000_000.0, state=role,
-                                      epoch=7, reason="won the election"),),
+                                      epoch=7, reason="won the election" if role == "ACTIVE"
+                                      else "lb1 leads"),),
     )
     return MetricsSnapshot(
         record=record, lease_seconds_left=1.5,
