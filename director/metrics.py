@@ -310,6 +310,9 @@ class MetricsSnapshot:
     (new role, reason); ``config_version`` is the store's version number of the running config
     and ``config_rejections`` how many pushed versions it refused since start; ``quorum`` the
     cluster file's quorum per service; ``kernel`` what the last observe pass read.
+
+    Mappings must be copies, never the worker's live dicts: ScrapeCache renders the snapshot
+    in another thread while the loop goes on changing its own state.
     """
 
     record: DirectorRecord
