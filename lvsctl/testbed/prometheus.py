@@ -91,20 +91,30 @@ class PrometheusServer:
     def log(self) -> Path:
         return self.workdir / "prometheus.log"
 
-    def argv(self) -> list[str]:
+    def prepare(self) -> None:
+        """Create the work directory and write prometheus.yml."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        (self.workdir / "prometheus.yml").write_text(config_yaml(self.targets, job=self.job))
+
+    def command(self) -> list[str]:
+        """The server's command line, to run in whatever namespace the caller enters.
+        Raises PrometheusError when Prometheus is not installed."""
         binary = shutil.which(PROMETHEUS)
         if binary is None:
             raise PrometheusError("prometheus is not installed (scripts/setup installs it)")
-        argv = [binary, f"--config.file={self.workdir / 'prometheus.yml'}",
+        return [binary, f"--config.file={self.workdir / 'prometheus.yml'}",
                 f"--storage.tsdb.path={self.workdir / 'data'}",
                 f"--web.listen-address={self.listen}", "--log.level=warn",
                 "--storage.tsdb.retention.time=1h"]
-        return ["ip", "netns", "exec", self.netns, *argv] if self.netns else argv
+
+    def argv(self) -> list[str]:
+        """``command()`` inside ``netns`` (``ip netns exec`` execs it: the PID is the server's)."""
+        command = self.command()
+        return ["ip", "netns", "exec", self.netns, *command] if self.netns else command
 
     def start(self) -> subprocess.Popen[bytes]:
-        """Write the config and start the server (``ip netns exec`` execs it: same PID)."""
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        (self.workdir / "prometheus.yml").write_text(config_yaml(self.targets, job=self.job))
+        """Write the config and start the server; its output goes to ``log``."""
+        self.prepare()
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(self.argv(), stdin=subprocess.DEVNULL, stdout=out,
                                          stderr=subprocess.STDOUT, start_new_session=True)
