@@ -52,7 +52,6 @@ from lvsctl.director.metrics import (
     SyncRole,
     TransitionReason,
 )
-from lvsctl.testbed.lab import in_netns
 
 T = TypeVar("T")
 
@@ -173,7 +172,12 @@ class PrometheusClient:
     timeout: float = 5.0
 
     def _in_place(self, fn: Callable[[], T]) -> T:
-        return in_netns(self.netns, fn) if self.netns else fn()
+        if self.netns is None:
+            return fn()
+        # Imported here, not at the top: the lab imports this module to start its Prometheus.
+        from lvsctl.testbed.lab import in_netns
+
+        return in_netns(self.netns, fn)
 
     def _get(self, path: str) -> tuple[int, bytes]:
         def get() -> tuple[int, bytes]:
