@@ -212,7 +212,10 @@ class HistogramData:
 
 
 class HistogramCounter:
-    """A histogram the worker fills as probes or passes happen; ``data()`` freezes it."""
+    """A histogram the worker fills as probes or passes happen; ``data()`` freezes it.
+
+    Raises ValueError when ``bounds`` do not strictly increase.
+    """
 
     def __init__(self, bounds: tuple[float, ...]) -> None:
         if list(bounds) != sorted(bounds) or len(set(bounds)) != len(bounds):
