@@ -110,7 +110,7 @@ def main() -> None:
     print(f"baseline, /status JSON:      {base_wall:8.1f} ms wall {base_cpu:8.1f} ms CPU")
     print(f"families built (collect):    {collect_wall:8.1f} ms wall")
     print(f"full scrape (render_metrics):{wall:8.1f} ms wall {cpu:8.1f} ms CPU  "
-          f"(ratio to baseline {wall / base_wall:.1f}x)")
+          f"(ratio to baseline: {wall / base_wall:.0f}x wall, {cpu / base_cpu:.0f}x CPU)")
 
     scrapes = min(args.repeat, 5)
     # The machine's own noise over the same time span: the loop just sleeps for each render.
