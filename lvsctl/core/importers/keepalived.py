@@ -61,6 +61,7 @@ DEFAULT_DELAY_LOOP = 60.0
 DEFAULT_CONNECT_TIMEOUT = 5.0
 DEFAULT_RETRY = {"misc": 0, "dns": 3}  # others: 1
 DEFAULT_PERSISTENCE = 360
+DEFAULT_PROTOCOL = "udp"  # keepalived 2.2: "no protocol set - defaulting to UDP"
 
 _TOP_LEVEL = {
     "global_defs", "vrrp_instance", "vrrp_sync_group", "vrrp_script", "virtual_server",
@@ -235,6 +236,7 @@ class KeepalivedImport:
         statements = parse_file(self.path)
         if not statements:
             raise SourceError(Where(str(self.path), 1), "no keepalived statement in the file")
+        self.spelling(statements)
         servers: list[Statement] = []
         for statement in statements:
             keyword = statement.keyword
@@ -270,6 +272,21 @@ class KeepalivedImport:
         for statement in servers:
             self.virtual_server(statement)
         return self.draft
+
+    def spelling(self, statements: list[Statement]) -> None:
+        """keepalived matches keywords exactly; the import in any case, saying where they differ."""
+        for statement in statements:
+            word = statement.words[0].text
+            keyword = statement.keyword
+            canonical = keyword.upper() if keyword in _CHECK_TYPES else keyword
+            if keyword in _KNOWN and word != canonical:
+                self.report(statement.where, "note", f"{word}: keepalived knows only {canonical} "
+                            "(keywords are case-sensitive) and ignores this line; imported as "
+                            f"{canonical}")
+            if statement.block and keyword not in ("virtual_ipaddress",
+                                                   "virtual_ipaddress_excluded",
+                                                   "virtual_server_group"):
+                self.spelling(statement.block)
 
     # -- global_defs and vrrp_instance ------------------------------------------------------
 
@@ -402,7 +419,11 @@ class KeepalivedImport:
         args = block.args
         if block.block is None:
             raise SourceError(block.where, "virtual_server needs a block { ... }")
-        protocol = "tcp"
+        protocol = DEFAULT_PROTOCOL
+        if not any(s.keyword == "protocol" for s in block.children()) and not (
+                args and args[0].lower() == "fwmark"):
+            self.report(block.where, "note", "no protocol: keepalived 2.2 takes UDP "
+                        "(\"no protocol set - defaulting to UDP\"), and so does the import")
         for statement in block.children():
             if statement.keyword == "protocol":
                 protocol = _one(statement).lower()
@@ -598,8 +619,16 @@ class KeepalivedImport:
         address = _address(block, args[0])
         port = _port(block, args[1]) if len(args) == 2 else service_port
         assert body.forwarding is not None
-        if body.forwarding in ("dr", "tun") and port != service_port:
-            what = "the fwmark service's port 0" if mark else f"the service port {service_port}"
+        check_port = port
+        if mark and body.forwarding in ("dr", "tun") and port != 0:
+            # keepalived clears it too ("has port specified - clearing"); the checks still
+            # probe the port written.
+            self.report(block.where, "note", f"real_server {address} {port}: a {body.forwarding} "
+                        "real server of a fwmark service has no port (keepalived clears it "
+                        "too); its checks probe port {port}".replace("{port}", str(port)))
+            port = 0
+        elif body.forwarding in ("dr", "tun") and port != service_port:
+            what = f"the service port {service_port}"
             self.report(block.where, "refused",
                         f"real_server {address} {port}: in {body.forwarding} mode the real "
                         f"server's port must be {what} (the kernel does not rewrite ports); "
@@ -647,7 +676,7 @@ class KeepalivedImport:
             timing.values["virtualhost"] = body.virtualhost
         for statement in block.children():
             if statement.keyword in _CHECK_TYPES:
-                checks.extend(self.checker(statement, timing, address, port))
+                checks.extend(self.checker(statement, timing, address, port, check_port))
         if inhibit is not None and inhibit[0] != body.on_failure:
             if "realserver_on_failure" in self.features:
                 item.add("on_failure", inhibit[0], f"{inhibit[1]} inhibit_on_failure")
@@ -666,8 +695,8 @@ class KeepalivedImport:
                                 "lvsctl runs one check per real server (the first is kept)")
         return item
 
-    def checker(self, block: Statement, inherited: _Timing, address: str,
-                port: int) -> list[tuple[Map, Where]]:
+    def checker(self, block: Statement, inherited: _Timing, address: str, port: int,
+                check_port: int) -> list[tuple[Map, Where]]:
         kind = _CHECK_TYPES[block.keyword]
         if kind in ("smtp", "ping") and kind not in self.features:
             self.unmapped(block, f"this lvsctl has no {kind} check")
@@ -739,6 +768,8 @@ class KeepalivedImport:
         self.timing_keys(check, timing, kind)
         for entry in extra.entries:
             check.entries.append(entry)
+        if check_port != port and "port" not in connect:
+            connect["port"] = (check_port, block.where)
         targets: list[dict[str, tuple[object, Where]]] = [connect]
         if hosts:  # SMTP_CHECK's legacy host blocks: one check each
             targets = [self.smtp_host(h) for h in hosts]
@@ -748,7 +779,7 @@ class KeepalivedImport:
             for url in each_url:
                 one = Map(check.entries.copy(), comment=check.comment)
                 for key, (value, where) in target.items():
-                    if key == "port" and value == port and key not in connect:
+                    if key == "port" and value == port:
                         continue
                     one.add(key, value, str(where))  # type: ignore[arg-type]
                 if kind in ("http", "https"):
@@ -932,6 +963,10 @@ def _scheduler(run: KeepalivedImport, body: _Body, statement: Statement) -> None
     if name not in SCHEDULERS:
         raise SourceError(statement.where, f"{statement.keyword} {name!r}: not a scheduler the "
                           f"kernel has ({', '.join(SCHEDULERS)})")
+    if statement.args[0] != name:
+        run.report(statement.where, "note", f"{statement.keyword} {statement.args[0]}: keepalived "
+                   "ignores this spelling (schedulers are lower case) and uses wlc; imported "
+                   f"as {name}")
     body.scheduler = name
     body.sources["scheduler"] = statement.where
 
@@ -948,6 +983,10 @@ def _forwarding(run: KeepalivedImport, body: _Body, statement: Statement) -> Non
         if tunnel not in ("type ipip",):
             run.report(statement.where, "refused", f"tunnel {tunnel}: lvsctl's tun mode is "
                        "ipip; written as tun (ipip)")
+    if statement.args[0] != method.upper():
+        run.report(statement.where, "note", f"{statement.keyword} {statement.args[0]}: keepalived "
+                   "ignores this spelling (NAT, DR, TUN) and uses NAT; imported as "
+                   f"{method.upper()}")
     body.forwarding = _FORWARDING[method]
     body.sources["forwarding"] = statement.where
 
@@ -1068,6 +1107,14 @@ _VS_HANDLERS: dict[str, Callable[[KeepalivedImport, _Body, Statement], None]] = 
     "alpha": _feature_flag("alpha"), "ops": _feature_flag("ops"),
     "inhibit_on_failure": _inhibit, "virtualhost": _virtualhost,
 }
+
+
+_KNOWN = (_TOP_LEVEL | set(_VRRP_REASONS) | set(_GLOBAL_REASONS) | set(_VS_REASONS)
+          | set(_RS_REASONS) | set(_CHECK_TYPES) | _TIMING_KEYWORDS | set(_VS_HANDLERS)
+          | {"real_server", "weight", "url", "path", "digest", "status_code", "connect_ip",
+             "connect_port", "protocol", "router_id", "lvs_sync_daemon", "lvs_timeouts",
+             "interface", "virtual_ipaddress", "misc_path", "misc_timeout", "misc_dynamic",
+             "helo_name", "payload", "require_reply"})
 
 
 def _header(path: Path) -> list[str]:
