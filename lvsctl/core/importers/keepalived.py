@@ -227,7 +227,7 @@ class KeepalivedImport:
         self.draft.report(where, kind, reason)
 
     def unmapped(self, statement: Statement, reason: str) -> None:
-        self.report(statement.where, "unmapped", f"{statement.keyword}: {reason}")
+        self.report(statement.where, "unmapped", f"{statement.words[0].text}: {reason}")
 
     def unknown(self, statement: Statement, context: str) -> None:
         self.unmapped(statement, f"not a keyword lvsctl knows in {context}")
@@ -240,13 +240,13 @@ class KeepalivedImport:
         servers: list[Statement] = []
         for statement in statements:
             keyword = statement.keyword
+            if statement.words[0].text.startswith("$"):
+                raise SourceError(statement.where, "keepalived parameters ($NAME=...) are not "
+                                  "imported: expand them first")
             if not _KEYWORD.fullmatch(statement.words[0].text) or statement.words[0].quoted:
                 raise SourceError(statement.where,
                                   f"{statement.words[0].text!r} is not keepalived syntax "
                                   "(a keyword such as global_defs, vrrp_instance, virtual_server)")
-            if keyword.startswith("$") or "=" in statement.words[0].text:
-                raise SourceError(statement.where, "keepalived parameters ($NAME=...) are not "
-                                  "imported: expand them first")
             if keyword.startswith("@"):
                 self.unmapped(statement, "conditional configuration (@config-id): resolve it "
                               "for the director first")
