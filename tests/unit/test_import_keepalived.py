@@ -410,3 +410,13 @@ def test_range_forms_expand(tmp_path: Path) -> None:
     assert {rs["address"] for s in services for rs in s["realservers"]} == {"10.9.0.1"}
     assert "port" not in repr([s["realservers"] for s in services])
     assert not [f for f in draft.findings if f.kind == "refused"]
+
+
+def test_sync_daemon_id_defaults_to_its_instance_s_vrid(tmp_path: Path) -> None:
+    conf = _write(tmp_path / "k.conf", "global_defs {\n  lvs_sync_daemon eth2 VI_1\n}\n"
+                  "vrrp_instance VI_1 {\n  interface eth0\n  virtual_router_id 42\n"
+                  "  virtual_ipaddress {\n    192.0.2.10\n  }\n}\n"
+                  "virtual_server 192.0.2.10 80 {\n  lb_kind DR\n  protocol TCP\n"
+                  "  real_server 192.0.2.21 80 {\n  }\n}\n")
+    doc = yaml.safe_load(import_keepalived(conf, OPTIONS).text)
+    assert [d["sync"] for d in doc["directors"]] == [{"interface": "eth2", "id": 42}] * 2

@@ -237,6 +237,11 @@ class KeepalivedImport:
         if not statements:
             raise SourceError(Where(str(self.path), 1), "no keepalived statement in the file")
         self.spelling(statements)
+        for statement in statements:  # lvs_sync_daemon's default id is its instance's VRID
+            if statement.keyword == "vrrp_instance" and statement.args:
+                for child in statement.children():
+                    if child.keyword == "virtual_router_id":
+                        self.vrids[statement.args[0]] = _integer(child, _one(child), 1, 255)
         servers: list[Statement] = []
         for statement in statements:
             keyword = statement.keyword
@@ -403,6 +408,10 @@ class KeepalivedImport:
                 ignored.append(options[i])
                 i += 1
         prefix = iface.network.prefixlen if "/" in text else None
+        if prefix is not None and prefix != iface.max_prefixlen:
+            # Kept only to recognise the NAT gateway; lvsctl adds every VIP as a host address.
+            self.report(entry.where, "note", f"{text}: lvsctl adds the VIP as {iface.ip}/"
+                        f"{iface.max_prefixlen} (no prefix route on {device or 'its interface'})")
         self.draft.vips.append(VipSource(
             str(iface.ip), entry.where, device, prefix,
             comment=f"{entry.where} vrrp_instance {instance} virtual_ipaddress"))
