@@ -420,3 +420,38 @@ def test_sync_daemon_id_defaults_to_its_instance_s_vrid(tmp_path: Path) -> None:
                   "  real_server 192.0.2.21 80 {\n  }\n}\n")
     doc = yaml.safe_load(import_keepalived(conf, OPTIONS).text)
     assert [d["sync"] for d in doc["directors"]] == [{"interface": "eth2", "id": 42}] * 2
+
+
+def test_what_the_loader_would_refuse_is_reported_and_left_out(tmp_path: Path) -> None:
+    conf = _write(tmp_path / "k.conf", """\
+virtual_server 192.0.2.10 80 {
+  lb_kind DR
+  protocol TCP
+  sorry_server 192.0.2.99 8080
+  real_server 192.0.2.21 80 {
+  }
+  real_server 2001:db8::21 80 {
+  }
+  real_server 192.0.2.21 80 {
+  }
+}
+virtual_server 192.0.2.10 80 {
+  lb_kind DR
+  protocol TCP
+  real_server 192.0.2.22 80 {
+  }
+}
+""")
+    result = import_keepalived(conf, OPTIONS)
+    refused = [f.line() for f in result.findings if f.kind == "refused"]
+    assert refused == [
+        f"{conf}:4: sorry_server 192.0.2.99 port 8080: in dr mode it must be the service port "
+        "80: left out",
+        f"{conf}:7: real_server 2001:db8::21: not an ipv4 address like the service's (lvsctl "
+        "does not mix families); left out",
+        f"{conf}:9: real_server 192.0.2.21 80 is already given at {conf}:5: left out",
+        f"{conf}:12: the same IPVS service as {conf}:1 (keepalived would merge or fail): left out",
+    ]
+    services = yaml.safe_load(result.text)["services"]
+    assert len(services) == 1 and "sorry_server" not in services[0]
+    assert [rs["address"] for rs in services[0]["realservers"]] == ["192.0.2.21"]

@@ -222,6 +222,7 @@ class KeepalivedImport:
         self.groups: dict[str, Statement] = {}
         self.vrids: dict[str, int] = {}
         self.service_names = Names()
+        self.seen: dict[tuple[object, ...], Where] = {}
 
     def report(self, where: Where, kind: Kind, reason: str) -> None:
         self.draft.report(where, kind, reason)
@@ -567,9 +568,16 @@ class KeepalivedImport:
 
     def emit(self, block: Statement, body: _Body, label: str, address: str | None, port: int,
              mark: int, family: str, protocol: str) -> None:
+        rs_family = self.rs_family(body)
+        svc_family = (family or rs_family) if mark else ("ipv6" if ":" in str(address) else "ipv4")
+        ident: tuple[object, ...] = (svc_family, mark) if mark else (protocol, address, port)
+        if ident in self.seen:
+            self.report(block.where, "refused", f"the same IPVS service as {self.seen[ident]} "
+                        "(keepalived would merge or fail): left out")
+            return
+        self.seen[ident] = block.where
         service = Map(comment=f"{block.where} {block.text}")
         service.add("name", self.service_names.take(label))
-        rs_family = self.rs_family(body)
         if mark:
             service.add("fwmark", mark)
             fam = family or rs_family
@@ -589,11 +597,13 @@ class KeepalivedImport:
             if key in body.keys:
                 value, where = body.keys[key]
                 service.add(key, value, where)
+        self.check_sorry(service, body, port, mark, svc_family)
         realservers = Seq()
         names = Names()
         count = 0
+        taken: dict[tuple[str, int], Where] = {}
         for statement in body.realservers:
-            item = self.realserver(statement, body, port, mark, names)
+            item = self.realserver(statement, body, port, mark, names, svc_family, taken)
             if isinstance(item, Map):
                 count += 1
             realservers.items.append(item)
@@ -612,6 +622,26 @@ class KeepalivedImport:
                 self.draft.nat_realservers.append(_address(rs, rs.args[0]))
         self.draft.services.append(service)
 
+    def check_sorry(self, service: Map, body: _Body, port: int, mark: int,
+                    family: str) -> None:
+        """Leave out (and report) a sorry server lvsctl would refuse."""
+        if "sorry_server" not in body.keys:
+            return
+        sorry = body.keys["sorry_server"][0]
+        assert isinstance(sorry, Map)
+        address, sport = str(sorry.get("address")), sorry.get("port")
+        reason = None
+        if ("ipv6" if ":" in address else "ipv4") != family:
+            reason = f"is not an {family} address like the service's"
+        elif body.forwarding in ("dr", "tun") and not mark and sport not in (None, port):
+            reason = f"port {sport}: in {body.forwarding} mode it must be the service port {port}"
+        elif mark and body.forwarding == "nat" and sport is None:
+            reason = "needs a port behind a fwmark nat service"
+        if reason is not None:
+            self.report(body.sources["sorry_server"], "refused",
+                        f"sorry_server {address} {reason}: left out")
+            service.remove("sorry_server")
+
     def rs_family(self, body: _Body) -> str:
         for statement in body.realservers:
             if statement.args and ":" in statement.args[0]:
@@ -621,12 +651,23 @@ class KeepalivedImport:
     # -- real_server and its checkers -------------------------------------------------------
 
     def realserver(self, block: Statement, body: _Body, service_port: int, mark: int,
-                   names: Names) -> Map | Commented:
+                   names: Names, family: str,
+                   taken: dict[tuple[str, int], Where]) -> Map | Commented:
         args = block.args
         if not args or len(args) > 2:
             raise SourceError(block.where, "real_server takes IP [PORT]")
         address = _address(block, args[0])
         port = _port(block, args[1]) if len(args) == 2 else service_port
+        left_out = Commented((f"refused ({block.where}): {block.text}",))
+        if ("ipv6" if ":" in address else "ipv4") != family:
+            self.report(block.where, "refused", f"real_server {address}: not an {family} "
+                        "address like the service's (lvsctl does not mix families); left out")
+            return left_out
+        if (address, port) in taken:
+            self.report(block.where, "refused", f"real_server {address} {port} is already "
+                        f"given at {taken[(address, port)]}: left out")
+            return left_out
+        taken[(address, port)] = block.where
         assert body.forwarding is not None
         check_port = port
         if mark and body.forwarding in ("dr", "tun") and port != 0:
@@ -1048,6 +1089,7 @@ def _sorry(run: KeepalivedImport, body: _Body, statement: Statement) -> None:
     if len(args) == 2:
         sorry.add("port", _port(statement, args[1]))
     body.keys["sorry_server"] = (sorry, str(statement.where))
+    body.sources["sorry_server"] = statement.where
 
 
 def _sorry_method(run: KeepalivedImport, body: _Body, statement: Statement) -> None:
