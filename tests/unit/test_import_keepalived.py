@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 from pathlib import Path
 
 import pytest
@@ -455,3 +456,32 @@ virtual_server 192.0.2.10 80 {
     services = yaml.safe_load(result.text)["services"]
     assert len(services) == 1 and "sorry_server" not in services[0]
     assert [rs["address"] for rs in services[0]["realservers"]] == ["192.0.2.21"]
+
+
+def test_mangled_files_fail_as_one_line_or_import_valid(tmp_path: Path) -> None:
+    """Lines dropped, words swapped, junk inserted: SourceError or a file the loader takes."""
+    rng = random.Random(18)
+    sources = [(CORPUS / n).read_text().splitlines() for n in ("nat.conf", "features.conf")]
+    words = ["{", "}", "0", "abc", "fwmark", "group", "10.0.0.1-5", "::1", "99999", '"x', "TUN",
+             "real_server", "url", "1.2.3.4/33", "connect_port", "weight", "persistence_timeout"]
+    conf = tmp_path / "k.conf"
+    for _ in range(100):
+        lines = list(rng.choice(sources))
+        for _ in range(rng.randint(1, 4)):
+            j = rng.randrange(len(lines))
+            op = rng.random()
+            if op < 0.3:
+                del lines[j]
+            elif op < 0.7 and lines[j].split():
+                parts = lines[j].split()
+                parts[rng.randrange(len(parts))] = rng.choice(words)
+                lines[j] = " ".join(parts)
+            else:
+                lines.insert(j, f"{rng.choice(words)} {rng.choice(words)}")
+        conf.write_text("\n".join(lines))
+        try:
+            result = import_keepalived(conf, OPTIONS)
+        except SourceError:
+            continue
+        if not result.placeholders:  # (with placeholders, finish validated the filled text)
+            parse_cluster(result.text, "k.yaml")

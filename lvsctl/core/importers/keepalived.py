@@ -277,6 +277,11 @@ class KeepalivedImport:
                               "no virtual_server in the file: nothing to import")
         for statement in servers:
             self.virtual_server(statement)
+        if not self.draft.services:
+            refused = [f for f in self.draft.findings if f.kind == "refused"]
+            first = f": {refused[0].line()}" if refused else ""
+            raise SourceError(servers[0].where, f"no virtual_server could be imported "
+                              f"({len(refused)} refusal(s)){first}")
         return self.draft
 
     def spelling(self, statements: list[Statement]) -> None:
@@ -659,6 +664,10 @@ class KeepalivedImport:
         address = _address(block, args[0])
         port = _port(block, args[1]) if len(args) == 2 else service_port
         left_out = Commented((f"refused ({block.where}): {block.text}",))
+        if port == 0 and not mark:
+            self.report(block.where, "refused", f"real_server {address} port 0: only a fwmark "
+                        "service's real servers go without a port; left out")
+            return left_out
         if ("ipv6" if ":" in address else "ipv4") != family:
             self.report(block.where, "refused", f"real_server {address}: not an {family} "
                         "address like the service's (lvsctl does not mix families); left out")
@@ -765,7 +774,8 @@ class KeepalivedImport:
             if keyword == "connect_ip":
                 connect["address"] = (_address(statement, _one(statement)), statement.where)
             elif keyword == "connect_port":
-                connect["port"] = (_port(statement, _one(statement)), statement.where)
+                connect["port"] = (_integer(statement, _one(statement), 1, 65535),
+                                   statement.where)
             elif keyword in ("bindto", "bind_port", "bind_if", "fwmark"):
                 self.unmapped(statement, "lvsctl's checks use the director's own source address")
             elif keyword in ("alpha", "log_all_failures"):
@@ -820,6 +830,11 @@ class KeepalivedImport:
             check.entries.append(entry)
         if check_port != port and "port" not in connect:
             connect["port"] = (check_port, block.where)
+        probe_port = connect["port"][0] if "port" in connect else port
+        if probe_port == 0 and kind not in ("misc", "ping") and not hosts:
+            self.report(block.where, "refused", f"{block.words[0].text}: no port to probe (the "
+                        "real server has none): give connect_port; the check is left out")
+            return []
         targets: list[dict[str, tuple[object, Where]]] = [connect]
         if hosts:  # SMTP_CHECK's legacy host blocks: one check each
             targets = [self.smtp_host(h) for h in hosts]
@@ -1048,6 +1063,7 @@ def _persistence_timeout(run: KeepalivedImport, body: _Body, statement: Statemen
     current = body.keys.get("persistence")
     persistence = current[0] if current else Map(flow=True)
     assert isinstance(persistence, Map)
+    persistence.remove("timeout")
     persistence.entries.insert(0, Entry("timeout", _seconds(seconds)))
     body.keys["persistence"] = (persistence, f"{statement.where} persistence_timeout")
 
@@ -1087,7 +1103,7 @@ def _sorry(run: KeepalivedImport, body: _Body, statement: Statement) -> None:
         raise SourceError(statement.where, "sorry_server takes IP [PORT]")
     sorry = Map(flow=True).add("address", _address(statement, args[0]))
     if len(args) == 2:
-        sorry.add("port", _port(statement, args[1]))
+        sorry.add("port", _integer(statement, args[1], 1, 65535))
     body.keys["sorry_server"] = (sorry, str(statement.where))
     body.sources["sorry_server"] = statement.where
 
@@ -1104,7 +1120,7 @@ def _quorum(run: KeepalivedImport, body: _Body, statement: Statement) -> None:
     weights = []
     for rs in body.block.children():
         if rs.keyword == "real_server":
-            weight = next((c.args[0] for c in rs.children() if c.keyword == "weight"), "1")
+            weight = next((_one(c) for c in rs.children() if c.keyword == "weight"), "1")
             weights.append(weight)
     if any(w != "1" for w in weights):
         run.report(statement.where, "refused", f"quorum {quorum} counts live weight in "

@@ -7,11 +7,13 @@ the text is built here; ``plain()`` gives the same tree as data, which the text 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Union
 
 import yaml
 
+_PLAIN = re.compile(r"[A-Za-z0-9_./][A-Za-z0-9_./+@-]*")
 PLACEHOLDER = "<REPLACE ME>"  # refused by every field it stands in (address, name, interface)
 
 
@@ -44,6 +46,12 @@ class Map:
     flow: bool = False  # {a: 1, b: 2} on one line (small, comment-free mappings)
 
     def add(self, key: str, value: Value, comment: str = "") -> Map:
+        """Set ``key``; a key given again keeps its place and takes the new value (as
+        keepalived, where the last of a repeated keyword counts)."""
+        for i, entry in enumerate(self.entries):
+            if entry.key == key:
+                self.entries[i] = Entry(key, value, comment)
+                return self
         self.entries.append(Entry(key, value, comment))
         return self
 
@@ -83,12 +91,11 @@ def scalar_text(value: Scalar, fill: bool) -> str:
     if isinstance(value, int | float):
         return repr(value)
     text = str(value)
-    # Plain when it reads back as the same string (no YAML type, no '#', no ': ' ...).
-    try:
-        plain = "\n" not in text and "#" not in text and yaml.safe_load(text) == text
-    except yaml.YAMLError:
-        plain = False
-    return text if plain and text.strip() == text and text else json.dumps(text)
+    # Plain only for simple words that read back as the same string, in block and flow
+    # context alike (so no ':', ',', brackets or '#'); anything else is a JSON string,
+    # which YAML reads as a double-quoted scalar.
+    plain = bool(_PLAIN.fullmatch(text)) and yaml.safe_load(text) == text
+    return text if plain else json.dumps(text)
 
 
 def _flow(value: Value, fill: bool) -> str:
