@@ -29,14 +29,14 @@ from tests.support.netns import Lab, Netns
 pytestmark = pytest.mark.kernel
 
 CORPUS = ROOT / "tests" / "golden" / "keepalived"
-FILES = ["nat.conf", "dr.conf", "tun.conf"]
+FILES = ["nat.conf", "dr.conf", "tun.conf", "ipv6.conf"]
 IMPORT_OPTIONS = ["--zookeeper", "127.0.0.1:2181",
                   "--directors", "lb1=192.0.2.2/24@eth0", "--directors", "lb2=192.0.2.3/24@eth0"]
 
-DIRECTOR_ADDRESSES = ["192.0.2.2/24", "10.0.1.254/24", "10.0.2.254/24"]
+DIRECTOR_ADDRESSES = ["192.0.2.2/24", "10.0.1.254/24", "10.0.2.254/24", "2001:db8::2/64"]
 REALSERVER_ADDRESSES = ["192.0.2.31/24", "192.0.2.32/24", "192.0.2.33/24", "10.0.1.11/24",
                         "10.0.1.12/24", "10.0.1.13/24", "10.0.1.99/24", "10.0.2.21/24",
-                        "10.0.2.22/24"]
+                        "10.0.2.22/24", "2001:db8::31/64", "2001:db8::32/64"]
 TCP_PORTS = [80, 443, 8080, 8081, 8443]
 UDP_PORTS = [53]
 STOPPED = ("192.0.2.33", 443)  # the real server the verdict test stops (dr.conf)
@@ -64,7 +64,7 @@ class Echo(asyncio.DatagramProtocol):
 async def main():
     loop = asyncio.get_running_loop()
     for spec in sys.argv[1:]:
-        host, port, proto = spec.split(":")
+        host, port, proto = spec.rsplit(":", 2)
         if proto == "tcp":
             await asyncio.start_server(http, host, int(port), reuse_address=True)
         else:
@@ -101,10 +101,10 @@ def bed() -> Iterator[tuple[Lab, Netns, Netns, dict[str, subprocess.Popen[bytes]
     try:
         director, servers = lab.netns("kd"), lab.netns("kr")
         lab.link(director, None, servers, None)
-        for address in DIRECTOR_ADDRESSES:
-            director.ip("addr", "add", address, "dev", "eth0")
-        for address in REALSERVER_ADDRESSES:
-            servers.ip("addr", "add", address, "dev", "eth0")
+        for ns, addresses in ((director, DIRECTOR_ADDRESSES), (servers, REALSERVER_ADDRESSES)):
+            for address in addresses:
+                nodad = ["nodad"] if ":" in address else []  # usable at once, no DAD wait
+                ns.ip("addr", "add", address, "dev", "eth0", *nodad)
         # keepalived's lvs_sync_daemon (nat.conf) names eth1.
         director.ip("link", "add", "eth1", "type", "dummy")
         director.ip("link", "set", "eth1", "up")

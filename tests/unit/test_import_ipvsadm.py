@@ -41,7 +41,7 @@ def _apply_and_save(files: list[Path], fake: Path) -> list[str]:
 
 def test_the_imported_corpus_rebuilds_keepalived_s_recorded_table(tmp_path: Path) -> None:
     files = []
-    for name in ("nat.conf", "dr.conf", "tun.conf"):
+    for name in ("nat.conf", "dr.conf", "tun.conf", "ipv6.conf"):
         out = tmp_path / f"{name}.yaml"
         result = CliRunner().invoke(cli, ["config", "import", "keepalived", str(CORPUS / name),
                                           *CLI_OPTIONS, "--output", str(out)])
@@ -70,7 +70,7 @@ def test_ipvsadm_rules_round_trip(tmp_path: Path) -> None:
     filled = tmp_path / "cluster.yaml"
     filled.write_text(_fill_inside_vip(data["text"]))
     cluster = parse_cluster(filled.read_text(), "cluster.yaml").cluster
-    assert len(cluster.services) == 8
+    assert len(cluster.services) == 9
     assert _apply_and_save([filled], tmp_path / "fake.json") == _rules(RECORDED.read_text())
 
 

@@ -34,7 +34,7 @@ from tests.conftest import ROOT
 CORPUS = ROOT / "tests" / "golden" / "keepalived"
 EXPECTED = CORPUS / "expected"
 UPDATE = os.environ.get("LVSCTL_UPDATE_GOLDEN") == "1"
-ORACLE_FILES = ["nat.conf", "dr.conf", "tun.conf"]
+ORACLE_FILES = ["nat.conf", "dr.conf", "tun.conf", "ipv6.conf"]
 OPTIONS = ImportOptions(
     zookeeper=("127.0.0.1:2181",),
     directors=(DirectorOption.parse("lb1=192.0.2.2/24@eth0"),
@@ -74,7 +74,7 @@ def test_corpus_imports_and_validates(name: str, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("name", "features"), [
     ("nat.conf", frozenset()), ("dr.conf", frozenset()), ("tun.conf", frozenset()),
-    ("features.conf", ALL_FEATURES),
+    ("ipv6.conf", frozenset()), ("features.conf", ALL_FEATURES),
 ])
 def test_output_matches_golden(name: str, features: frozenset[str]) -> None:
     text, _ = draft_keepalived(_rel(name), OPTIONS, features)
