@@ -102,8 +102,13 @@ def _write_import(run: Callable[[], ImportResult], source: str, output: str | No
     if output is not None and not failed:
         target = Path(output)
         partial = target.with_name(f".{target.name}.partial")
-        partial.write_text(result.text, encoding="utf-8")
-        partial.replace(target)  # a reader sees the old file or the whole new one
+        try:
+            partial.write_text(result.text, encoding="utf-8")
+            partial.replace(target)  # a reader sees the old file or the whole new one
+        except OSError as exc:
+            partial.unlink(missing_ok=True)
+            click.echo(f"{output}: cannot write: {exc.strerror or exc}", err=True)
+            raise SystemExit(1) from None
     if as_json:
         echo_json({
             "ok": not failed, "file": source, "output": output,

@@ -485,3 +485,23 @@ def test_mangled_files_fail_as_one_line_or_import_valid(tmp_path: Path) -> None:
             continue
         if not result.placeholders:  # (with placeholders, finish validated the filled text)
             parse_cluster(result.text, "k.yaml")
+
+
+def test_output_that_cannot_be_written_is_one_line(tmp_path: Path) -> None:
+    out = tmp_path / "missing" / "cluster.yaml"
+    result = CliRunner().invoke(cli, ["config", "import", "keepalived", _rel("dr.conf"),
+                                      *CLI_OPTIONS, "--output", str(out)])
+    assert result.exit_code == 1
+    assert result.stderr.splitlines()[-1] == f"{out}: cannot write: No such file or directory"
+
+
+def test_one_director_is_a_usage_error() -> None:
+    result = CliRunner().invoke(cli, ["config", "import", "keepalived", _rel("dr.conf"),
+                                      "--directors", "lb1=192.0.2.2/24@eth0"])
+    assert result.exit_code == 2
+    assert "give both directors" in result.stderr
+    result = CliRunner().invoke(cli, ["config", "import", "keepalived", _rel("dr.conf"),
+                                      "--directors", "lb1=192.0.2.2@eth0",
+                                      "--directors", "lb2=192.0.2.3/24@eth0"])
+    assert result.exit_code == 2
+    assert "needs its prefix length" in result.stderr

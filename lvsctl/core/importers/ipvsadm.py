@@ -7,8 +7,10 @@ destinations the kernel holds, so ``lvsctl ipvs plan`` against that table plans 
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass, field
 
+from lvsctl.core import schema
 from lvsctl.core.importers.common import (
     Draft,
     ImportOptions,
@@ -138,12 +140,21 @@ class IpvsadmImport:
                 i += 2
             elif word in ("-p", "--persistent"):
                 if nxt is not None and nxt.isdigit():
+                    if not 1 <= int(nxt) <= 31 * 86400:
+                        raise SourceError(where, f"-p {nxt}: a timeout from 1 s to 31 days")
                     service.persistence = int(nxt)
                     i += 2
                 else:
                     service.persistence = 300  # ipvsadm's default
                     i += 1
             elif word in ("-M", "--netmask") and nxt:
+                if not re.fullmatch(r"\d{1,3}|\d{1,3}(\.\d{1,3}){3}", nxt):
+                    raise SourceError(where, f"-M {nxt!r}: not a netmask such as "
+                                      "255.255.255.0 or 64")
+                try:
+                    schema._netmask(int(nxt) if nxt.isdigit() else nxt)
+                except ValueError as exc:
+                    raise SourceError(where, f"-M {nxt}: {exc}") from None
                 service.netmask = nxt
                 i += 2
             elif word in ("-b", "--sched-flags") and nxt:
@@ -259,6 +270,14 @@ class IpvsadmImport:
                 self.draft.report(where, "refused", f"{address}:{port} forwards by {fwd} and "
                                   f"the service's others by {forwarding}: lvsctl forwards a "
                                   "whole service one way; left out")
+                continue
+            if ("ipv6" if ":" in address else "ipv4") != service.family:
+                self.draft.report(where, "refused", f"{address}: not an {service.family} "
+                                  "address like the service's; left out")
+                continue
+            if fwd == "nat" and port == 0:
+                self.draft.report(where, "refused", f"{address}:0: a nat real server needs "
+                                  "a port; left out")
                 continue
             keeps = fwd in ("dr", "tun")
             wanted_port = service.port

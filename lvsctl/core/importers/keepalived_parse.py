@@ -136,13 +136,14 @@ class _Reader:
             if not words:
                 continue
             if words[0].text.lower() == "include" and not words[0].quoted:
-                yield from self._include(words, path, where)
+                yield from self._include(words, path, label, where)
                 continue
             yield _Line(words, where)
         if pending:
             yield _Line(pending, Where(label, pending_at))
 
-    def _include(self, words: list[Word], path: Path, where: Where) -> Iterator[_Line]:
+    def _include(self, words: list[Word], path: Path, label: str,
+                 where: Where) -> Iterator[_Line]:
         if len(words) != 2:
             raise SourceError(where, "include takes one file name or pattern")
         pattern = words[1].text
@@ -156,8 +157,10 @@ class _Reader:
             matches = [full]
         for match in matches:
             target = Path(match)
-            label = os.path.relpath(match) if not os.path.isabs(pattern) else match
-            yield from self.lines(target, label, where)
+            # Named as the including file is: relative to the working folder, or absolute.
+            name = match if os.path.isabs(label) or os.path.isabs(pattern) \
+                else os.path.relpath(match)
+            yield from self.lines(target, name, where)
 
     def _split(self, raw: str, where: Where) -> tuple[list[Word], bool]:
         """The words of one line and whether it continues on the next (a final backslash)."""
