@@ -119,6 +119,8 @@ _VS_REASONS = {
     "sorry_server_inhibit": "lvsctl adds the sorry server when quorum is lost and deletes it after",
 }
 _RS_REASONS = {
+    "file_check": "lvsctl has no file checks (a misc check can read the file)",
+    "bfd_check": "lvsctl has no BFD",
     "notify_up": "lvsctl runs no notify scripts",
     "notify_down": "lvsctl runs no notify scripts",
     "uthreshold": "lvsctl sets no connection thresholds",
@@ -162,17 +164,6 @@ def _one(statement: Statement) -> str:
     return statement.args[0]
 
 
-def _number(statement: Statement, value: str, low: float = 0, high: float = 1e9) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        number = math.nan
-    if not math.isfinite(number) or not low <= number <= high:
-        raise SourceError(statement.where, f"{statement.keyword}: {value!r} is not a number "
-                          f"from {low:g} to {high:g}")
-    return number
-
-
 def _integer(statement: Statement, value: str, low: int = 0, high: int = 2**32 - 1) -> int:
     if not re.fullmatch(r"\d+", value) or not low <= int(value) <= high:
         raise SourceError(statement.where, f"{statement.keyword}: {value!r} is not a whole "
@@ -194,21 +185,6 @@ def _port(statement: Statement, value: str) -> int:
 
 def _seconds(value: float) -> str:
     return f"{value:g}s"
-
-
-@dataclass
-class _RealServer:
-    address: str
-    port: int
-    statement: Statement
-
-
-@dataclass
-class _Service:
-    """One virtual_server statement, read; expanded to one or more lvsctl services later."""
-
-    statement: Statement
-    keys: list[tuple[str, str | None, int, int, str]]  # (label, address, port, fwmark, family)
 
 
 class KeepalivedImport:
