@@ -569,7 +569,6 @@ class KeepalivedImport:
             service.add("vip", address).add("port", port)
             if protocol != "tcp":
                 service.add("protocol", protocol, body.where("protocol"))
-            self.draft.service_vips.append(VipSource(address, block.where))
         assert body.forwarding is not None
         service.add("forwarding", body.forwarding, body.where("forwarding"))
         service.add("scheduler", body.scheduler or "wlc", body.where("scheduler"))
@@ -598,9 +597,11 @@ class KeepalivedImport:
                         f"than the {count} real server(s) lvsctl takes: left to the default")
             service.remove("quorum")
         service.add("realservers", realservers)
+        if address is not None:
+            self.draft.service_vips.append(VipSource(address, block.where))
         if body.forwarding == "nat":
-            for rs in body.realservers:
-                self.draft.nat_realservers.append(_address(rs, rs.args[0]))
+            self.draft.nat_realservers.extend(
+                str(item.get("address")) for item in realservers.items if isinstance(item, Map))
         self.draft.services.append(service)
 
     def check_sorry(self, service: Map, body: _Body, port: int, mark: int,
