@@ -272,3 +272,9 @@ def rollback_command(version: int, zk: ZkOptions, expect_version: int | None,
     with zk.connect() as conn:
         result = ConfigStore(conn).rollback(version, expect_version)
         _report_push(result, conn, as_json)
+
+
+# `config import` lives in its own module: it shares nothing with the ZooKeeper commands.
+from lvsctl.commands.config_import import import_group  # noqa: E402
+
+config_group.add_command(import_group)

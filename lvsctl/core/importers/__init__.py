@@ -1,0 +1,1 @@
+"""Import other tools' configuration (keepalived.conf, ipvsadm rules) as an lvsctl cluster file."""
