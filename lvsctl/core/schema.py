@@ -330,7 +330,8 @@ class AnnounceFile(Strict):
 
 
 # The kernel keeps IPVS timeouts in jiffies in an int; a day is far more than any use.
-_IPVS_TIMEOUT = Annotated[Duration, _positive(1, 86400)]
+IPVS_TIMEOUT_MAX = 86400  # seconds: one day
+_IPVS_TIMEOUT = Annotated[Duration, _positive(1, IPVS_TIMEOUT_MAX)]
 
 
 class IpvsTimeoutsFile(Strict):

@@ -228,7 +228,7 @@ def test_new_keys_are_emitted_when_the_loader_knows_them() -> None:
     doc = yaml.safe_load(text)
     assert doc["ipvs_timeouts"] == {"tcp": "900s", "tcp_fin": "120s", "udp": "300s"}
     www, dns, smtp = doc["services"]
-    assert www["alpha"] is True and www["quorum"] == 2 and www["quorum_hysteresis"] == 1
+    assert www["alpha"] is True and www["quorum"] == 1 and www["quorum_hysteresis"] == 1
     first = www["realservers"][0]
     assert first["on_failure"] == "weight0"
     assert [c["type"] for c in first["checks"]] == ["tcp", "http", "http"]  # two urls

@@ -35,6 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lvsctl.core import schema
 from lvsctl.core.importers.common import (
     Draft,
     ImportOptions,
@@ -334,7 +335,18 @@ class KeepalivedImport:
             if key.lower() not in names:
                 raise SourceError(statement.where, f"lvs_timeouts: unknown {key!r} "
                                   "(tcp, tcpfin or udp)")
-            timeouts.add(names[key.lower()], _seconds(_integer(statement, value, 0, 86400 * 31)))
+            seconds = _integer(statement, value, 0, 86400 * 31)
+            if seconds == 0:
+                # The kernel reads 0 as "leave this timeout as it is": so does a key left out.
+                self.report(statement.where, "note", f"lvs_timeouts {key} 0 leaves the kernel's "
+                            "timeout as it is: left out")
+            elif seconds > schema.IPVS_TIMEOUT_MAX:
+                self.report(statement.where, "refused", f"lvs_timeouts {key} {seconds}: lvsctl "
+                            f"takes at most {schema.IPVS_TIMEOUT_MAX} s: left out")
+            else:
+                timeouts.add(names[key.lower()], _seconds(seconds))
+        if not timeouts.entries:
+            return
         timeouts.comment = f"{statement.where} lvs_timeouts"
         self.draft.ipvs_timeouts = timeouts
         if "ipvs_timeouts" not in self.features:
