@@ -130,6 +130,13 @@ class Attr:
     name: str
     form: str  # u8 u16 u32 u64 be16 | asciiz | in4 in6 | addr16 | flags | nested | binary
 
+    @functools.cached_property
+    def number(self) -> struct.Struct | None:
+        """The struct of a number's payload (None for other forms)."""
+        if self.form not in _NUMBERS:
+            return None
+        return struct.Struct(("!" if self.form == "be16" else "=") + _NUMBERS[self.form])
+
 
 class AttrSet:
     """A nest's attributes by position, as pyroute2 declares an ``nla_map``: the first entry is
@@ -149,39 +156,50 @@ class AttrSet:
         out = []
         for name, value in items:
             attr = self.by_name[name]
-            out.append(nla(attr.type, _encode_value(attr.form, value)))
+            out.append(nla(attr.type, _encode_value(attr, value)))
         return b"".join(out)
 
     def decode(self, buf: bytes | memoryview) -> Values:
-        """Known attributes by name; ``nested`` and ``binary`` payloads stay bytes."""
-        out = Values()
-        for kind, raw in attrs(buf).items():
-            attr = self.by_type.get(kind)
-            if attr is not None:
-                out[attr.name] = _decode_value(attr.form, raw)
-        return out
+        """The attributes of ``buf``, each read by name when asked for."""
+        return Values(self, attrs(buf))
 
 
-class Values(dict[str, object]):
-    """Decoded attributes by name, read with the type the caller expects (absent: a default)."""
+class Values:
+    """A nest's attributes read by name with the type the caller expects; an attribute that
+    is absent (or of another form) reads as the default. Decoded on access: a reply carries
+    more than most readers want."""
+
+    def __init__(self, attrset: AttrSet, raw: dict[int, bytes | memoryview]) -> None:
+        self._set = attrset
+        self._raw = raw
+
+    def _get(self, name: str) -> object:
+        attr = self._set.by_name[name]
+        raw = self._raw.get(attr.type)
+        return None if raw is None else _decode_value(attr, raw)
+
+    def names(self) -> list[str]:
+        """The names of the known attributes present."""
+        return [a.name for t, a in self._set.by_type.items() if t in self._raw]
 
     def num(self, name: str, default: int = 0) -> int:
-        value = self.get(name, default)
+        value = self._get(name)
         return value if isinstance(value, int) else default
 
     def text(self, name: str) -> str:
-        value = self.get(name, "")
+        value = self._get(name)
         return value if isinstance(value, str) else ""
 
     def raw(self, name: str) -> bytes | None:
-        value = self.get(name)
+        value = self._get(name)
         return value if isinstance(value, bytes) else None
 
 
-def _encode_value(form: str, value: object) -> bytes:
-    if form in _NUMBERS:
+def _encode_value(attr: Attr, value: object) -> bytes:
+    form = attr.form
+    if attr.number is not None:
         assert isinstance(value, int)
-        return struct.pack("!H" if form == "be16" else "=" + _NUMBERS[form], value)
+        return attr.number.pack(value)
     if form == "asciiz":
         assert isinstance(value, str)
         return value.encode() + b"\0"
@@ -190,21 +208,25 @@ def _encode_value(form: str, value: object) -> bytes:
         return socket.inet_pton(socket.AF_INET if form == "in4" else socket.AF_INET6, value)
     if form == "flags":
         assert isinstance(value, tuple)
-        return struct.pack("=II", *value)
+        return _FLAGS.pack(*value)
     assert isinstance(value, bytes)
     return value
 
 
-def _decode_value(form: str, raw: bytes | memoryview) -> object:
-    if form in _NUMBERS:
-        return struct.unpack_from("!H" if form == "be16" else "=" + _NUMBERS[form], raw)[0]
+def _decode_value(attr: Attr, raw: bytes | memoryview) -> object:
+    if attr.number is not None:
+        return attr.number.unpack_from(raw)[0]
+    form = attr.form
     if form == "asciiz":
         return bytes(raw).split(b"\0", 1)[0].decode()
     if form in ("in4", "in6"):
         return socket.inet_ntop(socket.AF_INET if form == "in4" else socket.AF_INET6, bytes(raw))
     if form == "flags":
-        return struct.unpack_from("=I", raw)[0]  # the mask half is only for requests
+        return _FLAGS.unpack_from(raw)[0]  # the mask half is only for requests
     return bytes(raw)
+
+
+_FLAGS = struct.Struct("=II")
 
 
 @dataclass(frozen=True)
@@ -395,7 +417,7 @@ def _stats(raw64: bytes | memoryview | None, raw32: bytes | memoryview | None) -
     if raw is None:
         return NO_STATS
     values = (STATS64 if wide else STATS).decode(raw)
-    return Stats(**{name.lower(): values.num(name) for name in values})
+    return Stats(**{name.lower(): values.num(name) for name in values.names()})
 
 
 def _address(family: int, raw: bytes | memoryview) -> str:
