@@ -468,7 +468,7 @@ _FILL = layout(DEST, ("ADDR", "PORT", "FWD_METHOD", "WEIGHT", "TUN_TYPE", "TUN_P
                       "PERSIST_CONNS", "ADDR_FAMILY"))
 (_F_ADDR, _F_PORT, _F_FWD, _F_WEIGHT, _F_TUN_TYPE, _F_TUN_PORT, _F_TUN_FLAGS, _F_UTH, _F_LTH,
  _F_ACTIVE, _F_INACT, _F_PERSIST, _F_AF) = (_FILL.value(n) for n in _FILL.names)
-_STATS64_TYPE = DEST["STATS64"]
+_STATS_TYPE, _STATS64_TYPE = DEST["STATS"], DEST["STATS64"]
 
 
 def _decode_dest_fast(buf: bytes, stats: bool) -> ObservedDest | None:
@@ -479,14 +479,20 @@ def _decode_dest_fast(buf: bytes, stats: bool) -> ObservedDest | None:
         return None
     counters = NO_STATS
     offset = _FILL.struct.size
-    while stats and offset + 4 <= len(buf):  # the two stats nests follow; read the 64-bit one
+    narrow = None
+    while stats and offset + 4 <= len(buf):  # the stats nests follow; the 64-bit one wins
         size, kind = NLA.unpack_from(buf, offset)
         if size < 4:
             break
         if kind & NLA_TYPE_MASK == _STATS64_TYPE:
             counters = _stats(buf[offset + 4:offset + size], None)
             break
+        if kind & NLA_TYPE_MASK == _STATS_TYPE:
+            narrow = buf[offset + 4:offset + size]
         offset += (size + 3) & ~3
+    else:
+        if narrow is not None:
+            counters = _stats(None, narrow)
     return ObservedDest(
         key=DestKey(_address(f[_F_AF], f[_F_ADDR]), socket.ntohs(f[_F_PORT])),
         weight=f[_F_WEIGHT], fwd=f[_F_FWD] & 0x7, active_conns=f[_F_ACTIVE],
