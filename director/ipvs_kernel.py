@@ -225,6 +225,8 @@ class KernelIpvs:
         kernel would refuse whatever it holds (``ipvs_rules.refusal``) are answered here
         without being sent. Raises KernelError only when the exchange itself fails."""
         codes = [refusal(op) for op in ops]
+        if not any(codes):
+            return self._requests([codec.op_request(op) for op in ops])
         sent = [i for i, code in enumerate(codes) if not code]
         answers = self._requests([codec.op_request(ops[i]) for i in sent])
         for i, code in zip(sent, answers, strict=True):
