@@ -316,16 +316,25 @@ def _addr16(family: Family, address: str) -> bytes:
     return socket.inet_pton(af, address).ljust(16, b"\0")
 
 
+# A service's identity in one pack each: by address, or by firewall mark.
+_SVC_INET = layout(SERVICE, ("AF", "PROTOCOL", "ADDR", "PORT"), nested=True)
+_SVC_MARK = layout(SERVICE, ("AF", "FWMARK"), nested=True)
+_NEST_INET = NLA.pack(_SVC_INET.struct.size, ATTR_SERVICE | NLA_F_NESTED)
+_NEST_MARK = NLA.pack(_SVC_MARK.struct.size, ATTR_SERVICE | NLA_F_NESTED)
+
+
 @functools.lru_cache(maxsize=65536)
 def service_key_nest(key: ServiceKey) -> bytes:
     """A service's identity as a nest; cached, since every dest op of a service repeats it."""
+    af = int(key.family)
     if key.fwmark:
-        items: list[tuple[str, object]] = [("AF", int(key.family)), ("FWMARK", key.fwmark)]
-    else:
-        assert key.protocol is not None and key.address is not None
-        items = [("AF", int(key.family)), ("PROTOCOL", key.protocol.value),
-                 ("ADDR", _addr16(key.family, key.address)), ("PORT", key.port)]
-    return nest(ATTR_SERVICE, SERVICE.encode(items))
+        h_af, h_mark = zip(_SVC_MARK.sizes, _SVC_MARK.types, strict=True)
+        return _SVC_MARK.struct.pack(_NEST_MARK, *h_af, af, *h_mark, key.fwmark)
+    assert key.protocol is not None and key.address is not None
+    h_af, h_proto, h_addr, h_port = zip(_SVC_INET.sizes, _SVC_INET.types, strict=True)
+    return _SVC_INET.struct.pack(_NEST_INET, *h_af, af, *h_proto, key.protocol.value,
+                                 *h_addr, _addr16(key.family, key.address),
+                                 *h_port, socket.htons(key.port))
 
 
 def _netmask_bytes(family: Family, prefix: int) -> bytes:
