@@ -2,10 +2,20 @@
 
 Host part (any machine): plan() from an empty kernel, for a table that already matches (no-op)
 and for one changed weight.
-Kernel part (--kernel; needs IPVS, e.g. in the kernel VM): in a fresh network namespace, the
-same table loaded by ``ipvsadm -R`` (the baseline) and by lvsctl (observe + plan + apply) in
-the same run, as a ratio; a no-op resync (observe + plan) of the full table; and the netlink
-writes for one changed weight. Times in a VM are only comparable as ratios within one run.
+
+Kernel part (--kernel; needs IPVS, e.g. in the kernel VM), in a fresh network namespace, each
+comparison against ipvsadm in the same run, as a ratio, and always the same work on both sides:
+
+- Loading the table, start-up excluded on both sides: ``ipvsadm -R`` of the rules minus
+  ``ipvsadm -R`` of an empty file (the same process start, ``ip netns exec`` included, and
+  libipvs's set-up), against lvsctl in-process: open the table, observe, plan, apply through
+  the reconcile driver, from the desired table in memory.
+- Reading the table and printing it as rules, both as processes started the same way
+  (``ip netns exec NS ipvsadm -S -n`` and ``ip netns exec NS lvsctl ipvs save``), whose output
+  must be equal.
+- A no-op resync and one changed weight (in-process; the weight must be one netlink write).
+
+Times in a VM are only comparable as ratios within one run.
 
     .venv/bin/python bench/reconcile.py                 # host part
     .venv/bin/lvsctl vm run -- .venv/bin/python bench/reconcile.py --kernel
@@ -39,7 +49,6 @@ from lvsctl.director.reconcile import (
     EditDest,
     ObservedDest,
     ObservedService,
-    Op,
     plan,
 )
 
@@ -117,70 +126,104 @@ def _ns(name: str, *argv: str, stdin: bytes | None = None) -> bytes:
     return done.stdout
 
 
+def _process_ms(name: str, *argv: str, stdin: bytes | None = None) -> tuple[float, bytes]:
+    """Wall time of ``ip netns exec name argv`` from spawn to exit, and its output."""
+    t0 = time.perf_counter()
+    out = _ns(name, *argv, stdin=stdin)
+    return (time.perf_counter() - t0) * 1000, out
+
+
+def _load_in_process(name: str, desired: dict[ServiceKey, DesiredService]) -> tuple[float, float]:
+    """lvsctl's load of the table: open, observe, plan, apply. (whole ms, apply ms)."""
+    from lvsctl.director import ipvs_codec
+    from lvsctl.director.dataplane import Outcome, apply_ops
+    from lvsctl.director.ipvs_kernel import KernelIpvs
+
+    ipvs_codec.service_key_nest.cache_clear()  # every round starts cold, as a process does
+    t0 = time.perf_counter()
+    with KernelIpvs(netns=name) as ipvs:
+        ops = plan(desired, ipvs.observe(stats=False), {}, 0.0)
+        t1 = time.perf_counter()
+        results = apply_ops(ipvs, ops)
+    t2 = time.perf_counter()
+    assert all(r.outcome is Outcome.APPLIED for r in results), "an op was not applied"
+    return (t2 - t0) * 1000, (t2 - t1) * 1000
+
+
 def kernel_part(rounds: int) -> None:
-    from lvsctl.director.ipvs import KernelIpvs, save_text
+    from lvsctl.director.dataplane import apply_ops
+    from lvsctl.director.ipvs_kernel import KernelIpvs
+    from lvsctl.director.ipvs_text import save_text
 
     desired = build()
     rules = save_text(as_observed(desired)).encode()
+    lvsctl = str(Path(sys.executable).parent / "lvsctl")
     name = f"lvsbench{os.getpid()}"
     subprocess.run(["ip", "netns", "add", name], check=True)
     try:
         # With lo down the namespace has no local routing table, and the kernel refuses
         # every IPv4 dest (EINVAL, "address not unicast").
         subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
+        start_ms, base_ms, ours_ms, apply_ms = [], [], [], []
+        for _ in range(rounds):
+            _ns(name, "ipvsadm", "-C")
+            start_ms.append(_process_ms(name, "ipvsadm", "-R", stdin=b"")[0])
+            base_ms.append(_process_ms(name, "ipvsadm", "-R", stdin=rules)[0])
+            baseline_table = _ns(name, "ipvsadm", "-S", "-n")
+            _ns(name, "ipvsadm", "-C")
+            whole, applied = _load_in_process(name, desired)
+            ours_ms.append(whole)
+            apply_ms.append(applied)
+            assert _ns(name, "ipvsadm", "-S", "-n") == baseline_table, "tables differ"
+        start, total, ours, alone = (statistics.median(x)
+                                     for x in (start_ms, base_ms, ours_ms, apply_ms))
+        base = total - start
+        rule_count = SERVICES * (DESTS + 1)
+        print(f"load {rule_count} rules/ops into an empty table, start-up excluded on both sides "
+              f"(median of {rounds}):")
+        print(f"  ipvsadm -R (baseline):          {base:8.0f} ms  (process {total:.0f} ms - "
+              f"start-up {start:.0f} ms: ipvsadm -R of an empty file)")
+        print(f"  lvsctl open+observe+plan+apply: {ours:8.0f} ms  (in-process; ratio "
+              f"{ours / base:.2f} x ipvsadm -R; goal <= 2)")
+        print(f"    of which apply_ops:           {alone:8.0f} ms  (ratio {alone / base:.2f})")
+
+        theirs_ms, save_ms = [], []
+        for _ in range(rounds):
+            ms, theirs = _process_ms(name, "ipvsadm", "-S", "-n")
+            theirs_ms.append(ms)
+            ms, ours_text = _process_ms(name, lvsctl, "ipvs", "save")
+            save_ms.append(ms)
+            assert ours_text == theirs, "lvsctl ipvs save differs from ipvsadm -S -n"
+        theirs_med, save_med = statistics.median(theirs_ms), statistics.median(save_ms)
+        print(f"read the table and print it as rules, both as processes through ip netns exec "
+              f"(median of {rounds}, equal output):")
+        print(f"  ipvsadm -S -n (baseline):       {theirs_med:8.0f} ms")
+        print(f"  lvsctl ipvs save:               {save_med:8.0f} ms  (ratio "
+              f"{save_med / theirs_med:.2f}; includes Python's start-up and imports)")
+
         with KernelIpvs(netns=name) as ipvs:
-            base_ms, ours_ms, pass_ms = [], [], []
-            ops: list[Op] = []
-            for _ in range(rounds):
-                _ns(name, "ipvsadm", "-C")
-                t0 = time.perf_counter()
-                _ns(name, "ipvsadm", "-R", stdin=rules)
-                base_ms.append((time.perf_counter() - t0) * 1000)
-                baseline_table = _ns(name, "ipvsadm", "-S", "-n")
-                _ns(name, "ipvsadm", "-C")
-
-                t0 = time.perf_counter()
-                observed = ipvs.observe(stats=False)
-                ops = plan(desired, observed, {}, 0.0)
-                t1 = time.perf_counter()
-                ipvs.apply_all(ops)
-                t2 = time.perf_counter()
-                ours_ms.append((t2 - t1) * 1000)
-                pass_ms.append((t2 - t0) * 1000)
-                assert _ns(name, "ipvsadm", "-S", "-n") == baseline_table, "tables differ"
-            base, ours, whole = (statistics.median(x) for x in (base_ms, ours_ms, pass_ms))
-            print(f"ipvsadm -R (baseline):      {base:8.0f} ms  ({len(ops)} rules; median of "
-                  f"{rounds}, includes starting ip netns exec + ipvsadm)")
-            print(f"lvsctl apply_all:           {ours:8.0f} ms  ({len(ops)} ops; ratio "
-                  f"{ours / base:.2f} x ipvsadm -R; goal <= 2)")
-            print(f"lvsctl observe+plan+apply:  {whole:8.0f} ms  (ratio {whole / base:.2f})")
-
             t0 = time.perf_counter()
             observed = ipvs.observe(stats=False)
             t1 = time.perf_counter()
             noop = plan(desired, observed, {}, 0.0)
             t2 = time.perf_counter()
             assert noop == []
-            print(f"no-op resync:               {(t2 - t0) * 1000:8.0f} ms  (observe "
+            print(f"no-op resync (in-process):      {(t2 - t0) * 1000:8.0f} ms  (observe "
                   f"{(t1 - t0) * 1000:.0f} ms + plan {(t2 - t1) * 1000:.0f} ms; 0 ops)")
             t0 = time.perf_counter()
             full = ipvs.observe(stats=True)
-            t1 = time.perf_counter()
-            _ns(name, "ipvsadm", "-L", "-n", "--stats")
-            t2 = time.perf_counter()
+            print(f"observe with stats (in-process):{(time.perf_counter() - t0) * 1000:8.0f} ms")
             assert sum(len(s.dests) for s in full.values()) == SERVICES * DESTS
-            print(f"observe with stats:         {(t1 - t0) * 1000:8.0f} ms  (ipvsadm -Ln --stats: "
-                  f"{(t2 - t1) * 1000:.0f} ms, ratio {(t1 - t0) / (t2 - t1):.2f})")
 
             before = ipvs.writes
             changed = one_weight_changed(desired)
             t0 = time.perf_counter()
             ops = plan(changed, ipvs.observe(stats=False), {}, 0.0)
-            ipvs.apply_all(ops)
+            apply_ops(ipvs, ops)
             ms = (time.perf_counter() - t0) * 1000
             writes = ipvs.writes - before
-            print(f"one changed weight:         {ms:8.0f} ms  ({len(ops)} op, {writes} netlink "
-                  f"write(s); goal 1)")
+            print(f"one changed weight (in-process):{ms:8.0f} ms  ({len(ops)} op, {writes} "
+                  f"netlink write(s); goal 1)")
             assert writes == 1
     finally:
         subprocess.run(["ip", "netns", "del", name], check=False)

@@ -1,39 +1,232 @@
-"""The daemon's IPVS side: reconcile the table toward the cluster and the health results, and
-keep the connection-sync daemon in the role leadership gives (active = master, else backup).
+"""The director's IPVS side: the one reconcile driver (observe, plan, apply in pipelined
+batches), used by the daemon's ``Dataplane`` and by ``lvsctl ipvs plan/apply``, and the
+connection-sync daemon in the role leadership gives (active = master, else backup).
 
 Both directors reconcile (the standby's table is kept warm, DESIGN.md "Data flow"); the kernel
-is observed on every pass and a failed observation plans no deletes (reconcile.plan). Every
-change is logged with the epoch. A director that starts adopts the table it finds: nothing is
-flushed, only what the plan says is changed.
+is observed on every pass and a failed observation plans no deletes (reconcile.plan). A
+director that starts adopts the table it finds: nothing is flushed, only what the plan says is
+changed.
+
+**A refused op** (the one rule, for the daemon and the CLI alike):
+
+- An op the kernel refuses is reported with its errno (the daemon logs it with the epoch, the
+  CLI prints it) and the pass carries on with every op that does not depend on it.
+- An op depends on a refused one when it needs what the refused op was to make or remove:
+  the dest ops of a service whose AddService was refused (the kernel would answer each with
+  ESRCH), and the DelService of a service one of whose DelDest was refused (deleting the
+  service would take that dest with it, which the plan did not say). Those are skipped, not
+  sent, and counted and named with the op they depended on. Nothing else is skipped: after a
+  refused EditService (an unknown scheduler, say) the service keeps its old spec and its
+  dests are still programmed.
+- "Already so" is not a refusal: EEXIST on an add, ESRCH or ENOENT on a delete count as done.
+- Nothing is retried within the pass. The next pass observes the kernel afresh and plans from
+  what it finds, so a refused op is planned, and reported, again until the file or the kernel
+  changes.
+
+To know what was refused before sending what depends on it, a pass applies its ops in three
+phases, each pipelined: services added or edited; then dests (added, edited, drained,
+deleted); then services deleted. This keeps the plan's order where it matters (a service
+before its dests, dests before their service's delete) and costs one round trip per phase.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from enum import StrEnum
+from typing import Any, NamedTuple
 
 from lvsctl.core.errors import KernelError
-from lvsctl.core.model import Cluster, Health, HealthKey
-from lvsctl.director.ipvs import IpvsTable, SyncState, open_ipvs
+from lvsctl.core.model import Cluster, Health, HealthKey, ServiceKey
+from lvsctl.director.ipvs import IpvsTable
+from lvsctl.director.ipvs_kernel import KernelIpvs
+from lvsctl.director.ipvs_rules import SyncState, done_errno, reason
+from lvsctl.director.ipvs_timeouts import sync_timeouts, timeouts_text
 from lvsctl.director.reconcile import (
+    AddDest,
+    AddService,
+    DelDest,
+    DelService,
+    DesiredTable,
+    DrainDest,
     DrainKey,
+    DrainState,
+    EditDest,
+    EditService,
+    ObservedTable,
+    Op,
     desired_table,
     op_dict,
     plan,
+    quorum_verdicts,
     update_drain_state,
 )
 
 log = logging.getLogger("lvsctl.director.ipvs")
 
+BATCH = 256  # ops per pipelined batch: one send, and a progress report, per batch
+
+# ---------------------------------------------------------------------------------------------
+# The driver
+# ---------------------------------------------------------------------------------------------
+
+
+class Outcome(StrEnum):
+    APPLIED = "applied"  # the table changed
+    ALREADY = "already"  # the kernel said it was already so (EEXIST on an add, ...)
+    REFUSED = "refused"  # the kernel refused it; ``errno`` says why
+    SKIPPED = "skipped"  # not sent: it depends on a refused op (``after``)
+
+
+class OpResult(NamedTuple):
+    """What became of one planned op. (A named tuple: a pass makes one per op, 11,000 for a
+    big table from empty, and a tuple is the cheapest to make.)"""
+
+    op: Op
+    outcome: Outcome
+    errno: int = 0  # the kernel's answer (ALREADY, REFUSED)
+    after: Op | None = None  # SKIPPED: the refused op it depended on
+
+    def __str__(self) -> str:
+        if self.outcome is Outcome.ALREADY:
+            return f"{self.op} (already so)"
+        if self.outcome is Outcome.REFUSED:
+            return f"{self.op}: the kernel refused: {reason(self.errno)}"
+        if self.outcome is Outcome.SKIPPED:
+            return f"{self.op}: skipped, since the kernel refused: {self.after}"
+        return str(self.op)
+
+    def as_dict(self) -> dict[str, object]:
+        out = {**op_dict(self.op), "outcome": self.outcome.value}
+        if self.errno:
+            out["errno"] = self.errno
+        if self.after is not None:
+            out["after"] = str(self.after)
+        return out
+
+
+@dataclass(frozen=True)
+class Planned:
+    """The first half of a pass: what was observed and the ops that follow from it."""
+
+    observed: ObservedTable | None  # None: the dump failed (``observe_error``), adds only
+    drain_state: dict[DrainKey, float]
+    ops: list[Op]
+    observe_error: KernelError | None = None
+
+
+def plan_pass(table: IpvsTable, desired: DesiredTable, drain_state: DrainState, now: float, *,
+              retired: Mapping[ServiceKey, float] | None = None,
+              blind: bool = True) -> Planned:
+    """Observe ``table`` (without traffic counters) and plan toward ``desired``.
+
+    With ``blind`` a failed observation plans adds and edits only (and the drain state is
+    kept); without it the KernelError is raised (a command cannot show a plan it could not
+    make).
+    """
+    try:
+        observed = table.observe(stats=False)
+    except KernelError as exc:
+        if not blind:
+            raise
+        return Planned(None, dict(drain_state), plan(desired, None, drain_state, now,
+                                                     retired=retired), exc)
+    drain = update_drain_state(drain_state, desired, observed, now, retired)
+    return Planned(observed, drain, plan(desired, observed, drain, now, retired=retired))
+
+
+def plan_cluster(table: IpvsTable, cluster: Cluster, *, now: float | None = None) -> Planned:
+    """The plan ``lvsctl ipvs plan`` shows for ``cluster``: with no health results every real
+    server counts as healthy (``desired_table``'s warm-start rule), so the plan is what the
+    file says; the drain state comes from the kernel alone (a busy draining dest waits until
+    it is idle). Raises KernelError when the table cannot be read."""
+    now = time.monotonic() if now is None else now
+    return plan_pass(table, desired_table(cluster, {}), {}, now, blind=False)
+
+
+# The phase of each kind of op: services added or edited, then dests, then services deleted.
+_PHASE: dict[type, int] = {AddService: 0, EditService: 0, AddDest: 1, EditDest: 1,
+                           DrainDest: 1, DelDest: 1, DelService: 2}
+
+
+def apply_ops(table: IpvsTable, ops: Sequence[Op], *, batch: int = BATCH,
+              on_batch: Callable[[list[OpResult]], None] | None = None) -> list[OpResult]:
+    """Apply planned ``ops`` by the refused-op rule (module docstring), in pipelined batches of
+    ``batch``; ``on_batch`` sees each batch's results as they come. Returns every op's result,
+    in the order applied (a phase's skipped ops first). Raises KernelError only when the
+    exchange with the kernel fails (what was applied before stays applied; the next pass
+    re-plans)."""
+    phases: list[list[Op]] = [[], [], []]
+    for op in ops:
+        phases[_PHASE[type(op)]].append(op)
+    results: list[OpResult] = []
+    refused: dict[tuple[int, ServiceKey], Op] = {}  # (phase it blocks, service) -> refused op
+    for phase, members in enumerate(phases):
+        send = members
+        if refused:
+            send, skipped = [], []
+            for op in members:
+                service = op.key if isinstance(op, AddService | EditService | DelService) \
+                    else op.service
+                after = refused.get((phase, service))
+                if after is None:
+                    send.append(op)
+                else:
+                    skipped.append(OpResult(op, Outcome.SKIPPED, after=after))
+            if skipped:
+                results.extend(skipped)
+                if on_batch is not None:
+                    on_batch(skipped)
+        for start in range(0, len(send), batch):
+            chunk = send[start:start + batch]
+            done = [OpResult(op, APPLIED) if not code else _failed(op, code, refused)
+                    for op, code in zip(chunk, table.apply_batch(chunk), strict=True)]
+            results.extend(done)
+            if on_batch is not None:
+                on_batch(done)
+    return results
+
+
+APPLIED = Outcome.APPLIED
+
+
+def _failed(op: Op, code: int, refused: dict[tuple[int, ServiceKey], Op]) -> OpResult:
+    """The result of an op the kernel answered with ``code``; a refusal that others depend on
+    is noted in ``refused``."""
+    if done_errno(op, code):
+        return OpResult(op, Outcome.ALREADY, code)
+    if isinstance(op, AddService):
+        refused[(1, op.key)] = op  # its dests cannot be added
+    elif isinstance(op, DelDest):
+        refused.setdefault((2, op.service), op)  # it must not go with its service
+    return OpResult(op, Outcome.REFUSED, code)
+
+
+def count(results: Sequence[OpResult]) -> dict[str, int]:
+    """How many results of each outcome: {"applied": n, "already": n, ...}."""
+    out = {outcome.value: 0 for outcome in Outcome}
+    for result in results:
+        out[result.outcome.value] += 1
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The daemon's dataplane
+# ---------------------------------------------------------------------------------------------
+
 
 def open_table(spec: str) -> IpvsTable:
-    """The node file's ``ipvs``: 'kernel', or 'fake:/path' (a file-backed fake, tests only)."""
-    if spec.startswith("fake:"):
-        return open_ipvs(fake=spec[len("fake:"):])
-    return open_ipvs()
+    """The node file's ``ipvs``: 'kernel' only. Raises KernelError for anything else.
+
+    Production opens only the kernel's table; a test bed constructs its fake itself and hands
+    it to ``Dataplane`` (the product never imports the test bed). Kept until the daemon's
+    ``main`` constructs its table itself."""
+    if spec != "kernel":
+        raise KernelError(f"ipvs: {spec!r}: the director opens only the kernel's table; a test "
+                          f"bed passes its fake to Dataplane itself")
+    return KernelIpvs()
 
 
 @dataclass
@@ -42,40 +235,61 @@ class Dataplane:
     monotonic: Callable[[], float] = time.monotonic
     drain_state: dict[DrainKey, float] = field(default_factory=dict)
     last: dict[str, Any] = field(default_factory=dict)
+    # Each service's last quorum verdict: quorum_hysteresis needs the previous pass's.
+    quorum_held: dict[ServiceKey, bool] = field(default_factory=dict)
 
     def reconcile(self, cluster: Cluster, health: Mapping[HealthKey, Health], *,
                   epoch: int, role: str) -> dict[str, Any]:
-        """One pass: observe, plan, apply. Returns (and keeps) a summary for /status."""
-        desired = desired_table(cluster, health)
-        now = self.monotonic()
-        try:
-            observed = self.table.observe()
-        except KernelError as exc:
-            observed = None  # plan adds and edits only: never delete on a blind pass
-            log.error("cannot read the IPVS table: %s", exc,
+        """One pass: observe, plan, apply (the refused-op rule above). Returns (and keeps) a
+        summary for /status: wall, epoch, role, observed, planned, applied, errors (one line
+        per refused or skipped op), services, and the count of each outcome (already, refused,
+        skipped)."""
+        desired = desired_table(cluster, health, quorum_held=self.quorum_held)
+        self.quorum_held = quorum_verdicts(desired)
+        planned = plan_pass(self.table, desired, self.drain_state, self.monotonic())
+        if planned.observe_error is not None:
+            log.error("cannot read the IPVS table: %s", planned.observe_error,
                       extra={"event": "ipvs_error", "epoch": epoch, "role": role})
-        if observed is not None:
-            self.drain_state = update_drain_state(self.drain_state, desired, observed, now)
-        ops = plan(desired, observed, self.drain_state, now)
-        applied = 0
-        errors: list[str] = []
-        for op in ops:
-            try:
-                changed = self.table.apply(op)
-            except KernelError as exc:
-                errors.append(str(exc))
-                log.error("IPVS refused %s: %s", op, exc, extra={
-                    "event": "ipvs_error", "epoch": epoch, "role": role, "op": str(op)})
-                continue
-            applied += int(changed)
-            log.info("ipvs %s", op, extra={"event": "ipvs_op", "epoch": epoch, "role": role,
-                                           "ipvs": op_dict(op)})
+        self.drain_state = planned.drain_state
+
+        def report(batch: list[OpResult]) -> None:
+            for result in batch:
+                self._log(result, epoch, role)
+
+        results = apply_ops(self.table, planned.ops, on_batch=report)
+        counts = count(results)
+        errors = [str(r) for r in results if r.outcome in (Outcome.REFUSED, Outcome.SKIPPED)]
+        try:
+            sent = sync_timeouts(self.table, cluster.ipvs_timeouts)
+        except KernelError as exc:
+            errors.append(str(exc))
+            log.error("IPVS refused the timeouts: %s", exc,
+                      extra={"event": "ipvs_error", "epoch": epoch, "role": role})
+        else:
+            if sent is not None:
+                log.info("ipvs timeouts %s", timeouts_text(sent),
+                         extra={"event": "ipvs_timeouts", "epoch": epoch, "role": role})
         self.last = {
             "wall": round(time.time(), 6), "epoch": epoch, "role": role,
-            "observed": observed is not None, "planned": len(ops), "applied": applied,
-            "errors": errors, "services": len(desired),
+            "observed": planned.observed is not None, "planned": len(planned.ops),
+            "applied": counts[Outcome.APPLIED],
+            "errors": errors,
+            "services": len(desired),
+            "already": counts[Outcome.ALREADY], "refused": counts[Outcome.REFUSED],
+            "skipped": counts[Outcome.SKIPPED],
         }
         return self.last
+
+    @staticmethod
+    def _log(result: OpResult, epoch: int, role: str) -> None:
+        extra = {"epoch": epoch, "role": role, "ipvs": result.as_dict()}
+        if result.outcome is Outcome.REFUSED:
+            log.error("IPVS refused %s", result, extra={
+                "event": "ipvs_error", "op": str(result.op), "errno": result.errno, **extra})
+        elif result.outcome is Outcome.SKIPPED:
+            log.warning("ipvs %s", result, extra={"event": "ipvs_skipped", **extra})
+        else:
+            log.info("ipvs %s", result, extra={"event": "ipvs_op", **extra})
 
     def sync_role(self, active: bool, interface: str, sync_id: int, *, epoch: int) -> None:
         """Master on the active, backup elsewhere; idempotent. Raises KernelError."""

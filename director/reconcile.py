@@ -52,11 +52,6 @@ class Stats:
     outbps: int = 0
 
 
-# IPVS's fwd method numbers: 1 (local node) and 4 (bypass) exist in the kernel but are never
-# configured by lvsctl; an observed dest may still carry them.
-FWD_NAMES = {0: "Masq", 1: "Local", 2: "Tunnel", 3: "Route", 4: "Bypass"}
-
-
 @dataclass(frozen=True)
 class ObservedDest:
     """One destination as the kernel reports it, with its connection counters."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import click
@@ -10,10 +9,13 @@ import click
 from lvsctl.core.config import Loaded, load_cluster
 from lvsctl.core.errors import KernelError
 from lvsctl.core.model import Family, ServiceKey
-from lvsctl.director.ipvs import (
-    IpvsTable,
-    open_ipvs,
+from lvsctl.director.dataplane import OpResult, Outcome, apply_ops, count, plan_cluster
+from lvsctl.director.ipvs_kernel import KernelIpvs
+from lvsctl.director.ipvs_rules import FWD_NAMES
+from lvsctl.director.ipvs_text import (
+    listing_lines,
     save_text,
+    service_label,
     sorted_dests,
     sorted_services,
 )
@@ -23,81 +25,30 @@ from lvsctl.director.ipvs_timeouts import (
     timeouts_json,
     timeouts_text,
 )
-from lvsctl.director.reconcile import (
-    FWD_NAMES,
-    ObservedService,
-    Op,
-    desired_table,
-    op_dict,
-    plan,
-    update_drain_state,
-)
+from lvsctl.director.reconcile import ObservedService, op_dict
 from lvsctl.output import echo_json, warn
-
-APPLY_CHUNK = 256  # ops per pipelined batch; a progress line per op after each batch
 
 
 @click.group("ipvs")
 @click.option("--netns", metavar="NAME", default=None,
               help="Work on the IPVS table of this network namespace.")
-@click.option("--fake-ipvs", "fake", metavar="FILE", default=None, hidden=True,
-              help="Use the in-memory fake IPVS stored in FILE (tests only).")
 @click.pass_context
-def ipvs_group(ctx: click.Context, netns: str | None, fake: str | None) -> None:
+def ipvs_group(ctx: click.Context, netns: str | None) -> None:
     """Show the kernel's IPVS table; plan and apply a cluster file to it."""
-    ctx.obj = {"netns": netns, "fake": fake}
+    ctx.obj = {"netns": netns}
 
 
-def _open(ctx: click.Context) -> IpvsTable:
+def _open(ctx: click.Context) -> KernelIpvs:
     opts = ctx.find_object(dict) or {}
-    return open_ipvs(netns=opts.get("netns"), fake=opts.get("fake"))
-
-
-def _service_label(key: ServiceKey) -> tuple[str, str]:
-    if key.fwmark:
-        return "FWM", f"{key.fwmark}{' IPv6' if key.family is Family.INET6 else ''}"
-    assert key.protocol is not None and key.address is not None
-    host = f"[{key.address}]" if key.family is Family.INET6 else key.address
-    return key.protocol.name, f"{host}:{key.port}"
-
-
-def _flags_text(service: ObservedService) -> str:
-    spec = service.spec
-    parts = []
-    if spec.persistence:
-        parts.append(f"persistent {spec.persistence}")
-        if spec.netmask != service.key.family.host_prefix:
-            parts.append(f"mask /{spec.netmask}")
-    parts.extend(sorted(spec.flags))
-    if service.pe_name:
-        parts.append(f"pe {service.pe_name}")
-    return " ".join(parts)
-
-
-def show_lines(table: dict[ServiceKey, ObservedService]) -> list[str]:
-    """The table in ipvsadm -Ln's layout (same columns, same order)."""
-    lines = ["Prot LocalAddress:Port Scheduler Flags",
-             "  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn"]
-    for service in sorted_services(table):
-        proto, where = _service_label(service.key)
-        head = f"{proto:<4} {where} {service.spec.scheduler}"
-        flags = _flags_text(service)
-        lines.append(f"{head} {flags}".rstrip())
-        for dest in sorted_dests(service):
-            host = (f"[{dest.key.address}]" if ":" in dest.key.address else dest.key.address)
-            name = f"{host}:{dest.key.port}"
-            lines.append(f"  -> {name:<28} {FWD_NAMES.get(dest.fwd, '?'):<7} {dest.weight:<6} "
-                         f"{dest.active_conns:<10} {dest.inactive_conns:<10}".rstrip())
-    return lines
+    return KernelIpvs(netns=opts.get("netns"))
 
 
 def table_json(table: dict[ServiceKey, ObservedService]) -> list[dict[str, Any]]:
     out = []
     for service in sorted_services(table):
-        proto = _service_label(service.key)[0]
         out.append({
             "service": str(service.key),
-            "protocol": proto.lower(),
+            "protocol": service_label(service.key)[0].lower(),
             "address": service.key.address,
             "port": service.key.port,
             "fwmark": service.key.fwmark,
@@ -130,14 +81,14 @@ def table_json(table: dict[ServiceKey, ObservedService]) -> list[dict[str, Any]]
 @click.pass_context
 def show_command(ctx: click.Context, as_json: bool) -> None:
     """Show the live IPVS table with connection counts (like ipvsadm -Ln)."""
-    with _closing(_open(ctx)) as ipvs:
+    with _open(ctx) as ipvs:
         table = ipvs.observe()
         timeouts = observe_timeouts(ipvs) if as_json else None
     if as_json:
         echo_json({"services": table_json(table),
                    "timeouts": None if timeouts is None else timeouts_json(timeouts)})
         return
-    for line in show_lines(table):
+    for line in listing_lines(table):
         click.echo(line)
 
 
@@ -145,8 +96,8 @@ def show_command(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def save_command(ctx: click.Context) -> None:
     """Print the table as rules ipvsadm -R reads (the same text as ipvsadm -S -n)."""
-    with _closing(_open(ctx)) as ipvs:
-        click.echo(save_text(ipvs.observe()), nl=False)
+    with _open(ctx) as ipvs:
+        click.echo(save_text(ipvs.observe(stats=False)), nl=False)
 
 
 def _load(file: str) -> Loaded:
@@ -157,16 +108,6 @@ def _load(file: str) -> Loaded:
     return loaded
 
 
-def _plan(ipvs: IpvsTable, loaded: Loaded) -> tuple[str, list[Op]]:
-    # No health results here: every real server counts as healthy (desired_table's warm-start
-    # rule), so the plan is what the file says.
-    desired = desired_table(loaded.cluster, {})
-    observed = ipvs.observe(stats=False)
-    now = time.monotonic()
-    drain = update_drain_state({}, desired, observed, now)
-    return loaded.source, plan(desired, observed, drain, now)
-
-
 @ipvs_group.command("plan")
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the ops as JSON.")
@@ -174,13 +115,13 @@ def _plan(ipvs: IpvsTable, loaded: Loaded) -> tuple[str, list[Op]]:
 def plan_command(ctx: click.Context, file: str, as_json: bool) -> None:
     """Show what `apply FILE` would change in the live table; change nothing."""
     loaded = _load(file)
-    with _closing(_open(ctx)) as ipvs:
-        source, ops = _plan(ipvs, loaded)
+    with _open(ctx) as ipvs:
+        ops = plan_cluster(ipvs, loaded.cluster).ops
     if as_json:
         echo_json({"file": file, "ops": [op_dict(op) for op in ops]})
         return
     if not ops:
-        click.echo(f"{source}: the IPVS table already matches; nothing to do")
+        click.echo(f"{loaded.source}: the IPVS table already matches; nothing to do")
         return
     for op in ops:
         click.echo(str(op))
@@ -189,43 +130,40 @@ def plan_command(ctx: click.Context, file: str, as_json: bool) -> None:
 
 @ipvs_group.command("apply")
 @click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True,
+              help="Print each op's outcome as JSON at the end (progress goes to stderr).")
 @click.pass_context
-def apply_command(ctx: click.Context, file: str) -> None:
+def apply_command(ctx: click.Context, file: str, as_json: bool) -> None:
     """Reconcile the live table with FILE once, printing each op as it is applied.
 
     Only the file's services are touched. A real server no longer in the file is drained
-    (weight 0) and deleted once idle; run apply again later to finish a drain. The file's
-    ipvs_timeouts are set too (like ipvsadm --set).
+    (weight 0) and deleted once idle; run apply again later to finish a drain. An op the
+    kernel refuses is printed with its reason and the others go on, except those that depend
+    on it (the real servers of a service that could not be added), which are skipped; then
+    apply exits 1. The file's ipvs_timeouts are set too (like ipvsadm --set).
     """
     loaded = _load(file)
-    with _closing(_open(ctx)) as ipvs:
-        source, ops = _plan(ipvs, loaded)
+
+    def progress(batch: list[OpResult]) -> None:
+        for result in batch:
+            failed = result.outcome in (Outcome.REFUSED, Outcome.SKIPPED)
+            click.echo(str(result), err=as_json or failed)
+
+    with _open(ctx) as ipvs:
         sent = sync_timeouts(ipvs, loaded.cluster.ipvs_timeouts)
         if sent is not None:
-            click.echo(f"set IPVS timeouts {timeouts_text(sent)}")
-        if not ops:
-            click.echo(f"{source}: the IPVS table already matches; nothing to do")
-            return
-        for start in range(0, len(ops), APPLY_CHUNK):
-            chunk = ops[start:start + APPLY_CHUNK]
-            try:
-                results = ipvs.apply_all(chunk)
-            except KernelError as exc:
-                # What went before the refused op in this batch was applied: say so.
-                for op in chunk[:chunk.index(exc.op)] if exc.op in chunk else []:
-                    click.echo(str(op))
-                raise
-            for op, changed in zip(chunk, results, strict=True):
-                click.echo(f"{op}{'' if changed else ' (already so)'}")
+            click.echo(f"set IPVS timeouts {timeouts_text(sent)}", err=as_json)
+        ops = plan_cluster(ipvs, loaded.cluster).ops
+        results = apply_ops(ipvs, ops, on_batch=progress) if ops else []
+    counts = count(results)
+    failed = counts[Outcome.REFUSED] + counts[Outcome.SKIPPED]
+    if as_json:
+        echo_json({"file": file, **counts, "results": [r.as_dict() for r in results]})
+    elif not ops:
+        click.echo(f"{loaded.source}: the IPVS table already matches; nothing to do")
+    elif not failed:
         click.echo(f"{len(ops)} op(s) applied")
-
-
-class _closing:
-    def __init__(self, ipvs: IpvsTable) -> None:
-        self.ipvs = ipvs
-
-    def __enter__(self) -> IpvsTable:
-        return self.ipvs
-
-    def __exit__(self, *exc: object) -> None:
-        self.ipvs.close()
+    if failed:
+        raise KernelError(f"{loaded.source}: {counts[Outcome.REFUSED]} op(s) refused by the "
+                          f"kernel and {counts[Outcome.SKIPPED]} skipped with them, of "
+                          f"{len(ops)}; the rest applied")

@@ -16,7 +16,6 @@ import fcntl
 import json
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,24 +28,22 @@ from lvsctl.core.model import (
     ServiceKey,
     ServiceSpec,
 )
-from lvsctl.director.ipvs import (
+from lvsctl.director.ipvs_rules import (
     SyncDaemon,
     SyncState,
-    check_spec,
     check_sync_args,
-    check_weight,
-    done_errno,
-    flag_bits,
     kernel_error,
+    refusal,
+    service_bits,
     service_spec,
+    settle,
+    sync_start_text,
 )
 from lvsctl.director.reconcile import (
     AddDest,
     AddService,
     DelDest,
     DelService,
-    DrainDest,
-    EditDest,
     EditService,
     ObservedDest,
     ObservedService,
@@ -135,18 +132,20 @@ class FakeIpvs:
                     for k, v in state["services"].items()}
 
     def apply(self, op: Op) -> bool:
-        return self.apply_all([op])[0]
+        return settle(op, self.apply_batch([op])[0])
 
-    def apply_all(self, ops: Sequence[Op]) -> list[bool]:
-        results: list[bool] = []
+    def apply_batch(self, ops: Sequence[Op]) -> list[int]:
+        """Each op's errno (0 = done), in order; an op the kernel would refuse whatever it
+        holds is answered without being counted as a write, as KernelIpvs does not send it."""
+        codes: list[int] = []
         with self._locked() as state:
             for op in ops:
-                state["writes"] += 1
-                code = _apply(state, op, self.schedulers)
-                if code and not done_errno(op, code):
-                    raise kernel_error(op, code)
-                results.append(code == 0)
-        return results
+                code = refusal(op)
+                if not code:
+                    state["writes"] += 1
+                    code = _apply(state, op, self.schedulers)
+                codes.append(code)
+        return codes
 
     def sync_daemons(self) -> list[SyncDaemon]:
         with self._locked() as state:
@@ -157,12 +156,11 @@ class FakeIpvs:
                     for s, d in sorted(state["daemons"].items())]
 
     def start_sync_daemon(self, state: SyncState, interface: str, sync_id: int) -> None:
-        what = f"start sync daemon {state.label} on {interface} (sync id {sync_id})"
-        check_sync_args(what, interface, sync_id)
+        check_sync_args(state, interface, sync_id)
         with self._locked() as st:
             st["writes"] += 1
             if str(int(state)) in st["daemons"]:
-                raise kernel_error(what, errnos.EEXIST)
+                raise kernel_error(sync_start_text(state, interface, sync_id), errnos.EEXIST)
             st["daemons"][str(int(state))] = {"interface": interface, "sync_id": sync_id}
 
     def stop_sync_daemon(self, state: SyncState) -> bool:
@@ -185,9 +183,8 @@ class FakeIpvs:
 
 
 def _observed(key: ServiceKey, raw: dict[str, Any]) -> ObservedService:
-    spec = service_spec(raw["scheduler"], raw["flags"], raw["timeout"], raw["netmask"])
-    if not spec.persistence:
-        spec = replace(spec, netmask=key.family.host_prefix)
+    spec = service_spec(raw["scheduler"], raw["flags"], raw["timeout"], raw["netmask"],
+                        key.family.host_prefix)
     dests = {}
     for d in raw["dests"].values():
         dkey = DestKey(d["address"], d["port"])
@@ -196,10 +193,9 @@ def _observed(key: ServiceKey, raw: dict[str, Any]) -> ObservedService:
 
 
 def _apply(state: _State, op: Op, schedulers: frozenset[str]) -> int:
-    """Apply one op to the state as the kernel would; its errno (0 = done)."""
+    """Apply one op (that ``refusal`` passed) to the state as the kernel would; its errno."""
     services = state["services"]
     if isinstance(op, AddService | EditService):
-        check_spec(op, op.key, op.spec)
         exists = _skey(op.key) in services
         if isinstance(op, AddService) and exists:
             return errnos.EEXIST
@@ -213,8 +209,6 @@ def _apply(state: _State, op: Op, schedulers: frozenset[str]) -> int:
     if isinstance(op, DelService):
         return 0 if services.pop(_skey(op.key), None) is not None else errnos.ESRCH
     service = services.get(_skey(op.service))
-    if isinstance(op, AddDest | EditDest | DrainDest):
-        check_weight(op, op.spec.weight)
     if service is None:
         return errnos.ESRCH
     dests = service["dests"]
@@ -238,8 +232,5 @@ def _apply(state: _State, op: Op, schedulers: frozenset[str]) -> int:
 
 
 def _service_entry(spec: ServiceSpec) -> dict[str, Any]:
-    from lvsctl.director.ipvs import F_PERSISTENT
-
-    bits = flag_bits(spec.scheduler, spec.flags) | (F_PERSISTENT if spec.persistence else 0)
-    return {"scheduler": spec.scheduler, "flags": bits, "timeout": spec.persistence,
+    return {"scheduler": spec.scheduler, "flags": service_bits(spec), "timeout": spec.persistence,
             "netmask": spec.netmask}

@@ -24,7 +24,9 @@ from lvsctl.core.model import (
     ServiceKey,
     ServiceSpec,
 )
-from lvsctl.director.ipvs import IpvsTable, KernelIpvs, SyncState, save_text
+from lvsctl.director.dataplane import Outcome, apply_ops
+from lvsctl.director.ipvs import IpvsTable, KernelIpvs, SyncState
+from lvsctl.director.ipvs_text import save_text
 from lvsctl.director.reconcile import (
     AddDest,
     AddService,
@@ -33,6 +35,7 @@ from lvsctl.director.reconcile import (
     DrainDest,
     EditDest,
     EditService,
+    Op,
     kernel_spec,
 )
 from lvsctl.testbed.fake_ipvs import FakeIpvs
@@ -87,6 +90,10 @@ def errno_of(excinfo: pytest.ExceptionInfo[KernelError]) -> int | None:
     return excinfo.value.errno
 
 
+def setup(ipvs: IpvsTable, *ops: Op) -> None:
+    assert ipvs.apply_batch(ops) == [0] * len(ops)
+
+
 # ---------------------------------------------------------------------------------------------
 # Services
 # ---------------------------------------------------------------------------------------------
@@ -118,8 +125,7 @@ SCHEDULERS = ["rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq"
 def test_every_scheduler(ipvs: IpvsTable) -> None:
     """One test, not one per scheduler: each kernel test costs seconds in the VM."""
     keys = [ServiceKey.inet(Protocol.TCP, "192.0.2.10", 1000 + i) for i in range(len(SCHEDULERS))]
-    assert all(ipvs.apply_all([AddService(k, ServiceSpec(s)) for k, s in zip(keys, SCHEDULERS,
-                                                                            strict=True)]))
+    setup(ipvs, *(AddService(k, ServiceSpec(s)) for k, s in zip(keys, SCHEDULERS, strict=True)))
     observed = ipvs.observe()
     assert [observed[k].spec.scheduler for k in keys] == SCHEDULERS
 
@@ -158,8 +164,8 @@ def test_missing_service(ipvs: IpvsTable) -> None:
 
 
 def test_delete_service_with_dests(ipvs: IpvsTable) -> None:
-    ipvs.apply_all([AddService(TCP, ServiceSpec()), AddService(UDP, ServiceSpec()),
-                    AddDest(TCP, DestKey("10.0.1.1", 8080), DestSpec(1, NAT))])
+    setup(ipvs, AddService(TCP, ServiceSpec()), AddService(UDP, ServiceSpec()),
+          AddDest(TCP, DestKey("10.0.1.1", 8080), DestSpec(1, NAT)))
     assert ipvs.apply(DelService(TCP)) is True
     assert list(ipvs.observe()) == [UDP]
 
@@ -192,7 +198,7 @@ def test_dest_round_trip(ipvs: IpvsTable, service: ServiceKey, key: DestKey,
 
 def test_edit_drain_and_delete_dest(ipvs: IpvsTable) -> None:
     key = DestKey("10.0.1.1", 8080)
-    ipvs.apply_all([AddService(TCP, ServiceSpec()), AddDest(TCP, key, DestSpec(5, NAT))])
+    setup(ipvs, AddService(TCP, ServiceSpec()), AddDest(TCP, key, DestSpec(5, NAT)))
     assert ipvs.apply(EditDest(TCP, key, DestSpec(9, DR))) is True
     assert ipvs.observe()[TCP].dests[key].spec == DestSpec(9, DR)
     assert ipvs.apply(DrainDest(TCP, key, DR)) is True
@@ -204,7 +210,7 @@ def test_edit_drain_and_delete_dest(ipvs: IpvsTable) -> None:
 
 def test_duplicate_dest_keeps_the_first(ipvs: IpvsTable) -> None:
     key = DestKey("10.0.1.1", 8080)
-    ipvs.apply_all([AddService(TCP, ServiceSpec()), AddDest(TCP, key, DestSpec(5, NAT))])
+    setup(ipvs, AddService(TCP, ServiceSpec()), AddDest(TCP, key, DestSpec(5, NAT)))
     assert ipvs.apply(AddDest(TCP, key, DestSpec(7, DR))) is False
     assert ipvs.observe()[TCP].dests[key].spec == DestSpec(5, NAT)
 
@@ -234,23 +240,88 @@ def test_weight_out_of_range(ipvs: IpvsTable) -> None:
     assert errno_of(excinfo) == errno.ERANGE
 
 
-def test_apply_all_reports_each_op_and_counts_writes(ipvs: IpvsTable) -> None:
+def test_apply_batch_answers_each_op_and_counts_writes(ipvs: IpvsTable) -> None:
     key = DestKey("10.0.1.1", 80)
     before = ipvs.writes
-    assert ipvs.apply_all([AddService(TCP, ServiceSpec()), AddService(TCP, ServiceSpec()),
-                           AddDest(TCP, key, DestSpec(1, NAT)),
-                           DelDest(TCP, DestKey("10.0.1.2", 80))]) == [True, False, True, False]
+    assert ipvs.apply_batch([AddService(TCP, ServiceSpec()), AddService(TCP, ServiceSpec()),
+                             AddDest(TCP, key, DestSpec(1, NAT)),
+                             DelDest(TCP, DestKey("10.0.1.2", 80))]) == [
+        0, errno.EEXIST, 0, errno.ENOENT]
     assert ipvs.writes - before == 4
     assert ipvs.apply(EditDest(TCP, key, DestSpec(2, NAT))) is True
     assert ipvs.writes - before == 5
+    # What the kernel refuses whatever it holds is answered without a write.
+    assert ipvs.apply_batch([EditDest(TCP, key, DestSpec(-1, NAT))]) == [errno.ERANGE]
+    assert ipvs.writes - before == 5
+
+
+def test_a_refused_op_in_a_batch_does_not_stop_the_ones_after_it(ipvs: IpvsTable) -> None:
+    """The kernel answers each pipelined request on its own: what the driver relies on."""
+    key = DestKey("10.0.1.1", 8080)
+    assert ipvs.apply_batch([
+        AddService(TCP, ServiceSpec()),
+        EditService(UDP, ServiceSpec()),  # no such service
+        AddService(SCTP, ServiceSpec("nosuch")),  # no such scheduler
+        AddDest(TCP, key, DestSpec(1, NAT)),
+        AddDest(UDP, key, DestSpec(1, NAT)),  # no such service
+        AddService(FWM, ServiceSpec("rr")),
+    ]) == [0, errno.ESRCH, errno.ENOENT, 0, errno.ESRCH, 0]
+    observed = ipvs.observe()
+    assert set(observed) == {TCP, FWM}
+    assert set(observed[TCP].dests) == {key}
 
 
 def test_a_refused_op_raises_with_the_op(ipvs: IpvsTable) -> None:
     op = EditService(UDP, ServiceSpec())
     with pytest.raises(KernelError) as excinfo:
-        ipvs.apply_all([AddService(TCP, ServiceSpec()), op])
+        ipvs.apply(op)
     assert excinfo.value.op == op
     assert str(UDP) in str(excinfo.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# The reconcile driver's rule for a refused op (director/dataplane.py), on both tables
+# ---------------------------------------------------------------------------------------------
+
+
+def test_refused_op_rule(ipvs: IpvsTable) -> None:
+    """A refused AddService takes its dests with it (skipped); a refused EditService or AddDest
+    takes nothing else; already-so counts as done; the next pass meets the same refusals."""
+    v6 = DestKey("2001:db8:1::21", 443)
+    setup(ipvs, AddService(TCP6, ServiceSpec("wlc")), AddDest(TCP6, v6, DestSpec(1, DR)))
+    a, b = DestKey("10.0.1.1", 8080), DestKey("10.0.1.2", 8080)
+    ops: list[Op] = [
+        AddService(TCP, ServiceSpec("wlc")),
+        AddService(UDP, ServiceSpec("nosuch")),
+        EditService(TCP6, ServiceSpec("nosuch")),
+        AddDest(TCP, a, DestSpec(1, NAT)),
+        AddDest(UDP, a, DestSpec(1, NAT)),
+        AddDest(UDP, b, DestSpec(1, NAT)),
+        EditDest(TCP6, v6, DestSpec(4, DR)),
+        AddDest(TCP6, DestKey("10.0.1.1", 443), DestSpec(1, NAT)),  # other family, not tunnel
+        AddDest(TCP6, v6, DestSpec(9, DR)),
+    ]
+    results = apply_ops(ipvs, ops, batch=4)
+    by_op = {r.op: (r.outcome, r.errno, r.after) for r in results}
+    assert by_op == {
+        ops[0]: (Outcome.APPLIED, 0, None),
+        ops[1]: (Outcome.REFUSED, errno.ENOENT, None),
+        ops[2]: (Outcome.REFUSED, errno.ENOENT, None),
+        ops[3]: (Outcome.APPLIED, 0, None),
+        ops[4]: (Outcome.SKIPPED, 0, ops[1]),
+        ops[5]: (Outcome.SKIPPED, 0, ops[1]),
+        ops[6]: (Outcome.APPLIED, 0, None),
+        ops[7]: (Outcome.REFUSED, errno.EINVAL, None),
+        ops[8]: (Outcome.ALREADY, errno.EEXIST, None),
+    }
+    observed = ipvs.observe()
+    assert set(observed) == {TCP, TCP6}
+    assert observed[TCP6].spec.scheduler == "wlc"
+    assert {k: d.weight for k, d in observed[TCP6].dests.items()} == {v6: 4}
+    assert set(observed[TCP].dests) == {a}
+    again = apply_ops(ipvs, ops)
+    assert [r.outcome for r in again].count(Outcome.REFUSED) == 3
+    assert [r.outcome for r in again].count(Outcome.SKIPPED) == 2
 
 
 # ---------------------------------------------------------------------------------------------
@@ -289,7 +360,7 @@ def test_sync_daemon_bad_arguments(ipvs: IpvsTable) -> None:
 # ipvsadm compatibility (kernel only: ipvsadm reads the kernel)
 # ---------------------------------------------------------------------------------------------
 
-MIXED = [
+MIXED: list[Op] = [
     AddService(TCP, ServiceSpec("wlc")),
     AddService(UDP, ServiceSpec("rr", persistence=300, netmask=24)),
     AddService(SCTP, ServiceSpec("sh", frozenset({"sh-port", "sh-fallback"}))),
@@ -310,12 +381,11 @@ MIXED = [
 
 @pytest.mark.kernel
 def test_save_equals_ipvsadm(lab: Lab) -> None:
-    target = _kernel_target(lab)
-    with target.ipvs as ipvs:
-        ipvs.apply_all(MIXED)
+    ns = lab.netns("ct")
+    with KernelIpvs(netns=ns.name) as ipvs:
+        setup(ipvs, *MIXED)
         ours = save_text(ipvs.observe())
-    assert target.netns is not None
-    theirs = target.netns.run(["ipvsadm", "-S", "-n"])
+    theirs = ns.run(["ipvsadm", "-S", "-n"])
     assert ours == theirs
     assert ours.count("\n") == len(MIXED)
 

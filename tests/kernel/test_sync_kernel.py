@@ -8,6 +8,7 @@ import time
 import pytest
 
 from lvsctl.core.config import parse_cluster
+from lvsctl.director.dataplane import apply_ops
 from lvsctl.director.ipvs import KernelIpvs, SyncState
 from lvsctl.director.reconcile import desired_table, plan
 from tests.kernel.test_reconcile_kernel import NAT_CLUSTER
@@ -27,7 +28,7 @@ def test_sync_daemon_master_to_backup(lab: Lab) -> None:
     with KernelIpvs(netns=nat.director.name) as master, \
             KernelIpvs(netns=backup_ns.name) as backup:
         for ipvs in (master, backup):  # the standby keeps the same table warm
-            ipvs.apply_all(plan(desired, ipvs.observe(), {}, 0.0))
+            apply_ops(ipvs, plan(desired, ipvs.observe(), {}, 0.0))
         backup.start_sync_daemon(SyncState.BACKUP, "sync0", SYNC_ID)
         master.start_sync_daemon(SyncState.MASTER, "sync0", SYNC_ID)
         assert [(d.state, d.interface, d.sync_id) for d in master.sync_daemons()] == [

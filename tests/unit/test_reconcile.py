@@ -1,12 +1,16 @@
-"""plan() and desired_table() as tables of cases: (wanted, what the kernel has) -> ops."""
+"""plan() and desired_table() as tables of cases: (wanted, what the kernel has) -> ops; and the
+reconcile driver's rule for a refused op, as a table of cases on the fake."""
 
 from __future__ import annotations
 
+import errno
+from collections.abc import Sequence
 from dataclasses import replace
 
 import pytest
 
 from lvsctl.core.config import parse_cluster
+from lvsctl.core.errors import KernelError
 from lvsctl.core.model import (
     DestKey,
     DestSpec,
@@ -17,6 +21,7 @@ from lvsctl.core.model import (
     ServiceKey,
     ServiceSpec,
 )
+from lvsctl.director.dataplane import Dataplane, OpResult, Outcome, apply_ops
 from lvsctl.director.reconcile import (
     AddDest,
     AddService,
@@ -35,6 +40,7 @@ from lvsctl.director.reconcile import (
     plan,
     update_drain_state,
 )
+from lvsctl.testbed.fake_ipvs import FakeIpvs
 
 TCP = ServiceKey.inet(Protocol.TCP, "192.0.2.10", 80)
 UDP = ServiceKey.inet(Protocol.UDP, "192.0.2.10", 53)
@@ -161,8 +167,6 @@ def test_observe_failed_plans_adds_only() -> None:
 
 def test_plan_applied_to_the_observed_table_converges() -> None:
     """Applying a plan to the table it came from yields an empty plan (no flapping)."""
-    from lvsctl.testbed.fake_ipvs import FakeIpvs
-
     desired = table(want(TCP, {A: 1, B: 2}, spec=RR), want(UDP, {C: 1}, fwd=NAT))
     fake = FakeIpvs()
     fake.apply(AddService(TCP, WLC))
@@ -253,3 +257,131 @@ def test_spec_equality_decides_edits() -> None:
     desired = table(want(TCP, {}, spec=spec))
     assert plan(desired, table(have(TCP, {}, spec=ServiceSpec("sh"))), {}, 0.0) == [
         EditService(TCP, spec)]
+
+
+# ---------------------------------------------------------------------------------------------
+# The driver's rule for a refused op (director/dataplane.py), on the fake
+# ---------------------------------------------------------------------------------------------
+
+
+class Refusing(FakeIpvs):
+    """The fake, answering the ops in ``refuse`` with EPERM (as the kernel answers a process
+    without CAP_NET_ADMIN), and failing ``observe`` when ``blind`` (as a dump fails when its
+    answers overflow the socket, ENOBUFS)."""
+
+    def __init__(self, refuse: Sequence[Op] = (), blind: bool = False) -> None:
+        super().__init__()
+        self.refuse = list(refuse)
+        self.blind = blind
+
+    def observe(self, *, stats: bool = True) -> dict[ServiceKey, ObservedService]:
+        if self.blind:
+            raise KernelError("reading IPVS answers failed: No buffer space available",
+                              errno=errno.ENOBUFS)
+        return super().observe(stats=stats)
+
+    def apply_batch(self, ops: Sequence[Op]) -> list[int]:
+        passed = iter(super().apply_batch([op for op in ops if op not in self.refuse]))
+        return [errno.EPERM if op in self.refuse else next(passed) for op in ops]
+
+
+NOSUCH = ServiceSpec(scheduler="nosuch")
+APPLIED, ALREADY, REFUSED, SKIPPED = (Outcome.APPLIED, Outcome.ALREADY, Outcome.REFUSED,
+                                      Outcome.SKIPPED)
+
+# (name, ops already in the table, ops refused with EPERM, ops to apply,
+#  expected per op: (outcome, errno, index of the op it was skipped after))
+Expected = list[tuple[Outcome, int, int | None]]
+RULE_CASES: list[tuple[str, list[Op], list[Op], list[Op], Expected]] = [
+    ("every op applied",
+     [], [], [AddService(TCP, WLC), AddDest(TCP, A, DestSpec(1, DR))],
+     [(APPLIED, 0, None), (APPLIED, 0, None)]),
+    ("a duplicate add is already so, not refused",
+     [AddService(TCP, WLC)], [], [AddService(TCP, WLC), AddDest(TCP, A, DestSpec(1, DR))],
+     [(ALREADY, errno.EEXIST, None), (APPLIED, 0, None)]),
+    ("a delete of what is gone is already so",
+     [], [], [DelDest(TCP, A), DelService(TCP)],
+     [(ALREADY, errno.ESRCH, None), (ALREADY, errno.ESRCH, None)]),
+    ("a refused AddService skips its dests and nothing else",
+     [], [], [AddService(TCP, NOSUCH), AddService(UDP, WLC), AddDest(TCP, A, DestSpec(1, DR)),
+              AddDest(UDP, B, DestSpec(1, DR)), AddDest(TCP, B, DestSpec(1, DR))],
+     [(REFUSED, errno.ENOENT, None), (APPLIED, 0, None), (SKIPPED, 0, 0), (APPLIED, 0, None),
+      (SKIPPED, 0, 0)]),
+    ("a refused EditService keeps the old spec and its dests go on",
+     [AddService(TCP, WLC)], [], [EditService(TCP, NOSUCH), AddDest(TCP, A, DestSpec(1, DR))],
+     [(REFUSED, errno.ENOENT, None), (APPLIED, 0, None)]),
+    ("a refused dest op takes only itself",
+     [AddService(TCP, WLC)], [],
+     [AddDest(TCP, A, DestSpec(-1, DR)), AddDest(TCP, B, DestSpec(1, DR)),
+      EditDest(TCP, C, DestSpec(1, DR))],
+     [(REFUSED, errno.ERANGE, None), (APPLIED, 0, None), (REFUSED, errno.ENOENT, None)]),
+    ("a refused DelDest keeps its service (the delete would take the dest along)",
+     [AddService(TCP, WLC), AddDest(TCP, A, DestSpec(1, DR)), AddDest(TCP, B, DestSpec(1, DR)),
+      AddService(UDP, WLC)],
+     [DelDest(TCP, A)], [DelDest(TCP, A), DelDest(TCP, B), DelService(TCP), DelService(UDP)],
+     [(REFUSED, errno.EPERM, None), (APPLIED, 0, None), (SKIPPED, 0, 0), (APPLIED, 0, None)]),
+]
+
+
+@pytest.mark.parametrize(("name", "before", "refuse", "ops", "expected"), RULE_CASES,
+                         ids=[c[0] for c in RULE_CASES])
+@pytest.mark.parametrize("batch", [1, 256])
+def test_refused_op_rule(name: str, before: list[Op], refuse: list[Op], ops: list[Op],
+                         expected: Expected, batch: int) -> None:
+    fake = Refusing(refuse)
+    assert fake.apply_batch(before) == [0] * len(before)
+    seen: list[OpResult] = []
+    results = apply_ops(fake, ops, batch=batch, on_batch=seen.extend)
+    assert seen == results
+    by_op = {r.op: (r.outcome, r.errno, None if r.after is None else ops.index(r.after))
+             for r in results}
+    assert [by_op[op] for op in ops] == expected
+    # Skipped ops were not sent: one write per op that was.
+    assert fake.writes == len(before) + sum(
+        1 for r in results if r.outcome is not SKIPPED and r.errno not in (errno.EPERM,
+                                                                        errno.ERANGE))
+
+
+def test_ops_are_applied_services_then_dests_then_service_deletes() -> None:
+    ops: list[Op] = [AddService(TCP, WLC), AddDest(TCP, A, DestSpec(1, DR)),
+                     AddService(UDP, WLC), AddDest(UDP, B, DestSpec(1, DR)),
+                     DelDest(FWM, C), DelService(FWM)]
+    results = apply_ops(FakeIpvs(), ops)
+    assert [r.op for r in results] == [ops[0], ops[2], ops[1], ops[3], ops[4], ops[5]]
+
+
+SCHED_CLUSTER = CLUSTER.replace("ON_FAILURE", "remove").replace(
+    "realservers:", "scheduler: SCHED\n    realservers:", 1)
+
+
+def test_dataplane_pass_summary_names_refused_and_skipped_ops() -> None:
+    """The daemon's pass follows the same rule: a service on a scheduler the kernel lacks is
+    refused and reported, its dests skipped; the next pass plans (and meets) the same."""
+    cluster = parse_cluster(SCHED_CLUSTER.replace("SCHED", "twos"), "c.yaml").cluster
+    fake = FakeIpvs()
+    plane = Dataplane(fake, monotonic=lambda: 0.0)
+    summary = plane.reconcile(cluster, {}, epoch=7, role="active")
+    assert {k: summary[k] for k in ("epoch", "role", "observed", "planned", "applied",
+                                    "already", "refused", "skipped", "services")} == {
+        "epoch": 7, "role": "active", "observed": True, "planned": 4, "applied": 0,
+        "already": 0, "refused": 1, "skipped": 3, "services": 1}
+    assert summary["errors"][0] == (
+        "add service tcp 192.0.2.10:80 scheduler twos: the kernel refused: no such "
+        "destination, scheduler or persistence engine (ENOENT)")
+    assert all("skipped, since the kernel refused: add service" in line
+               for line in summary["errors"][1:])
+    assert fake.observe() == {}
+    assert plane.reconcile(cluster, {}, epoch=7, role="active")["refused"] == 1
+    fixed = parse_cluster(SCHED_CLUSTER.replace("SCHED", "rr"), "c.yaml").cluster
+    summary = plane.reconcile(fixed, {}, epoch=7, role="active")
+    assert (summary["applied"], summary["errors"]) == (4, [])
+
+
+def test_a_blind_pass_plans_adds_only() -> None:
+    cluster = parse_cluster(SCHED_CLUSTER.replace("SCHED", "rr"), "c.yaml").cluster
+    table = Refusing(blind=True)
+    plane = Dataplane(table, monotonic=lambda: 0.0)
+    summary = plane.reconcile(cluster, {}, epoch=3, role="standby")
+    assert (summary["observed"], summary["planned"], summary["applied"]) == (False, 4, 4)
+    table.blind = False
+    assert plane.reconcile(cluster, {}, epoch=3, role="standby")["planned"] == 0

@@ -5,6 +5,8 @@ kernel's rules)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from lvsctl.core.config import parse_cluster
@@ -136,12 +138,26 @@ def test_ops_flag_change_is_an_edit_and_the_fake_keeps_it() -> None:
     without = parse_cluster(UDP.replace("OPS", ""), "c.yaml").cluster
     ipvs = FakeIpvs()
     desired = desired_table(without, {})
-    ipvs.apply_all(plan(desired, ipvs.observe(), {}, 0.0))
+    assert set(ipvs.apply_batch(plan(desired, ipvs.observe(), {}, 0.0))) == {0}
     desired = desired_table(with_ops, {})
     ops = plan(desired, ipvs.observe(), {}, 0.0)
     (key,) = desired
     assert ops == [EditService(key, ServiceSpec(flags=frozenset({"ops"})))]
-    ipvs.apply_all(ops)
+    assert ipvs.apply_batch(ops) == [0]
     assert ipvs.observe()[key].spec.flags == frozenset({"ops"})
     assert plan(desired, ipvs.observe(), {}, 0.0) == []
     assert isinstance(plan(desired, {}, {}, 0.0)[0], AddService)
+
+
+def test_the_director_carries_the_quorum_verdict_between_passes(tmp_path: Path) -> None:
+    from lvsctl.director.dataplane import Dataplane
+
+    cluster = parse_cluster(www("    quorum: 3\n    quorum_hysteresis: 1\n"), "c.yaml").cluster
+    dataplane = Dataplane(FakeIpvs(str(tmp_path / "ipvs.json")), monotonic=lambda: 0.0)
+    sorry_per_pass = []
+    for up in (5, 2, 1, 2, 3, 4, 3, 2):
+        dataplane.reconcile(cluster, health(up), epoch=1, role="ACTIVE")
+        (observed,) = dataplane.table.observe().values()
+        sorry_per_pass.append(SORRY in observed.dests)
+    # The same sequence as the pure rule above, this time through the kernel table's fake.
+    assert sorry_per_pass == [False, False, True, True, True, False, False, False]
