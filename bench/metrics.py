@@ -35,6 +35,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,31 +65,45 @@ def cpu_ms(fn: Callable[[], object], repeat: int) -> float:
     return statistics.median(runs)
 
 
-@dataclass(frozen=True)
+@dataclass
 class Lag:
-    """What the ticker saw over one phase."""
+    """What the 1 ms ticker saw over the windows of one phase."""
 
-    seconds: float  # the phase's wall time
-    ticks: int
-    late_ms: float  # total lateness of the ticker's wake-ups
-    longest_ms: float  # the longest single lateness
-    loop_cpu_ms: float  # the loop thread's CPU time over the phase
+    seconds: float = 0.0  # wall time of the windows
+    ticks: int = 0
+    late_ms: float = 0.0  # total lateness of the ticker's wake-ups
+    longest_ms: float = 0.0  # the longest single lateness: the longest stall
+    loop_cpu_ms: float = 0.0  # the loop thread's CPU time over the windows
+    held_ms: float = 0.0  # the longest CPU stretch of the loop thread between two ticks
 
-    def late_per_second(self) -> float:
-        return self.late_ms / self.seconds
+    def add(self, other: Lag) -> None:
+        self.seconds += other.seconds
+        self.ticks += other.ticks
+        self.late_ms += other.late_ms
+        self.loop_cpu_ms += other.loop_cpu_ms
+        self.longest_ms = max(self.longest_ms, other.longest_ms)
+        self.held_ms = max(self.held_ms, other.held_ms)
 
 
 async def probe_lag(work: Callable[[], Awaitable[object]]) -> Lag:
     """Run ``work()`` on this loop beside a 1 ms ticker; what the ticker saw meanwhile."""
     loop = asyncio.get_running_loop()
     lateness: list[float] = []
+    held: list[float] = []
     done = asyncio.Event()
 
     async def ticker() -> None:
+        cpu = time.thread_time()
         while not done.is_set():
             start = loop.time()
             await asyncio.sleep(TICK)
             lateness.append(loop.time() - start - TICK)
+            # The loop thread's CPU since the last tick: its own work (a scrape's encoding, the
+            # ticker itself) that kept it from coming back; waits (for the GIL, for a CPU the
+            # machine gives to others) show in the lateness only.
+            now = time.thread_time()
+            held.append(now - cpu)
+            cpu = now
 
     cpu, wall = time.thread_time(), time.perf_counter()
     task = asyncio.create_task(ticker())
@@ -96,20 +111,29 @@ async def probe_lag(work: Callable[[], Awaitable[object]]) -> Lag:
     done.set()
     await task
     return Lag(time.perf_counter() - wall, len(lateness), sum(lateness) * 1000,
-               max(lateness) * 1000, (time.thread_time() - cpu) * 1000)
+               max(lateness, default=0.0) * 1000, (time.thread_time() - cpu) * 1000,
+               max(held, default=0.0) * 1000)
 
 
-async def scrapes(scrape: Callable[[], Awaitable[object]], count: int) -> None:
-    for _ in range(count):
+async def paired(scrape: Callable[[], Awaitable[object]], count: int) -> tuple[Lag, Lag]:
+    """(with scrapes, without) over ``count`` pairs of windows: one scrape and its settling,
+    then as long again with no scrape, so both halves of a pair share the machine's load."""
+    busy, idle = Lag(), Lag()
+
+    async def one() -> None:
         await scrape()
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
+
+    for _ in range(count):
+        window = await probe_lag(one)
+        busy.add(window)
+        idle.add(await probe_lag(partial(asyncio.sleep, window.seconds)))
+    return busy, idle
 
 
-def per_scrape(phase: Lag, base: Lag, count: int) -> tuple[float, float]:
-    """(excess lateness, excess loop CPU) per scrape in ms, against the baseline's rate."""
-    late = (phase.late_ms - base.late_per_second() * phase.seconds) / count
-    cpu = (phase.loop_cpu_ms - base.loop_cpu_ms / base.seconds * phase.seconds) / count
-    return late, cpu
+def per_scrape(busy: Lag, idle: Lag, count: int) -> tuple[float, float]:
+    """(excess lateness, excess loop CPU) per scrape in ms, against the windows without."""
+    return (busy.late_ms - idle.late_ms) / count, (busy.loop_cpu_ms - idle.loop_cpu_ms) / count
 
 
 async def loop_phases(snapshot: MetricsSnapshot, count: int) -> None:
@@ -125,31 +149,36 @@ async def loop_phases(snapshot: MetricsSnapshot, count: int) -> None:
         start = time.perf_counter()
         await cache.scrape()  # starts the renderer process: once per director
         first = (time.perf_counter() - start) * 1000
-        thread = await probe_lag(lambda: scrapes(threaded, count))
-        process = await probe_lag(lambda: scrapes(cache.scrape, count))
-        base = await probe_lag(lambda: asyncio.sleep(max(process.seconds, thread.seconds)))
+        process = await paired(cache.scrape, count)
+        thread = await paired(threaded, count)
         renders = cache.renders - 1
     finally:
         await cache.close()
 
     print(f"first scrape (starts the renderer process): {first:.0f} ms wall")
-    print(f"loop-lag probe (1 ms ticker), {count} scrapes per phase, one after another:")
-    print(f"  {'phase':<24}{'wall s':>8}{'ticks':>8}{'late ms':>10}{'longest':>10}"
-          f"{'loop CPU':>10}{'late/scrape':>13}{'CPU/scrape':>12}")
-    rows = [("no scrape (baseline)", base, None), ("render in a thread", thread, count),
-            ("ScrapeCache (process)", process, count)]
-    for name, lag, n in rows:
-        late, cpu = per_scrape(lag, base, n) if n else (0.0, 0.0)
-        print(f"  {name:<24}{lag.seconds:8.2f}{lag.ticks:8d}{lag.late_ms:10.1f}"
-              f"{lag.longest_ms:10.1f}{lag.loop_cpu_ms:10.1f}{late:13.1f}{cpu:12.1f}")
-    late, cpu = per_scrape(process, base, count)
-    thread_late, _ = per_scrape(thread, base, count)
+    print(f"loop-lag probe (1 ms ticker), {count} pairs of windows (one scrape, then as long "
+          f"with none):")
+    print(f"  {'windows':<30}{'wall s':>7}{'ticks':>7}{'late ms':>9}{'longest':>9}"
+          f"{'held':>7}{'loop CPU':>9}{'late/scrape':>12}{'CPU/scrape':>11}")
+    rows = [("ScrapeCache (process)", process), ("render in a thread (before)", thread)]
+    for name, (busy, idle) in rows:
+        late, cpu = per_scrape(busy, idle, count)
+        for label, lag, figures in ((name, busy, f"{late:12.1f}{cpu:11.1f}"),
+                                    ("  same span, no scrape", idle, "")):
+            print(f"  {label:<30}{lag.seconds:7.2f}{lag.ticks:7d}{lag.late_ms:9.1f}"
+                  f"{lag.longest_ms:9.1f}{lag.held_ms:7.1f}{lag.loop_cpu_ms:9.1f}{figures}")
+    print("  (longest: the longest stall; held: the longest CPU stretch of the loop thread "
+          "between two ticks)")
+    busy, idle = process
+    late, cpu = per_scrape(busy, idle, count)
+    thread_late, _ = per_scrape(*thread, count)
     print(f"ScrapeCache renders: {renders} (max_age 0: every scrape renders)")
-    print(f"scrape cost to the loop: {late:.1f} ms late per scrape ({cpu:.1f} ms of it the loop "
-          f"thread's CPU), longest stall {process.longest_ms:.1f} ms against "
-          f"{base.longest_ms:.1f} ms with no scrape; goal < {GOAL_MS:.0f} ms "
-          f"({late / GOAL_MS:.2f} of it); render in a thread: {thread_late:.1f} ms per scrape "
-          f"({thread_late / max(late, 0.1):.0f}x)")
+    print(f"scrape cost to the loop: held {busy.held_ms:.1f} ms at most (no scrape: "
+          f"{idle.held_ms:.1f}), {cpu:.1f} ms of loop CPU per scrape; {late:.1f} ms late per "
+          f"scrape, longest stall {busy.longest_ms:.1f} ms (no scrape: {idle.longest_ms:.1f}, "
+          f"ratio {busy.longest_ms / max(idle.longest_ms, 0.1):.1f}); goal < {GOAL_MS:.0f} ms. "
+          f"Render in a thread: {thread_late:.1f} ms late per scrape "
+          f"({thread_late / max(late, 0.1):.1f}x), longest stall {thread[0].longest_ms:.1f} ms")
 
 
 def main() -> None:

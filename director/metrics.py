@@ -25,15 +25,17 @@ import bisect
 import gc
 import logging
 import multiprocessing
+import os
 import pickle
 import platform
 import signal
+import socket
+import struct
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from importlib import metadata
-from multiprocessing.connection import Connection
 from operator import attrgetter
 from typing import TypeVar
 
@@ -733,6 +735,8 @@ def decode_snapshot(data: bytes) -> MetricsSnapshot:
 
 # -- the renderer process and the scrape the API serves --------------------------------------
 
+# The text can wait; the worker's loop (health checks, the API) cannot.
+RENDER_NICE = 10
 # Prometheus gives up on a scrape after 10 s by default: answer 503 before that.
 RENDER_TIMEOUT = 8.0
 # The largest text a renderer may send back: 100 x 20 is ~4 MB; the config bounds the rest.
@@ -744,46 +748,100 @@ class MetricsUnavailable(LvsctlError):
     is closed. The /metrics handler answers 503; the next scrape starts a new renderer."""
 
 
-def _serve(conn: Connection, build: BuildInfo) -> None:
-    """The renderer process: one snapshot in, its text out, until the director closes the pipe
-    (or dies: the pipe closes with it, so no renderer outlives its director)."""
+# Each message on the renderer's socket: its length (8 bytes, network order), then its bytes.
+_FRAME = struct.Struct("!Q")
+
+
+def _recv_exactly(sock: socket.socket, size: int) -> bytes:
+    """``size`` bytes from a blocking socket. Raises EOFError when it closes first."""
+    buf = bytearray(size)
+    view = memoryview(buf)
+    got = 0
+    while got < size:
+        n = sock.recv_into(view[got:])
+        if n == 0:
+            raise EOFError("the socket closed mid-message")
+        got += n
+    return bytes(buf)
+
+
+def _serve(sock: socket.socket, build: BuildInfo) -> None:
+    """The renderer process: one snapshot in, its text out, until the director closes the
+    socket (or dies: the socket closes with it, so no renderer outlives its director)."""
     # ^C in a terminal reaches the whole process group; the director decides when this ends.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    while True:
-        try:
-            data = conn.recv_bytes()
-        except EOFError:
-            return
-        body, _ = render_snapshot(decode_snapshot(data), build)
-        conn.send_bytes(body)
+    # Its own session: where the kernel groups CPU time by session (autogroup, the default on
+    # desktops and login shells), the renderer's bursts are then charged to a group of their
+    # own instead of halving the director's; bench/metrics.py measured the loop's lateness
+    # grow by ~300 ms per scrape without this on a loaded 2-CPU host. Within one cgroup (a
+    # systemd service) the nice value puts the loop's health checks first.
+    os.setsid()
+    os.nice(RENDER_NICE)
+    with sock:
+        while True:
+            try:
+                (size,) = _FRAME.unpack(_recv_exactly(sock, _FRAME.size))
+                data = _recv_exactly(sock, size)
+            except EOFError:
+                return
+            body, _ = render_snapshot(decode_snapshot(data), build)
+            sock.sendall(_FRAME.pack(len(body)))
+            sock.sendall(body)
 
 
 class _Renderer:
     """One child process of the spawn context (a fresh interpreter: no copy of the director's
-    threads, locks or sockets) with its pipe. Blocking: call it from a thread."""
+    threads, locks or sockets) and the director's end of its socket, non-blocking: the loop
+    sends and receives without a helper thread, which would take the GIL from the loop at
+    every chunk and could be descheduled holding it."""
 
     def __init__(self, build: BuildInfo) -> None:
+        """Start the process (blocking: fork and exec; call it from a thread)."""
         context = multiprocessing.get_context("spawn")
-        self.conn, child = context.Pipe()
+        self.sock, child = socket.socketpair()
         self.process = context.Process(target=_serve, args=(child, build),
                                        name="lvsctl-metrics-renderer", daemon=True)
-        self.process.start()
-        child.close()
+        try:
+            self.process.start()
+        except BaseException:
+            self.sock.close()
+            raise
+        finally:
+            child.close()
+        self.sock.setblocking(False)
 
-    def exchange(self, payload: bytes) -> bytes:
+    async def exchange(self, payload: bytes) -> bytes:
         """Send one encoded snapshot, return its text. Raises EOFError or OSError when the
-        process dies."""
-        self.conn.send_bytes(payload)
-        return self.conn.recv_bytes(MAX_BODY_BYTES)
+        process dies, OSError when it answers more than MAX_BODY_BYTES."""
+        loop = asyncio.get_running_loop()
+        await loop.sock_sendall(self.sock, _FRAME.pack(len(payload)))
+        await loop.sock_sendall(self.sock, payload)
+        (size,) = _FRAME.unpack(await self._recv(_FRAME.size))
+        if size > MAX_BODY_BYTES:
+            raise OSError(f"the renderer answered {size} bytes, over {MAX_BODY_BYTES}")
+        return await self._recv(size)
+
+    async def _recv(self, size: int) -> bytes:
+        loop = asyncio.get_running_loop()
+        buf = bytearray(size)
+        view = memoryview(buf)
+        got = 0
+        while got < size:
+            n = await loop.sock_recv_into(self.sock, view[got:])
+            if n == 0:
+                raise EOFError("the renderer closed its socket")
+            got += n
+        return bytes(buf)
 
     def stop(self) -> None:
-        """End the process (SIGTERM, then SIGKILL after 5 s), reap it, close the pipe."""
+        """End the process (SIGTERM, then SIGKILL after 5 s), reap it, close the socket
+        (blocking: call it from a thread)."""
         self.process.terminate()
         self.process.join(5.0)
         if self.process.is_alive():
             self.process.kill()
             self.process.join()
-        self.conn.close()
+        self.sock.close()
 
 
 class ScrapeCache:
@@ -850,18 +908,16 @@ class ScrapeCache:
             if self._closed:  # closed while it started
                 await self._discard(renderer)
                 raise MetricsUnavailable("the metrics scraper is closed")
-        exchange = asyncio.get_running_loop().run_in_executor(None, renderer.exchange, payload)
         try:
-            body = await asyncio.wait_for(asyncio.shield(exchange), self.timeout)
+            body = await asyncio.wait_for(renderer.exchange(payload), self.timeout)
         except (TimeoutError, EOFError, OSError) as exc:
             self.failures += 1
             why = (f"took over {self.timeout:g} s" if isinstance(exc, TimeoutError)
-                   else f"died ({type(exc).__name__})")
+                   else f"died ({type(exc).__name__}: {exc})")
             log.warning("metrics renderer (pid %s) %s; a new one starts at the next scrape",
                         renderer.process.pid, why)
+            # A renderer that may be half-way through a message is never reused.
             await self._discard(renderer)
-            # The exchange thread returns once the process is gone (EOF or a broken pipe).
-            await asyncio.gather(exchange, return_exceptions=True)
             raise MetricsUnavailable(f"the metrics renderer {why}") from exc
         self.renders += 1
         self._cached = (taken, body)
@@ -877,7 +933,11 @@ class ScrapeCache:
         with MetricsUnavailable. Later scrapes raise MetricsUnavailable."""
         self._closed = True
         inflight = self._inflight
+        if inflight is not None:
+            # Killed, the renderer fails the render in flight at once, which discards it: its
+            # socket is closed only after the loop stopped waiting on it.
+            if self._renderer is not None:
+                self._renderer.process.kill()
+            await asyncio.gather(inflight, return_exceptions=True)
         if self._renderer is not None:
             await self._discard(self._renderer)
-        if inflight is not None:
-            await asyncio.gather(inflight, return_exceptions=True)

@@ -137,6 +137,24 @@ def test_close_leaves_no_renderer_and_later_scrapes_fail() -> None:
     assert all(child.pid != pid for child in multiprocessing.active_children())
 
 
+def test_close_during_a_render_fails_it_and_leaves_no_renderer() -> None:
+    async def main() -> None:
+        cache = scraper()
+        await cache.scrape()
+        pid = cache.renderer_pid
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)  # the next render stays in flight until close
+        scrape = asyncio.create_task(cache.scrape())
+        for _ in range(5):
+            await asyncio.sleep(0)
+        await cache.close()
+        with pytest.raises(m.MetricsUnavailable):
+            await scrape
+        assert gone(pid) and cache.renderer_pid is None
+
+    asyncio.run(main())
+
+
 # A director that dies without closing its scraper (SIGKILL: no atexit, no finally).
 _DIRECTOR = """
 import asyncio, os, signal, sys
