@@ -833,15 +833,15 @@ class _Renderer:
             got += n
         return bytes(buf)
 
-    def stop(self) -> None:
-        """End the process (SIGTERM, then SIGKILL after 5 s), reap it, close the socket
-        (blocking: call it from a thread)."""
-        self.process.terminate()
-        self.process.join(5.0)
+    def stop(self, grace: float) -> None:
+        """Close the socket (an idle renderer exits on it), give the process ``grace`` seconds,
+        then SIGKILL, and reap it (blocking: call it from a thread, with no read or write of
+        the loop pending on the socket)."""
+        self.sock.close()
+        self.process.join(grace)
         if self.process.is_alive():
             self.process.kill()
             self.process.join()
-        self.sock.close()
 
 
 class ScrapeCache:
@@ -904,9 +904,13 @@ class ScrapeCache:
             if renderer is not None:
                 await self._discard(renderer)
             # Starting a process costs milliseconds of fork and exec: not on the loop.
-            renderer = self._renderer = await asyncio.to_thread(_Renderer, self.build)
+            try:
+                renderer = self._renderer = await asyncio.to_thread(_Renderer, self.build)
+            except OSError as exc:  # out of processes or memory
+                self.failures += 1
+                raise MetricsUnavailable(f"the metrics renderer did not start: {exc}") from exc
             if self._closed:  # closed while it started
-                await self._discard(renderer)
+                await self._discard(renderer, grace=0.0)
                 raise MetricsUnavailable("the metrics scraper is closed")
         try:
             body = await asyncio.wait_for(renderer.exchange(payload), self.timeout)
@@ -917,16 +921,16 @@ class ScrapeCache:
             log.warning("metrics renderer (pid %s) %s; a new one starts at the next scrape",
                         renderer.process.pid, why)
             # A renderer that may be half-way through a message is never reused.
-            await self._discard(renderer)
+            await self._discard(renderer, grace=0.0)
             raise MetricsUnavailable(f"the metrics renderer {why}") from exc
         self.renders += 1
         self._cached = (taken, body)
         return body
 
-    async def _discard(self, renderer: _Renderer) -> None:
+    async def _discard(self, renderer: _Renderer, grace: float = 5.0) -> None:
         if self._renderer is renderer:
             self._renderer = None
-        await asyncio.to_thread(renderer.stop)
+        await asyncio.to_thread(renderer.stop, grace)
 
     async def close(self) -> None:
         """Stop the renderer process and wait until it is reaped; a render in flight fails
