@@ -9,10 +9,13 @@ run so every figure shares the machine's load of the moment:
   machine), writing the exposition text (render_snapshot: prometheus_client's writer), and
   encoding the snapshot for the renderer process (encode_snapshot: what the loop pays);
 - a loop-lag probe: a ticker on the loop sleeps 1 ms at a time and adds up how late it wakes,
-  with no scrape (the baseline), while --scrapes scrapes run one after another with the text
-  rendered in a thread (the previous design), and with ScrapeCache (renderer process). The
-  excess over the baseline, per scrape, is the time the scrape kept the loop from running; the
-  loop thread's CPU time over the same span says how much of it was the loop's own work.
+  over --scrapes pairs of windows: one scrape (ScrapeCache: renderer process; then the
+  previous design, the text rendered in a thread), then as long again with no scrape, so each
+  pair shares the machine's load. The excess lateness per scrape is the time the scrape kept
+  the loop from running; the loop thread's CPU over the windows (the ticker's own counted per
+  tick) is how much of it was the loop's own work, and "held" its longest stretch between
+  two ticks. On a loaded shared machine the lateness of the windows without scrapes is large
+  and varies: use more pairs (--scrapes 12) for a figure to quote.
 
 The provider returns a snapshot built beforehand: building it is the worker's part (copying its
 live state), printed apart as "snapshot built from scratch", the most it can cost.
