@@ -1,18 +1,29 @@
-"""Benchmark: what one /metrics scrape costs a director with 100 services x 20 real servers.
+"""Benchmark: what one /metrics scrape costs the event loop of a director with 100 services x 20
+real servers.
 
-Measured on one synthetic snapshot with every family filled (lvsctl.testbed.prometheus):
+Measured on one synthetic snapshot with every family filled (lvsctl.testbed.prometheus), in one
+run so every figure shares the machine's load of the moment:
 
-- a full scrape: the collector builds the families and prometheus_client writes the text
-  (render_metrics), wall and CPU time, median of --repeat;
-- the baseline in the same run: JSON-encoding the same director's /status record (what the
-  /status handler does with the same data), so the figure reads as a ratio on any machine;
-- the event loop's longest stall while scrapes run the way the director serves them
-  (ScrapeCache: snapshot on the loop, text rendered in a thread), against the stall when the
-  same render runs on the loop itself. A 1 ms ticker on the loop measures how late it fires.
+- CPU milliseconds (median of --repeat): JSON-encoding the director's /status record (what the
+  /status handler does with the same data: the baseline, so figures read as ratios on any
+  machine), writing the exposition text (render_snapshot: prometheus_client's writer), and
+  encoding the snapshot for the renderer process (encode_snapshot: what the loop pays);
+- a loop-lag probe: a ticker on the loop sleeps 1 ms at a time and adds up how late it wakes,
+  over --scrapes pairs of windows: one scrape (ScrapeCache: renderer process; then the
+  previous design, the text rendered in a thread), then as long again with no scrape, so each
+  pair shares the machine's load. The excess lateness per scrape is the time the scrape kept
+  the loop from running; the loop thread's CPU over the windows (the ticker's own counted per
+  tick) is how much of it was the loop's own work, and "held" its longest stretch between
+  two ticks. On a loaded shared machine the lateness of the windows without scrapes is large
+  and varies: use more pairs (--scrapes 12) for a figure to quote.
+
+The provider returns a snapshot built beforehand: building it is the worker's part (copying its
+live state), printed apart as "snapshot built from scratch", the most it can cost.
 
 The goal (issue 17): a scrape costs the director's loop under 20 ms.
 
     .venv/bin/python bench/metrics.py [--services 100] [--realservers 20] [--repeat 5]
+                                      [--scrapes 5]
 """
 
 from __future__ import annotations
@@ -25,7 +36,9 @@ import shlex
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,107 +48,180 @@ from lvsctl.director.metrics import (  # noqa: E402
     BuildInfo,
     MetricsSnapshot,
     ScrapeCache,
-    new_registry,
-    render_metrics,
+    encode_snapshot,
     render_snapshot,
 )
 from lvsctl.testbed.prometheus import synthetic_snapshot  # noqa: E402
 
 BUILD = BuildInfo("bench", "3")
 TICK = 0.001
+GOAL_MS = 20.0
 
 
-def timed(fn: Callable[[], object], repeat: int) -> tuple[float, float]:
-    """Median wall and CPU milliseconds of ``fn()`` over ``repeat`` runs."""
-    walls, cpus = [], []
+def cpu_ms(fn: Callable[[], object], repeat: int) -> float:
+    """Median CPU milliseconds of ``fn()`` over ``repeat`` runs (this thread's CPU time)."""
+    runs = []
     for _ in range(repeat):
-        w, c = time.perf_counter(), time.process_time()
+        start = time.thread_time()
         fn()
-        walls.append((time.perf_counter() - w) * 1000)
-        cpus.append((time.process_time() - c) * 1000)
-    return statistics.median(walls), statistics.median(cpus)
+        runs.append((time.thread_time() - start) * 1000)
+    return statistics.median(runs)
 
 
-async def longest_stall(scrape: Callable[[], object], scrapes: int) -> float:
-    """The longest lateness (ms) of a 1 ms ticker on this loop while ``scrapes`` scrapes run
-    one after another through ``scrape`` (a coroutine function or a plain one)."""
-    worst = 0.0
+@dataclass
+class Lag:
+    """What the 1 ms ticker saw over the windows of one phase."""
+
+    seconds: float = 0.0  # wall time of the windows
+    ticks: int = 0
+    late_ms: float = 0.0  # total lateness of the ticker's wake-ups
+    longest_ms: float = 0.0  # the longest single lateness: the longest stall
+    loop_cpu_ms: float = 0.0  # the loop thread's CPU time over the windows
+    held_ms: float = 0.0  # the longest CPU stretch of the loop thread between two ticks
+
+    def add(self, other: Lag) -> None:
+        self.seconds += other.seconds
+        self.ticks += other.ticks
+        self.late_ms += other.late_ms
+        self.loop_cpu_ms += other.loop_cpu_ms
+        self.longest_ms = max(self.longest_ms, other.longest_ms)
+        self.held_ms = max(self.held_ms, other.held_ms)
+
+
+async def probe_lag(work: Callable[[], Awaitable[object]]) -> Lag:
+    """Run ``work()`` on this loop beside a 1 ms ticker; what the ticker saw meanwhile."""
+    loop = asyncio.get_running_loop()
+    lateness: list[float] = []
+    held: list[float] = []
     done = asyncio.Event()
 
     async def ticker() -> None:
-        nonlocal worst
-        loop = asyncio.get_running_loop()
+        cpu = time.thread_time()
         while not done.is_set():
             start = loop.time()
             await asyncio.sleep(TICK)
-            worst = max(worst, loop.time() - start - TICK)
+            lateness.append(loop.time() - start - TICK)
+            # The loop thread's CPU since the last tick: its own work (a scrape's encoding, the
+            # ticker itself) that kept it from coming back; waits (for the GIL, for a CPU the
+            # machine gives to others) show in the lateness only.
+            now = time.thread_time()
+            held.append(now - cpu)
+            cpu = now
 
+    cpu, wall = time.thread_time(), time.perf_counter()
     task = asyncio.create_task(ticker())
-    await asyncio.sleep(0.05)
-    for _ in range(scrapes):
-        result = scrape()
-        if asyncio.iscoroutine(result):
-            await result
-        await asyncio.sleep(0.01)
+    await work()
     done.set()
     await task
-    return worst * 1000
+    return Lag(time.perf_counter() - wall, len(lateness), sum(lateness) * 1000,
+               max(lateness, default=0.0) * 1000, (time.thread_time() - cpu) * 1000,
+               max(held, default=0.0) * 1000)
+
+
+async def paired(scrape: Callable[[], Awaitable[object]], count: int) -> tuple[Lag, Lag]:
+    """(with scrapes, without) over ``count`` pairs of windows: one scrape and its settling,
+    then as long again with no scrape, so both halves of a pair share the machine's load."""
+    busy, idle = Lag(), Lag()
+
+    async def one() -> None:
+        await scrape()
+        await asyncio.sleep(0.05)
+
+    for _ in range(count):
+        window = await probe_lag(one)
+        busy.add(window)
+        idle.add(await probe_lag(partial(asyncio.sleep, window.seconds)))
+    return busy, idle
+
+
+def per_scrape(busy: Lag, idle: Lag, count: int) -> tuple[float, float]:
+    """(excess lateness, excess loop CPU) per scrape in ms, against the windows without; the
+    ticker's own CPU is counted per tick, as a loop that is held ticks less."""
+    tick_cpu = idle.loop_cpu_ms / max(idle.ticks, 1)
+    return ((busy.late_ms - idle.late_ms) / count,
+            (busy.loop_cpu_ms - tick_cpu * busy.ticks) / count)
+
+
+async def loop_phases(snapshot: MetricsSnapshot, count: int) -> None:
+    def provider() -> MetricsSnapshot:
+        return snapshot
+
+    async def threaded() -> None:
+        # The previous design: snapshot on the loop, the text written in a thread.
+        await asyncio.to_thread(render_snapshot, provider(), BUILD)
+
+    cache = ScrapeCache(provider, BUILD, max_age=0.0, timeout=60.0)
+    try:
+        start = time.perf_counter()
+        await cache.scrape()  # starts the renderer process: once per director
+        first = (time.perf_counter() - start) * 1000
+        process = await paired(cache.scrape, count)
+        thread = await paired(threaded, count)
+        renders = cache.renders - 1
+    finally:
+        await cache.close()
+
+    print(f"first scrape (starts the renderer process): {first:.0f} ms wall")
+    print(f"loop-lag probe (1 ms ticker), {count} pairs of windows (one scrape, then as long "
+          f"with none):")
+    print(f"  {'windows':<30}{'wall s':>7}{'ticks':>7}{'late ms':>9}{'longest':>9}"
+          f"{'held':>7}{'loop CPU':>9}{'late/scrape':>12}{'CPU/scrape':>11}")
+    rows = [("ScrapeCache (process)", process), ("render in a thread (before)", thread)]
+    for name, (busy, idle) in rows:
+        late, cpu = per_scrape(busy, idle, count)
+        for label, lag, figures in ((name, busy, f"{late:12.1f}{cpu:11.1f}"),
+                                    ("  same span, no scrape", idle, "")):
+            print(f"  {label:<30}{lag.seconds:7.2f}{lag.ticks:7d}{lag.late_ms:9.1f}"
+                  f"{lag.longest_ms:9.1f}{lag.held_ms:7.1f}{lag.loop_cpu_ms:9.1f}{figures}")
+    print("  (longest: the longest stall; held: the longest CPU stretch of the loop thread "
+          "between two ticks)")
+    busy, idle = process
+    late, cpu = per_scrape(busy, idle, count)
+    thread_late, _ = per_scrape(*thread, count)
+    print(f"ScrapeCache renders: {renders} (max_age 0: every scrape renders)")
+    print(f"scrape cost to the loop: held {busy.held_ms:.1f} ms at most (no scrape: "
+          f"{idle.held_ms:.1f}), {cpu:.1f} ms of loop CPU per scrape; {late:.1f} ms late per "
+          f"scrape, longest stall {busy.longest_ms:.1f} ms (no scrape: {idle.longest_ms:.1f}, "
+          f"ratio {busy.longest_ms / max(idle.longest_ms, 0.1):.1f}); goal < {GOAL_MS:.0f} ms. "
+          f"Render in a thread: {thread_late:.1f} ms late per scrape "
+          f"({thread_late / max(late, 0.1):.1f}x), longest stall {thread[0].longest_ms:.1f} ms")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--services", type=int, default=100)
     parser.add_argument("--realservers", type=int, default=20)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--scrapes", type=int, default=5)
     args = parser.parse_args()
     if not (1 <= args.services <= 1000 and 1 <= args.realservers <= 100
-            and 1 <= args.repeat <= 50):
-        parser.error("bounds: --services 1..1000, --realservers 1..100, --repeat 1..50")
+            and 1 <= args.repeat <= 50 and 1 <= args.scrapes <= 50):
+        parser.error("bounds: --services 1..1000, --realservers 1..100, --repeat 1..50, "
+                     "--scrapes 1..50")
 
     print(f"command: {shlex.join([sys.executable, *sys.argv])}")
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load average "
           f"{os.getloadavg()[0]:.1f}")
     snapshot = synthetic_snapshot(args.services, args.realservers)
-    registry = new_registry(lambda: snapshot, BUILD)
-    body, _ = render_metrics(registry)
-    lines = body.decode().splitlines()
-    samples = sum(1 for line in lines if not line.startswith("#"))
+    body, _ = render_snapshot(snapshot, BUILD)
+    samples = sum(1 for line in body.decode().splitlines() if not line.startswith("#"))
+    payload = encode_snapshot(snapshot)
     print(f"snapshot: {args.services} services x {args.realservers} real servers; exposition "
-          f"{len(body) / 1e6:.1f} MB, {samples} samples")
+          f"{len(body) / 1e6:.1f} MB, {samples} samples; encoded snapshot "
+          f"{len(payload) / 1e3:.0f} kB")
 
-    base_wall, base_cpu = timed(lambda: json.dumps(snapshot.record.to_json()).encode(),
-                                args.repeat)
-    collect_wall, _ = timed(lambda: list(registry.collect()), args.repeat)
-    wall, cpu = timed(lambda: render_metrics(registry), args.repeat)
-    print(f"baseline, /status JSON:      {base_wall:8.1f} ms wall {base_cpu:8.1f} ms CPU")
-    print(f"families built (collect):    {collect_wall:8.1f} ms wall")
-    print(f"full scrape (render_metrics):{wall:8.1f} ms wall {cpu:8.1f} ms CPU  "
-          f"(ratio to baseline: {wall / base_wall:.0f}x wall, {cpu / base_cpu:.0f}x CPU)")
-
-    scrapes = min(args.repeat, 5)
-    # The machine's own noise over the same time span: the loop just sleeps for each render.
-    idle = asyncio.run(longest_stall(lambda: asyncio.sleep(wall / 1000), scrapes))
-    inline = asyncio.run(longest_stall(lambda: render_snapshot(snapshot, BUILD), scrapes))
-    loop_cpu: list[float] = []
-
-    def provider() -> MetricsSnapshot:
-        # What the worker's provider does on the loop: build the snapshot from live state
-        # (here from scratch, the most it can cost), measured in the loop thread's CPU time.
-        start = time.thread_time()
-        snap = synthetic_snapshot(args.services, args.realservers)
-        loop_cpu.append((time.thread_time() - start) * 1000)
-        return snap
-
-    cache = ScrapeCache(provider, BUILD, max_age=0.0)
-    offloaded = asyncio.run(longest_stall(cache.scrape, scrapes))
-    print(f"loop stall, no scrape:       {idle:8.1f} ms (the machine's own noise, same span)")
-    print(f"loop stall, render on loop:  {inline:8.1f} ms (longest of {scrapes} scrapes)")
-    print(f"loop stall, ScrapeCache:     {offloaded:8.1f} ms (longest of {scrapes} scrapes; "
-          f"{cache.renders} renders)")
-    print(f"snapshot on the loop:        {statistics.median(loop_cpu):8.1f} ms CPU of the loop "
-          f"thread (median of {len(loop_cpu)}; the render runs in a thread)")
-    print(f"scrape cost to the loop: {statistics.median(loop_cpu):.1f} ms CPU, longest stall "
-          f"{offloaded:.1f} ms against {idle:.1f} ms idle (goal < 20 ms)")
+    base = cpu_ms(lambda: json.dumps(snapshot.record.to_json()).encode(), args.repeat)
+    built = cpu_ms(lambda: synthetic_snapshot(args.services, args.realservers), args.repeat)
+    render = cpu_ms(lambda: render_snapshot(snapshot, BUILD), args.repeat)
+    encode = cpu_ms(lambda: encode_snapshot(snapshot), args.repeat)
+    print(f"CPU ms, median of {args.repeat}:")
+    print(f"  baseline, /status JSON:             {base:8.1f}")
+    print(f"  snapshot built from scratch:        {built:8.1f}  (the worker's provider, at most)")
+    print(f"  text written (render_snapshot):     {render:8.1f}  ({render / base:.0f}x baseline; "
+          f"in the renderer process)")
+    print(f"  snapshot encoded (encode_snapshot): {encode:8.1f}  ({encode / base:.1f}x baseline, "
+          f"{render / encode:.0f}x less than the text; on the loop)")
+    asyncio.run(loop_phases(snapshot, args.scrapes))
 
 
 if __name__ == "__main__":

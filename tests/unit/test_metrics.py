@@ -275,12 +275,58 @@ def test_scrape_cache_shares_one_render_and_takes_the_snapshot_on_the_loop() -> 
             snap.record, services=(ServiceStatus("svc0", realservers=(rs,)),)))
 
     async def main() -> None:
-        cache = m.ScrapeCache(provider, BUILD, max_age=1.0, clock=lambda: now[0])
-        bodies = await asyncio.gather(*(cache.scrape() for _ in range(5)))
-        assert cache.renders == 1 and len({b for b, _ in bodies}) == 1
-        now[0] += 1.5
-        await cache.scrape()
-        assert cache.renders == 2
+        cache = m.ScrapeCache(provider, BUILD, max_age=1.0, clock=lambda: now[0], timeout=120)
+        try:
+            bodies = await asyncio.gather(*(cache.scrape() for _ in range(5)))
+            assert cache.renders == 1 and len({b for b, _ in bodies}) == 1
+            now[0] += 1.5
+            await cache.scrape()
+            assert cache.renders == 2
+        finally:
+            await cache.close()
 
     asyncio.run(main())
     assert loop_threads == [True, True]
+
+
+def _variants() -> list[m.MetricsSnapshot]:
+    snap = synthetic_snapshot(3, 4)
+    foreign = m.KernelService("not-configured", m.KernelCounters(1, 1, 1, 1, 1),
+                              (m.KernelDest("x", 1),))
+    return [
+        snap,
+        synthetic_snapshot(2, 3, role="STANDBY", reason="HTTP 500, expected 200"),
+        replace(snap, lease_seconds_left=None, config_version=None, sync_role=None,
+                record=replace(snap.record, since=None, role="<b>WEIRD</b>",
+                               config=replace(snap.record.config, error="bad file"))),
+        replace(snap, kernel=(*snap.kernel, foreign), probes=()),
+        m.MetricsSnapshot(record=replace(snap.record, services=(), vips=())),
+    ]
+
+
+@pytest.mark.parametrize("snap", _variants())
+def test_the_encoded_snapshot_renders_the_same_text(snap: m.MetricsSnapshot) -> None:
+    # The renderer process sees only what encode_snapshot carries: every field the
+    # collector reads must survive the trip.
+    decoded = m.decode_snapshot(m.encode_snapshot(snap))
+    assert m.render_snapshot(decoded, BUILD) == m.render_snapshot(snap, BUILD)
+
+
+def test_the_encoded_snapshot_is_plain_data() -> None:
+    # Tuples of str/int/float pickle in C: the only classes in the payload are the label enums
+    # (each written once), never a dataclass, a record or a live object of the director.
+    import io
+    import pickle
+
+    found: set[tuple[str, str]] = set()
+
+    class Recorder(pickle.Unpickler):
+        def find_class(self, module: str, name: str) -> object:
+            found.add((module, name))
+            return super().find_class(module, name)
+
+    Recorder(io.BytesIO(m.encode_snapshot(synthetic_snapshot(2, 2)))).load()
+    enums = {e.__name__ for e in (m.Role, m.TransitionReason, m.ProbeFailure, m.Inconclusive,
+                                  m.OpKind, m.SyncRole, m.PeerReject)}
+    assert found and {name for _, name in found} <= enums
+    assert {module for module, _ in found} == {m.__name__}
