@@ -13,7 +13,7 @@ import pytest
 
 from lvsctl.core.model import Announce, Vip
 from lvsctl.director.vip import KernelVips, Lease, StaleLease, _checksum, announce
-from tests.support.inside import inside
+from lvsctl.testbed.netns import entered as inside
 
 pytestmark = pytest.mark.netns
 
