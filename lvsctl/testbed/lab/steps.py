@@ -198,9 +198,10 @@ def drill(lab: Lab, kind: str, echo: Echo) -> Result:
 
     def go() -> Any:
         with open_cluster(Target.from_node(node), connect_timeout=15) as conn:
-            # A generous API timeout: the directors answer slowly under the VM's emulated CPU.
+            # A generous API timeout: under the VM's emulated CPU on a busy host a director
+            # may take many seconds to answer (a stepdown answers once it is done).
             directors = ZkDirectors(ClusterView(conn), read_token(lab.workdir / "api.token"),
-                                    timeout=5.0,
+                                    timeout=30.0,
                                     addresses={d.name: d.address for d in cluster.directors})
             the_drill = Drill(
                 directors=directors, expected=Expected.from_cluster(cluster), kind=kind,
