@@ -50,8 +50,10 @@ def run(argv: Sequence[str], *, check: bool = True, timeout: float = 30) -> str:
 
 
 def unique(prefix: str) -> str:
-    """A name unique to this process, short enough for an interface (15 chars)."""
-    return f"{prefix}{os.getpid() % 100000}x{next(_counter)}"[:15]
+    """A name unique to this process, short enough for an interface (15 chars): the prefix
+    is shortened, never the PID and counter that make it unique."""
+    tail = f"{os.getpid() % 100000}x{next(_counter)}"
+    return prefix[:15 - len(tail)] + tail
 
 
 def _setns(path: str, what: str) -> None:

@@ -102,7 +102,7 @@ class LabState:
 
 
 def running_in_vm() -> bool:
-    """True inside the kernel VM (lvsctl/vm.py sets LVSCTL_IN_VM for the guest command)."""
+    """True inside the kernel VM (testbed/vm.py sets LVSCTL_IN_VM for the guest command)."""
     return os.environ.get("LVSCTL_IN_VM") == "1"
 
 
