@@ -380,9 +380,10 @@ class Lab:
         raise LabError(f"no director became active within {timeout:.0f} s; see "
                        f"{self.workdir}/lb1.log and lb2.log")
 
-    def fetch(self, vip: str, count: int, timeout: float = 3.0) -> list[str]:
+    def fetch(self, vip: str, count: int, timeout: float = 15.0) -> list[str]:
         """``count`` HTTP requests from the client, each on a new connection: who answered
-        (``"-"`` for a failure)."""
+        (``"-"`` for a failure). ``timeout`` (per request) is generous: under the VM's emulated
+        CPU on a busy host one answer may take seconds, and a refusal comes at once anyway."""
         return in_netns(self.ns("client"), lambda: [_http_get(vip, HTTP_PORT, timeout)
                                                     for _ in range(count)])
 
