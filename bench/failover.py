@@ -33,15 +33,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.support.director_lab import (
-    ADDRS,
-    VIP,
-    AddrWatch,
-    DirectorPair,
-    overlap,
-)
-from tests.support.netns import Lab, Netns, run
-from tests.support.zookeeper import _in_netns
+from lvsctl.testbed.netns import Lab, Netns, in_netns, run
+from lvsctl.testbed.overlap import overlap
+
+# The director pair's launcher is still test support (see pyproject's import contracts).
+from tests.support.director_lab import ADDRS, VIP, AddrWatch, DirectorPair
 
 ETH_P_ARP = 0x0806
 
@@ -61,7 +57,7 @@ class GarpWatch:
             sock.bind((self.bridge, 0))
             return sock
 
-        self.sock: socket.socket = _in_netns(self.hub.name, make)
+        self.sock: socket.socket = in_netns(self.hub.name, make)
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 

@@ -50,7 +50,7 @@ def _median_run(argv: list[str], repeat: int) -> float:
 
 def measure_here(repeat: int) -> dict[str, float]:
     """The same figures on whichever kernel this runs (host, or guest with --guest)."""
-    from tests.support.zookeeper import ZooKeeperServer
+    from lvsctl.testbed.zookeeper import ZooKeeperServer
 
     figures = {
         "python -c pass": _median_run([PYTHON, "-c", "pass"], repeat),
@@ -61,7 +61,7 @@ def measure_here(repeat: int) -> dict[str, float]:
     try:
         figures["ZooKeeper standalone ready"] = _timed(lambda: server.start(timeout=180))
     finally:
-        server.stop()
+        server.close()
     return figures
 
 

@@ -51,7 +51,7 @@ def minimal() -> dict[str, Any]:
 @pytest.fixture
 def lab():  # type: ignore[no-untyped-def]
     """Network namespaces (and processes in them) that are removed after the test."""
-    from tests.support.netns import Lab
+    from lvsctl.testbed.netns import Lab
 
     made = Lab()
     try:

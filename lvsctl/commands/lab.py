@@ -1,6 +1,7 @@
-"""``lvsctl lab up | demo | down | status``: a whole cluster on this machine (lvsctl/lab.py).
+"""``lvsctl lab up | demo | down | status``: a whole cluster on this machine (the test bed's
+lab, lvsctl/testbed/lab/).
 
-When this kernel has no IPVS, ``up`` and ``demo`` run inside the kernel VM (lvsctl/vm.py) and
+When this kernel has no IPVS, ``up`` and ``demo`` run inside the kernel VM (testbed/vm.py) and
 say so. Processes in the VM end with it, so there ``up`` builds the lab, shows its status and
 removes it again (use ``demo`` to see it work); on a kernel with IPVS ``up`` leaves it running
 until ``lab down``.
@@ -13,17 +14,18 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import click
 
-from lvsctl.core.errors import LvsctlError
 from lvsctl.output import echo_json, echo_table
-from lvsctl.testbed import lab as labmod
-from lvsctl.testbed.lab import LabError
+from lvsctl.testbed import vm
+from lvsctl.testbed.lab.build import DEFAULT_STATE_DIR, Lab, LabError, find_states
+from lvsctl.testbed.lab.plan import DIRECTORS, SERVICES
+from lvsctl.testbed.lab.results import results_json, timed_steps
+from lvsctl.testbed.lab.steps import run_demo, status_rows
 
 _DIR = click.option("--dir", "state_dir", type=click.Path(file_okay=False),
-                    default=str(labmod.DEFAULT_STATE_DIR), show_default=True,
+                    default=str(DEFAULT_STATE_DIR), show_default=True,
                     envvar="LVSCTL_LAB_DIR", show_envvar=True,
                     help="Where each lab keeps its state file, configs and logs.")
 _HERE = click.option("--here", is_flag=True,
@@ -48,8 +50,6 @@ def _in_vm(args: list[str], timeout: float, *, to_stderr: bool = False,
     """Run this lab command again inside the kernel VM; returns its exit code. ``to_stderr``
     sends everything it prints to stderr (stdout is for --json); ``share`` is a host folder
     the guest may write to (it sees it at the same path)."""
-    from lvsctl.testbed import vm
-
     echo = _progress if to_stderr else _echo
     echo("lab: this kernel has no IPVS: running the lab inside the kernel VM (Debian's "
          "kernel under QEMU; the lab ends when the VM does)")
@@ -65,9 +65,7 @@ def _in_vm(args: list[str], timeout: float, *, to_stderr: bool = False,
 
 
 def _needs_vm(here: bool) -> bool:
-    from lvsctl.testbed.vm import kernel_has_ipvs
-
-    return not here and not kernel_has_ipvs()
+    return not here and not vm.kernel_has_ipvs()
 
 
 @click.group("lab")
@@ -102,26 +100,8 @@ def demo_command(state_dir: str, here: bool, vm_timeout: float, as_json: bool,
                 raise LabError(f"the lab in the kernel VM ended (exit {code}) without results")
             echo_json(json.loads(handed.read_text()))
         raise SystemExit(code)
-    start = time.monotonic()
-    lab = labmod.Lab.create(Path(state_dir), echo)
-    results: list[labmod.Result] = []
-    try:
-        with labmod.timed_steps(echo) as step:
-            try:
-                results = labmod.demo(lab, step, echo, results)
-            finally:
-                ok = bool(results) and all(r.passed for r in results)
-                if not ok and labmod.running_in_vm():
-                    # The VM's files go with it: show the directors' last log lines now.
-                    for name in labmod.DIRECTORS:
-                        echo(f"--- {name}.log, last lines")
-                        echo(lab.log_tail(name))
-                kept = not ok and not labmod.running_in_vm()  # the VM's files go with it
-                with step("tear down" + (f" (logs kept in {lab.workdir})" if kept else "")):
-                    lab.down(keep_logs=kept)
-    except LvsctlError as exc:
-        results.append(labmod.Result("demo", False, str(exc)))
-    report = labmod.results_json(results, time.monotonic() - start)
+    results, seconds = run_demo(Path(state_dir), echo)
+    report = results_json(results, seconds)
     if results_file is not None:
         Path(results_file).write_text(json.dumps(report, indent=2) + "\n")
     if as_json:
@@ -149,22 +129,22 @@ def up_command(state_dir: str, here: bool, vm_timeout: float, once: bool) -> Non
     """
     if _needs_vm(here):
         raise SystemExit(_in_vm(["up", "--dir", state_dir, "--once"], vm_timeout))
-    lab = labmod.Lab.create(Path(state_dir), _echo)
+    lab = Lab.create(Path(state_dir), _echo)
     try:
-        with labmod.timed_steps(_echo) as step:
+        with timed_steps(_echo) as step:
             active = lab.up(step)
     except BaseException:
         lab.down()
         raise
     _echo(f"lab {lab.state.lab_id} is up: {active} active; state in {lab.workdir}")
     if once:
-        for name in labmod.DIRECTORS:
+        for name in DIRECTORS:
             _echo(f"{name}: ipvsadm -Ln\n{lab.ipvsadm(name).rstrip()}")
         lab.down()
         _echo("lab: removed again (the VM ends now; on a kernel with IPVS `lab up` keeps it)")
         return
     _echo(f"  traffic: ip netns exec {lab.ns('client')} busybox wget -qO- "
-          f"http://{labmod.SERVICES[0].vip}/")
+          f"http://{SERVICES[0].vip}/")
     _echo("  remove it: lvsctl lab down")
 
 
@@ -174,12 +154,12 @@ def up_command(state_dir: str, here: bool, vm_timeout: float, once: bool) -> Non
 def down_command(state_dir: str, lab_id: str | None) -> None:
     """Remove what the lab made, also after a crash: its namespaces and its processes
     (by recorded PID and start time, never by name)."""
-    states = [s for s in labmod.find_states(Path(state_dir)) if lab_id in (None, s.lab_id)]
+    states = [s for s in find_states(Path(state_dir)) if lab_id in (None, s.lab_id)]
     if not states:
         _echo(f"no lab under {state_dir}" + (f" with id {lab_id}" if lab_id else ""))
         return
     for state in states:
-        removed = labmod.Lab(state).down()
+        removed = Lab(state).down()
         _echo(f"lab {state.lab_id}: removed {len(removed)} item(s)"
               + (f": {', '.join(removed)}" if removed else ""))
 
@@ -189,15 +169,7 @@ def down_command(state_dir: str, lab_id: str | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def status_command(state_dir: str, as_json: bool) -> None:
     """The labs under --dir: namespaces present, processes running, the active director."""
-    rows: list[dict[str, Any]] = []
-    for state in labmod.find_states(Path(state_dir)):
-        lab = labmod.Lab(state)
-        present = [n for n in state.namespaces if Path(f"/run/netns/{n}").exists()]
-        running = sorted(r for r in state.processes if state.alive(r) is not None)
-        active = lab.active() if lab.ns("client") in present else None
-        rows.append({"id": state.lab_id, "namespaces": len(present),
-                     "namespaces_recorded": len(state.namespaces), "running": running,
-                     "active": active, "dir": state.workdir})
+    rows = status_rows(Path(state_dir))
     if as_json:
         echo_json(rows)
         return

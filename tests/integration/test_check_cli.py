@@ -106,16 +106,17 @@ def test_unknown_service_is_one_clear_line(tmp_path: Path, listener: HttpListene
 def test_live_json_streams_health_changes(tmp_path: Path, listener: HttpListener) -> None:
     path = write_cluster(tmp_path, listener.port, free_tcp_port("127.0.0.4"))
     path.write_text(path.read_text().replace("interval: 2, timeout: 1",
-                                             "interval: 0.3, timeout: 0.2, warmup: 0"))
+                                             "interval: 0.5, timeout: 0.45, warmup: 0"))
     result = CliRunner().invoke(
-        cli, ["check", "run", str(path), "--json", "--duration", "1.5"])
+        cli, ["check", "run", str(path), "--json", "--duration", "2.5"])
     assert result.exit_code == 0, result.output
     events = [json.loads(line) for line in result.output.splitlines()]
     first = {(e["service"], e["server"]): e["healthy"] for e in events}
     assert first == {("a", "r1"): True, ("b", "r1"): True, ("a", "r2"): False,
                      ("c", "r3"): True}
-    # ~5 rounds in 1.5 s at 0.3 s, one request each, however many services share r1.
-    assert 3 <= listener.requests["/h"] <= 7
+    # At most ~5 rounds in 2.5 s at 0.5 s (fewer on a loaded machine), one request each,
+    # however many services share r1: a probe per service would make about twice as many.
+    assert 1 <= listener.requests["/h"] <= 7
 
 
 @pytest.mark.netns

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from lvsctl.failover.netns_lab import NetnsLab
 from lvsctl.failover.timeline import overlaps
 from lvsctl.failover.vipwatch import holds_from_events, parse_addr_messages
+from lvsctl.testbed.netns_lab import NetnsLab
 from tests.support.netns import Lab
 
 pytestmark = pytest.mark.netns

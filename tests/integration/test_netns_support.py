@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.support.netns import Lab, run
+from lvsctl.testbed.netns import Lab, run
 
 
 def test_two_hosts_on_a_bridge_ping_and_are_removed() -> None:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from kazoo.client import KazooClient
-from kazoo.handlers.threading import KazooTimeoutError
 
-from tests.support.netns import Lab, run
-from tests.support.zookeeper import ZooKeeperServer
+from lvsctl.testbed.netns import Lab, run
+from lvsctl.testbed.zookeeper import ZooKeeperServer, connect
 
 pytestmark = pytest.mark.zookeeper
 
@@ -39,7 +40,8 @@ def test_serves_kazoo_with_a_short_session_and_stops(zookeeper: ZooKeeperServer)
     assert zookeeper.proc is not None and zookeeper.proc.returncode is not None
 
 
-def test_pause_freezes_and_restart_keeps_data(zookeeper: ZooKeeperServer) -> None:
+def test_pause_freezes_and_restart_keeps_data_address_and_port(
+        zookeeper: ZooKeeperServer) -> None:
     client = KazooClient(hosts=zookeeper.hosts, timeout=2.0)
     client.start(timeout=10)
     client.create("/kept", b"1")
@@ -52,21 +54,34 @@ def test_pause_freezes_and_restart_keeps_data(zookeeper: ZooKeeperServer) -> Non
     assert "Mode:" in zookeeper.four_letter("srvr")
     client.stop()
     client.close()
-    port = zookeeper.port
+    hosts = zookeeper.hosts
     zookeeper.kill()
-    down = KazooClient(hosts=zookeeper.hosts, timeout=1.0)
-    with pytest.raises(KazooTimeoutError):
-        down.start(timeout=1.0)
-    down.close()
+    with pytest.raises(OSError):  # nothing listens there while it is down
+        connect(zookeeper.host, zookeeper.port, timeout=5).close()
     zookeeper.start()
-    assert zookeeper.port == port
-    again = KazooClient(hosts=zookeeper.hosts)
+    assert zookeeper.hosts == hosts
+    # Connected by the address recorded before the restart: the server really is back there.
+    again = KazooClient(hosts=hosts)
     again.start(timeout=10)
     try:
         assert again.get("/kept")[0] == b"1"
     finally:
         again.stop()
         again.close()
+
+
+def test_servers_listen_where_no_other_process_is_given_an_address() -> None:
+    first, second = ZooKeeperServer(), ZooKeeperServer()
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+        for server in (first, second):
+            # Below the ephemeral range: bind(0) and connect() never pick the port.
+            assert server.port < low
+            assert server.host.startswith("127.") and server.host != "127.0.0.1"
+        assert first.hosts != second.hosts
+    finally:
+        first.close()
+        second.close()
 
 
 @pytest.mark.netns

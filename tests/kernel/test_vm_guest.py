@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from lvsctl.testbed.netns import Lab, run
 from lvsctl.testbed.vm import kernel_has_ipvs
-from tests.support.netns import Lab, run
 
 pytestmark = pytest.mark.kernel
 

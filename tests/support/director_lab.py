@@ -27,8 +27,10 @@ from typing import Any
 
 from lvsctl.core.records import TransitionRecord
 from lvsctl.failover.vipwatch import RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR, parse_addr_messages
-from tests.support.netns import Lab, Netns
-from tests.support.zookeeper import ZooKeeperServer, _in_netns
+from lvsctl.testbed.netns import Lab, Netns
+from lvsctl.testbed.netns import in_netns as _in_netns
+from lvsctl.testbed.overlap import overlap
+from lvsctl.testbed.zookeeper import ZooKeeperServer
 
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = str(Path(sys.executable))
@@ -139,17 +141,6 @@ class AddrWatch:
     def holds(self, addr: str) -> bool:
         ivs = self.intervals(addr, float("inf"))
         return bool(ivs) and ivs[-1][1] == float("inf")
-
-
-
-
-def overlap(a: list[tuple[float, float]], b: list[tuple[float, float]]) -> float:
-    """Total seconds both held the address at once."""
-    total = 0.0
-    for s1, e1 in a:
-        for s2, e2 in b:
-            total += max(0.0, min(e1, e2) - max(s1, s2))
-    return total
 
 
 @dataclass

@@ -17,8 +17,8 @@ import yaml
 from lvsctl.core.config import parse_cluster
 from lvsctl.core.model import Cluster
 from lvsctl.templates.render import RealServerSetup, setup_adhoc, setup_for
+from lvsctl.testbed.netns import Lab, Netns
 from tests.conftest import MINIMAL
-from tests.support.netns import Lab, Netns
 
 
 def dr_and_tun_cluster() -> Cluster:
