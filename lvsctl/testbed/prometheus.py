@@ -52,6 +52,7 @@ from lvsctl.director.metrics import (
     SyncRole,
     TransitionReason,
 )
+from lvsctl.testbed.netns import in_netns
 
 T = TypeVar("T")
 
@@ -174,9 +175,6 @@ class PrometheusClient:
     def _in_place(self, fn: Callable[[], T]) -> T:
         if self.netns is None:
             return fn()
-        # Imported here, not at the top: the lab imports this module to start its Prometheus.
-        from lvsctl.testbed.lab import in_netns
-
         return in_netns(self.netns, fn)
 
     def _get(self, path: str) -> tuple[int, bytes]:

@@ -19,8 +19,9 @@ from lvsctl.core.config import load_cluster
 from lvsctl.core.errors import LvsctlError
 from lvsctl.core.node import load_node
 from lvsctl.core.zk import Target, open_cluster
-from lvsctl.director.ipvs import open_ipvs
-from lvsctl.director.reconcile import Op, desired_table, op_dict, plan, update_drain_state
+from lvsctl.director.dataplane import plan_cluster
+from lvsctl.director.ipvs_kernel import KernelIpvs
+from lvsctl.director.reconcile import Op, op_dict
 from lvsctl.failover.access import ClusterView, ZkDirectors, read_token
 from lvsctl.failover.drill import Drill, Expected
 from lvsctl.failover.probe import Target as ProbeTarget
@@ -46,14 +47,8 @@ def plan_ops(lab: Lab, director: str) -> list[Op]:
     """What ``lvsctl ipvs plan`` would change in ``director``'s IPVS table to match the lab's
     cluster file (every real server counted healthy, as there). Raises LvsctlError."""
     loaded = load_cluster(str(lab.workdir / "cluster.yaml"))
-    desired = desired_table(loaded.cluster, {})
-    ipvs = open_ipvs(netns=lab.ns(director))
-    try:
-        observed = ipvs.observe(stats=False)
-    finally:
-        ipvs.close()
-    now = time.monotonic()
-    return plan(desired, observed, update_drain_state({}, desired, observed, now), now)
+    with KernelIpvs(netns=lab.ns(director)) as ipvs:
+        return plan_cluster(ipvs, loaded.cluster).ops
 
 
 def table_matches(lab: Lab, director: str) -> tuple[bool, str]:
