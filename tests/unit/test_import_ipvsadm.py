@@ -13,9 +13,12 @@ import yaml
 from click.testing import CliRunner
 
 from lvsctl.cli import cli
-from lvsctl.core.config import parse_cluster
+from lvsctl.core.config import load_cluster, parse_cluster
 from lvsctl.core.importers.common import DirectorOption, ImportOptions, SourceError
 from lvsctl.core.importers.ipvsadm import import_ipvsadm
+from lvsctl.director.dataplane import Outcome, apply_ops, plan_cluster
+from lvsctl.director.ipvs_text import save_text
+from lvsctl.testbed.fake_ipvs import FakeIpvs
 from tests.conftest import ROOT
 
 CORPUS = ROOT / "tests" / "golden" / "keepalived"
@@ -31,12 +34,12 @@ def _rules(text: str) -> list[str]:
 
 
 def _apply_and_save(files: list[Path], fake: Path) -> list[str]:
+    """What ``lvsctl ipvs apply`` of each file then ``ipvs save`` gives, on the fake IPVS."""
+    ipvs = FakeIpvs(str(fake))
     for file in files:
-        result = CliRunner().invoke(cli, ["ipvs", "--fake-ipvs", str(fake), "apply", str(file)])
-        assert result.exit_code == 0, result.output
-    saved = CliRunner().invoke(cli, ["ipvs", "--fake-ipvs", str(fake), "save"])
-    assert saved.exit_code == 0, saved.output
-    return _rules(saved.stdout)
+        results = apply_ops(ipvs, plan_cluster(ipvs, load_cluster(str(file)).cluster).ops)
+        assert all(r.outcome in (Outcome.APPLIED, Outcome.ALREADY) for r in results), results
+    return _rules(save_text(ipvs.observe(stats=False)))
 
 
 def test_the_imported_corpus_rebuilds_keepalived_s_recorded_table(tmp_path: Path) -> None:
