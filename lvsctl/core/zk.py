@@ -79,11 +79,14 @@ from lvsctl.core.node import Node
 from lvsctl.core.records import (
     Candidate,
     DirectorRecord,
+    Fields,
     Read,
     RecordError,
     Skipped,
     TransitionEntry,
     TransitionRecord,
+    clip_reason,
+    decode_json,
 )
 
 log = logging.getLogger(__name__)
@@ -99,6 +102,16 @@ DEFAULT_KEEP = 20
 TRANSITIONS_KEPT = 200
 # ZooKeeper refuses a znode over jute.maxbuffer (1 MiB by default); say so before it does.
 MAX_ZNODE_BYTES = 1_000_000
+# ZooKeeper takes one request of at most jute.maxbuffer bytes (1,048,575 by default) and drops
+# the connection otherwise ("lost the connection"). A push is one multi-op request that
+# carries the record twice (config and history/N) with the paths and the pruned entries:
+# against ZooKeeper 3.8, 523,827 bytes a copy commit with 20 entries pruned. The bound leaves
+# room for a 512-character root and a --keep cut short.
+MAX_CONFIG_RECORD_BYTES = 512_000
+# The file itself: the record adds its metadata (under 1 KiB) and JSON escapes to the text.
+MAX_PUSH_FILE_BYTES = 500_000
+_WHY_PUSH_BOUND = ("a push writes it twice, to config and history/N, in one ZooKeeper request "
+                   "of at most 1048575 bytes (jute.maxbuffer)")
 _CONFIG_FORMAT = 1
 # As the cluster file's names: one path component, nothing ZooKeeper would refuse.
 _ZNODE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
@@ -398,6 +411,14 @@ def open_cluster(target: Target, *, connect_timeout: float = DEFAULT_CONNECT_TIM
 # -- the cluster file in ZooKeeper ----------------------------------------------------------
 
 
+def check_push_size(size: int, source: str) -> None:
+    """Raise ConfigError when a file of ``size`` bytes is more than a push can carry."""
+    if size > MAX_PUSH_FILE_BYTES:
+        raise ConfigError(source, [ConfigIssue(
+            "", f"is {size} bytes, more than the {MAX_PUSH_FILE_BYTES} a pushed cluster file "
+                f"may hold: {_WHY_PUSH_BOUND}")])
+
+
 @dataclass(frozen=True)
 class ConfigVersion:
     """One pushed version of the cluster file, as stored in ``config`` and ``history/``."""
@@ -409,6 +430,8 @@ class ConfigVersion:
     source: str  # the file name it was pushed from
     text: str
     rollback_of: int | None = None
+    # Set when the push overwrote a config znode that held no readable lvsctl file: why.
+    replaced: str | None = None
 
     def meta(self) -> dict[str, Any]:
         """Everything but the text (what history and --json print)."""
@@ -417,25 +440,35 @@ class ConfigVersion:
         return data
 
     def to_bytes(self) -> bytes:
-        return json.dumps({"format": _CONFIG_FORMAT, **asdict(self)}, sort_keys=True).encode()
+        # ensure_ascii off: non-ASCII text costs its UTF-8 bytes, not a 6-byte escape each.
+        return json.dumps({"format": _CONFIG_FORMAT, **asdict(self)}, sort_keys=True,
+                          ensure_ascii=False).encode()
 
     @classmethod
     def from_bytes(cls, data: bytes, where: str) -> ConfigVersion:
-        """Decode a znode's data. Raises ZooKeeperError naming the znode if it is not ours."""
+        """Decode a znode's data, every key's type checked. Raises RecordError (a
+        ZooKeeperError) naming the znode if it does not hold an lvsctl cluster file."""
         try:
-            raw = json.loads(data.decode("utf-8"))
+            raw = decode_json(data, where, MAX_ZNODE_BYTES)
+            f = Fields(raw, where)
             if raw.get("format") != _CONFIG_FORMAT:
-                raise ValueError(f"unknown format {raw.get('format')!r}")
+                raise RecordError(f"unknown format {repr(raw.get('format'))[:20]}")
             made = cls(
-                version=int(raw["version"]), sha256=str(raw["sha256"]),
-                pushed_by=str(raw["pushed_by"]), pushed_at=str(raw["pushed_at"]),
-                source=str(raw["source"]), text=str(raw["text"]),
-                rollback_of=None if raw.get("rollback_of") is None else int(raw["rollback_of"]),
+                version=f.integer("version"), sha256=f.text("sha256"),
+                pushed_by=f.text("pushed_by"), pushed_at=f.text("pushed_at"),
+                source=f.text("source"), text=f.text("text"),
+                rollback_of=f.integer_or_none("rollback_of"),
+                replaced=f.text_or_none("replaced"),
             )
-        except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
-            raise ZooKeeperError(f"{where} does not hold an lvsctl cluster file: {exc}") from None
-        if hashlib.sha256(made.text.encode()).hexdigest() != made.sha256:
-            raise ZooKeeperError(f"{where}: the text does not match its sha256")
+        except RecordError as exc:
+            raise RecordError(f"{where} does not hold an lvsctl cluster file: "
+                              f"{clip_reason(str(exc).removeprefix(f'{where}: '))}") from None
+        try:
+            encoded = made.text.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate escaped in the JSON ("\ud800")
+            raise RecordError(f"{where}: the text is not UTF-8") from None
+        if hashlib.sha256(encoded).hexdigest() != made.sha256:
+            raise RecordError(f"{where}: the text does not match its sha256")
         return made
 
     def load(self) -> Loaded:
@@ -479,17 +512,24 @@ class ConfigStore:
 
     # reading
 
-    def _read(self) -> tuple[ConfigVersion, Any] | None:
+    def _read_raw(self) -> tuple[bytes, Any] | None:
         path = self.paths.config
         with self.conn.errors("reading", path):
             try:
                 data, stat = self.conn.client.get(path)
             except NoNodeError:
                 return None
-        return ConfigVersion.from_bytes(data, path), stat
+        return data, stat
+
+    def _read(self) -> tuple[ConfigVersion, Any] | None:
+        found = self._read_raw()
+        if found is None:
+            return None
+        return ConfigVersion.from_bytes(found[0], self.paths.config), found[1]
 
     def current(self) -> ConfigVersion | None:
-        """The current version, or None when nothing was pushed yet."""
+        """The current version, or None when nothing was pushed yet. Raises RecordError
+        when the config znode does not hold an lvsctl cluster file."""
         found = self._read()
         return found[0] if found else None
 
@@ -499,11 +539,12 @@ class ConfigStore:
                 names = self.conn.client.get_children(self.paths.history)
             except NoNodeError:
                 return []
-        return sorted(int(n) for n in names if n.isdigit())
+        return sorted(int(n) for n in names if n.isascii() and n.isdigit() and len(n) < 19)
 
-    def history(self) -> list[ConfigVersion]:
-        """The kept versions, newest first."""
-        out = []
+    def history_read(self) -> Read[ConfigVersion]:
+        """The kept versions, newest first, and the entries that are not readable."""
+        out: list[ConfigVersion] = []
+        skipped: list[Skipped] = []
         for version in reversed(self._history_versions()):
             path = self.paths.history_entry(version)
             with self.conn.errors("reading", path):
@@ -511,8 +552,15 @@ class ConfigStore:
                     data, _ = self.conn.client.get(path)
                 except NoNodeError:
                     continue  # pruned by a concurrent push while we listed
-            out.append(ConfigVersion.from_bytes(data, path))
-        return out
+            try:
+                out.append(ConfigVersion.from_bytes(data, path))
+            except RecordError as exc:
+                skipped.append(Skipped(path, str(exc)))
+        return Read(tuple(out), tuple(skipped))
+
+    def history(self) -> list[ConfigVersion]:
+        """The kept versions that are readable, newest first."""
+        return list(self.history_read().items)
 
     def get(self, version: int) -> ConfigVersion:
         """One kept version. Raises ZooKeeperError if it is not (or no longer) kept."""
@@ -532,15 +580,21 @@ class ConfigStore:
     # writing
 
     def push(self, text: str, expect_version: int | None = None, *, source: str = "-",
-             rollback_of: int | None = None, validate: bool = True) -> PushResult:
+             rollback_of: int | None = None, validate: bool = True,
+             replace_unreadable: bool = False) -> PushResult:
         """Validate ``text``, then write it as the next version with compare-and-set.
 
         Raises ConfigError (nothing written) when the text is not a valid cluster file of
-        this cluster; ConflictError when the current version is not ``expect_version`` or
-        another push won the race; ZooKeeperError for anything ZooKeeper refuses.
+        this cluster or is larger than a push can carry (MAX_PUSH_FILE_BYTES, and
+        MAX_CONFIG_RECORD_BYTES once encoded); ConflictError when the current version is not
+        ``expect_version`` or another push won the race; RecordError when the config znode
+        does not hold an lvsctl file, unless ``replace_unreadable`` (then it is overwritten,
+        still with compare-and-set, and the new version says what it replaced);
+        ZooKeeperError for anything ZooKeeper refuses.
         ``validate=False`` writes the text unchecked, as a writer with other rules (another
         lvsctl version) could: tests use it to show that a director refuses such a config.
         """
+        check_push_size(len(text.encode()), source)  # before the (slower) validation
         warnings: tuple[ConfigIssue, ...] = ()
         if validate:
             loaded = parse_cluster(text, source)  # an invalid file never reaches ZooKeeper
@@ -549,8 +603,24 @@ class ConfigStore:
                     "cluster", f"is '{loaded.cluster.name}' but this is cluster "
                     f"'{self.paths.cluster}' in ZooKeeper")])
             warnings = loaded.warnings
-        found = self._read()
-        current, stat = found if found else (None, None)
+        replaced = None
+        raw = self._read_raw()
+        stat = None if raw is None else raw[1]
+        current = None
+        if raw is not None:
+            try:
+                current = ConfigVersion.from_bytes(raw[0], self.paths.config)
+            except RecordError as exc:
+                if not replace_unreadable:
+                    raise RecordError(f"{exc} (to overwrite it: lvsctl config push "
+                                      "--replace-unreadable FILE)") from None
+                if expect_version is not None:
+                    raise ConflictError(
+                        f"{self.paths.config} is unreadable, so its version is unknown: "
+                        "nothing written; push --replace-unreadable without "
+                        "--expect-version") from None
+                replaced = clip_reason(f"an unreadable config znode ({len(raw[0])} bytes): "
+                                       f"{exc}")
         have = current.version if current else 0
         if expect_version is not None and expect_version != have:
             raise self._conflict(expect_version, have)
@@ -566,12 +636,13 @@ class ConfigStore:
             source=source,
             text=text,
             rollback_of=rollback_of,
+            replaced=replaced,
         )
         data = made.to_bytes()
-        if len(data) > MAX_ZNODE_BYTES:
-            raise ZooKeeperError(
-                f"{source}: {len(data)} bytes is more than a ZooKeeper node holds "
-                f"({MAX_ZNODE_BYTES})")
+        if len(data) > MAX_CONFIG_RECORD_BYTES:
+            raise ConfigError(source, [ConfigIssue(
+                "", f"is {len(data)} bytes once stored (escapes and metadata included), more "
+                    f"than the {MAX_CONFIG_RECORD_BYTES} a push can carry: {_WHY_PUSH_BOUND}")])
         self.conn.ensure(self.paths.history)
         txn = self.conn.client.transaction()
         if stat is None:
@@ -588,16 +659,28 @@ class ConfigStore:
             # The first failure is the cause; the rest are "rolled back" markers.
             cause = failed[0]
             if isinstance(cause, BadVersionError | NodeExistsError | NoNodeError):
-                latest = self.current()
-                raise self._conflict(have, latest.version if latest else 0, raced=True)
+                latest = self._read_raw()
+                found = 0
+                if latest is not None:
+                    with contextlib.suppress(RecordError):
+                        found = ConfigVersion.from_bytes(latest[0], self.paths.config).version
+                raise self._conflict(have, found, raced=True)
             with self.conn.errors("writing", self.paths.config):
                 raise cause
         return PushResult(made, True, warnings)
 
-    def rollback(self, version: int, expect_version: int | None = None) -> PushResult:
-        """Push the text of a kept ``version`` again, as a new version (validated again)."""
-        old = self.get(version)
-        return self.push(old.text, expect_version, source=old.source, rollback_of=version)
+    def rollback(self, version: int, expect_version: int | None = None, *,
+                 replace_unreadable: bool = False) -> PushResult:
+        """Push the text of a kept ``version`` again, as a new version (validated again).
+        Raises RecordError naming the readable versions when that one is unreadable."""
+        try:
+            old = self.get(version)
+        except RecordError as exc:
+            readable = [v.version for v in self.history_read().items]
+            kept = ", ".join(map(str, readable)) if readable else "none"
+            raise RecordError(f"{exc}; readable versions: {kept}") from None
+        return self.push(old.text, expect_version, source=old.source, rollback_of=version,
+                         replace_unreadable=replace_unreadable)
 
     def _conflict(self, expected: int, found: int, raced: bool = False) -> ConflictError:
         cluster = self.paths.cluster

@@ -65,9 +65,9 @@ def test_config_version_round_trip() -> None:
 
 
 @pytest.mark.parametrize(("data", "message"), [
-    (b"garbage", "/x does not hold an lvsctl cluster file: Expecting value"),
+    (b"garbage", "/x does not hold an lvsctl cluster file: not JSON (Expecting value"),
     (b'{"format": 9}', "/x does not hold an lvsctl cluster file: unknown format 9"),
-    (b'{"format": 1, "version": 1}', "/x does not hold an lvsctl cluster file: 'sha256'"),
+    (b'{"format": 1, "version": 1}', "/x does not hold an lvsctl cluster file: missing sha256"),
     (_version().to_bytes().replace(b"cluster: t", b"cluster: u"),
      "/x: the text does not match its sha256"),
 ])
