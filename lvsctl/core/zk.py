@@ -71,7 +71,9 @@ from kazoo.exceptions import (
 from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.recipe.watchers import DataWatch
 from kazoo.security import OPEN_ACL_UNSAFE, make_digest_acl
+from pydantic import TypeAdapter, ValidationError
 
+from lvsctl.core import schema
 from lvsctl.core.config import Loaded, parse_cluster
 from lvsctl.core.errors import ConfigError, ConfigIssue, ConflictError, ZooKeeperError
 from lvsctl.core.model import ZooKeeperSettings
@@ -116,6 +118,9 @@ _CONFIG_FORMAT = 1
 # As the cluster file's names: one path component, nothing ZooKeeper would refuse.
 _ZNODE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _TRANSITION_PREFIX = "t_"
+_ROOT_RULE: TypeAdapter[str] = TypeAdapter(schema.ZnodeRoot)
+_HOST_RULE: TypeAdapter[str] = TypeAdapter(schema.HostPort)
+_NAME_RULE: TypeAdapter[str] = TypeAdapter(schema.Name)
 _TRANSITION_CHILD = re.compile(r"t_(\d{1,19})")
 
 
@@ -215,6 +220,20 @@ class Target:
     cluster: str
     insecure: bool = False
     base_dir: Path | None = None
+
+    def __post_init__(self) -> None:
+        # A node or cluster file was checked already; command-line options (--root,
+        # --zookeeper, --cluster) meet the same rules here, so no path with '..' or a host
+        # with a chroot reaches kazoo. Raises ZooKeeperError, one line.
+        checks = [(_ROOT_RULE, self.settings.root, "ZooKeeper root"),
+                  (_NAME_RULE, self.cluster, "cluster name")]
+        checks += [(_HOST_RULE, host, "ZooKeeper host") for host in self.settings.hosts]
+        for rule, value, what in checks:
+            try:
+                rule.validate_python(value)
+            except ValidationError as exc:
+                message = str(exc.errors()[0]["msg"]).removeprefix("Value error, ")
+                raise ZooKeeperError(f"{what} {value!r}: {message}") from None
 
     @classmethod
     def from_node(cls, node: Node, *, insecure: bool = False) -> Target:

@@ -107,3 +107,21 @@ def test_zookeeper_option_target() -> None:
     assert (target.hosts, target.paths.base, target.insecure) == ("a:1,b:2", "/lvsctl/web", True)
     with pytest.raises(click.UsageError, match="--cluster and --root go with --zookeeper"):
         _options(node="/n.yaml", cluster="web").target()
+
+
+@pytest.mark.parametrize(("root", "hosts", "cluster", "message"), [
+    ("/lvsctl/../x", ("zk:2181",), "t", "ZooKeeper root '/lvsctl/../x': '/lvsctl/../x' has a "
+                                        "'..' segment"),
+    ("/lvsctl\n", ("zk:2181",), "t", "ZooKeeper root '/lvsctl\\n': "),
+    ("/zookeeper", ("zk:2181",), "t", "ZooKeeper root '/zookeeper': '/zookeeper' is under "
+                                      "/zookeeper, which ZooKeeper reserves for itself"),
+    ("/lvsctl", ("zk:2181/chroot",), "t", "ZooKeeper host 'zk:2181/chroot': 'zk:2181/chroot' "
+                                          "carries a path ('/...')"),
+    ("/lvsctl", ("zk:2181",), "../t", "cluster name '../t': names start with a letter"),
+])
+def test_a_target_from_command_line_options_meets_the_file_rules(
+        root: str, hosts: tuple[str, ...], cluster: str, message: str) -> None:
+    with pytest.raises(ZooKeeperError) as info:
+        Target(ZooKeeperSettings(hosts, root, 4.0, None), cluster, insecure=True)
+    assert str(info.value).startswith(message)
+    assert "\n" not in str(info.value)  # one line, the value shown escaped
