@@ -643,6 +643,10 @@ class _HttpExchange(asyncio.Protocol):
         if self._in_head:
             if self._probe.phase in ("sending the request", "waiting for the status line"):
                 self._probe.phase = "reading the status line"
+            if self._probe.phase == "reading the status line" and b"\n" in data:
+                # The status line ended (the parser holds it); a find, not a parser callback:
+                # this runs on every probe.
+                self._probe.phase = "reading the headers"
             self._head_bytes += len(data)
         try:
             self._parser.feed_data(data)
@@ -671,10 +675,6 @@ class _HttpExchange(asyncio.Protocol):
             self._response.set_exception(exc or _NoResponse())
 
     # -- parser side (httptools calls these from feed_data)
-
-    def on_status(self, status: bytes) -> None:
-        if self._probe.phase == "reading the status line":
-            self._probe.phase = "reading the headers"
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._header_lines += 1
