@@ -198,3 +198,15 @@ def test_reconnect_policies_reach_the_client() -> None:
     retry = client._conn_retry  # kazoo keeps the policy it was given here (not started)
     assert (retry.max_tries, retry.delay, retry.backoff, retry.max_delay) == (-1, 0.05, 1.5, 0.5)
     assert client._session_timeout == 2500  # the node file's session timeout, in ms
+
+
+def test_a_rejected_configs_reason_is_clipped_before_it_is_stored() -> None:
+    reason = "c.yaml: services[0].vip: " + "x" * 3_000_000  # e.g. issues of an alias bomb
+    record = DirectorRecord("lb1", "t", "ACTIVE", 7, config=ConfigState("5", reason))
+    data = record.to_bytes()
+    assert len(data) < 2 * MAX_REASON_CHARS + 1000
+    stored = DirectorRecord.from_bytes(data, "/x").config.error
+    assert stored.startswith("c.yaml: services[0].vip: xxx")
+    assert stored.endswith(f"... ({len(reason) - MAX_REASON_CHARS} more characters)")
+    event = TransitionRecord("lb1", "config_rejected", 1.0, reason=reason).to_bytes()
+    assert len(event) <= MAX_TRANSITION_BYTES
