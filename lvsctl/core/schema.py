@@ -226,7 +226,10 @@ def _positive(low: float, high: float) -> Any:
 class Strict(BaseModel):
     """Unknown keys are errors, values are never coerced across types, models are frozen."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    # Field patterns run on Rust's regex engine, where "$" is the end of the text (never
+    # before a final newline, as in Python's re): pinned, and held to it by the tests.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True,
+                              regex_engine="rust-regex")
 
 
 class CheckCommon(Strict):

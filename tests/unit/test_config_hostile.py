@@ -213,3 +213,17 @@ def test_anchors_that_real_files_use_still_work() -> None:
     assert data["x-check"]["path"] == "/health"
     merged = parse_yaml("base: &b {interval: 2}\nuse: {<<: *b, timeout: 1}\n", "m.yaml")
     assert merged["use"] == {"interval": 2, "timeout": 1}
+
+
+@pytest.mark.parametrize(("model", "values"), [
+    (schema.HttpCheckFile, {"type": "http", "path": "/health\n"}),
+    (schema.HttpCheckFile, {"type": "http", "host": "www.example.org\n"}),
+    (schema.HttpCheckFile, {"type": "https", "sni": "www.example.org\n"}),
+    (schema.HttpCheckFile, {"type": "http", "digest": "md5:" + "0" * 32 + "\n"}),
+    (schema.DnsCheckFile, {"type": "dns", "name": "example.org.\n"}),
+    (schema.SmtpCheckFile, {"type": "smtp", "helo_name": "lb1\n"}),
+])
+def test_every_pattern_refuses_a_trailing_newline(model: Any, values: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError, match="string_pattern_mismatch"):
+        model.model_validate(values)
+    model.model_validate({k: v.rstrip("\n") for k, v in values.items()})
