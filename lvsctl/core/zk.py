@@ -106,14 +106,15 @@ TRANSITIONS_KEPT = 200
 MAX_ZNODE_BYTES = 1_000_000
 # ZooKeeper takes one request of at most jute.maxbuffer bytes (1,048,575 by default) and drops
 # the connection otherwise ("lost the connection"). A push is one multi-op request that
-# carries the record twice (config and history/N) with the paths and the pruned entries:
-# against ZooKeeper 3.8, 523,827 bytes a copy commit with 20 entries pruned. The bound leaves
-# room for a 512-character root and a --keep cut short.
-MAX_CONFIG_RECORD_BYTES = 512_000
-# The file itself: the record adds its metadata (under 1 KiB) and JSON escapes to the text.
-MAX_PUSH_FILE_BYTES = 500_000
-_WHY_PUSH_BOUND = ("a push writes it twice, to config and history/N, in one ZooKeeper request "
-                   "of at most 1048575 bytes (jute.maxbuffer)")
+# carries the record twice (config and history/N) with the paths, ACLs and pruned entries;
+# ``push_request_bytes`` counts it as jute encodes it (checked against ZooKeeper 3.8: two
+# 523,827-byte copies with 19 pruned entries commit, 64 bytes more do not).
+ZK_MAX_REQUEST = 1_048_575
+# No file above half a request fits: refused before it is even validated (what fits below
+# it depends on the metadata, the paths and the ACL: push_request_bytes decides).
+MAX_PUSH_FILE_BYTES = ZK_MAX_REQUEST // 2
+_WHY_PUSH_BOUND = (f"a push writes it twice, to config and history/N, in one ZooKeeper request "
+                   f"of at most {ZK_MAX_REQUEST} bytes (jute.maxbuffer)")
 _CONFIG_FORMAT = 1
 # As the cluster file's names: one path component, nothing ZooKeeper would refuse.
 _ZNODE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
@@ -430,12 +431,30 @@ def open_cluster(target: Target, *, connect_timeout: float = DEFAULT_CONNECT_TIM
 # -- the cluster file in ZooKeeper ----------------------------------------------------------
 
 
+def _jute_string(text: str) -> int:
+    return 4 + len(text.encode())
+
+
+def push_request_bytes(record: int, config_path: str, history_path: str,
+                       pruned: Iterable[str], acl: Iterable[Any], config_exists: bool) -> int:
+    """The size of a push's multi-op request as jute encodes it: a create (or set) of
+    ``config_path`` and a create of ``history_path``, each with ``record`` bytes, and a delete
+    of each ``pruned`` path."""
+    acl_bytes = 4 + sum(4 + _jute_string(a.id.scheme) + _jute_string(a.id.id) for a in acl)
+    op_header = 4 + 1 + 4  # MultiHeader: type, done, err
+    config = op_header + _jute_string(config_path) + 4 + record + (
+        4 if config_exists else acl_bytes + 4)  # set: version; create: ACL, flags
+    history = op_header + _jute_string(history_path) + 4 + record + acl_bytes + 4
+    deletes = sum(op_header + _jute_string(path) + 4 for path in pruned)
+    return 4 + 4 + config + history + deletes + op_header  # xid, type ... the end marker
+
+
 def check_push_size(size: int, source: str) -> None:
     """Raise ConfigError when a file of ``size`` bytes is more than a push can carry."""
     if size > MAX_PUSH_FILE_BYTES:
         raise ConfigError(source, [ConfigIssue(
             "", f"is {size} bytes, more than the {MAX_PUSH_FILE_BYTES} a pushed cluster file "
-                f"may hold: {_WHY_PUSH_BOUND}")])
+                f"can be: {_WHY_PUSH_BOUND}")])
 
 
 @dataclass(frozen=True)
@@ -605,7 +624,7 @@ class ConfigStore:
 
         Raises ConfigError (nothing written) when the text is not a valid cluster file of
         this cluster or is larger than a push can carry (MAX_PUSH_FILE_BYTES, and
-        MAX_CONFIG_RECORD_BYTES once encoded); ConflictError when the current version is not
+        ZK_MAX_REQUEST for the whole request); ConflictError when the current version is not
         ``expect_version`` or another push won the race; RecordError when the config znode
         does not hold an lvsctl file, unless ``replace_unreadable`` (then it is overwritten,
         still with compare-and-set, and the new version says what it replaced);
@@ -658,10 +677,17 @@ class ConfigStore:
             replaced=replaced,
         )
         data = made.to_bytes()
-        if len(data) > MAX_CONFIG_RECORD_BYTES:
+        pruned = [self.paths.history_entry(old)
+                  for old in kept[: max(0, len(kept) + 1 - self.keep)]]
+        request = push_request_bytes(len(data), self.paths.config,
+                                     self.paths.history_entry(made.version), pruned,
+                                     self.conn.acl, stat is not None)
+        if request > ZK_MAX_REQUEST:
             raise ConfigError(source, [ConfigIssue(
-                "", f"is {len(data)} bytes once stored (escapes and metadata included), more "
-                    f"than the {MAX_CONFIG_RECORD_BYTES} a push can carry: {_WHY_PUSH_BOUND}")])
+                "", f"is {len(data)} bytes once stored (metadata and JSON escapes included): "
+                    f"the push would be one ZooKeeper request of {request} bytes, more than "
+                    f"the {ZK_MAX_REQUEST} ZooKeeper takes (jute.maxbuffer); it carries the "
+                    "file twice, in config and history/N")])
         self.conn.ensure(self.paths.history)
         txn = self.conn.client.transaction()
         if stat is None:
@@ -669,8 +695,8 @@ class ConfigStore:
         else:
             txn.set_data(self.paths.config, data, version=stat.version)
         txn.create(self.paths.history_entry(made.version), data, acl=self.conn.acl)
-        for old in kept[: max(0, len(kept) + 1 - self.keep)]:
-            txn.delete(self.paths.history_entry(old))
+        for path in pruned:
+            txn.delete(path)
         with self.conn.errors("writing", self.paths.config):
             results = txn.commit()
         failed = [r for r in results if isinstance(r, Exception)]

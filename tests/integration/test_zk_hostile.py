@@ -16,14 +16,17 @@ from pathlib import Path
 import pytest
 import yaml
 
+from lvsctl.core.errors import ConfigError
 from lvsctl.core.node import load_node
 from lvsctl.core.zk import (
-    MAX_CONFIG_RECORD_BYTES,
     MAX_PUSH_FILE_BYTES,
+    ZK_MAX_REQUEST,
     ClusterConnection,
     ConfigStore,
+    ConfigVersion,
     Target,
     open_cluster,
+    push_request_bytes,
 )
 from tests.conftest import MINIMAL
 from tests.integration.test_cli_zk_config import Env
@@ -65,7 +68,7 @@ def test_a_push_too_large_for_zookeeper_is_refused_up_front(env: Env) -> None:
     assert refused.exit_code == 1
     assert _errors(refused.stderr) == [
         f"{path}: is {size} bytes, more than the {MAX_PUSH_FILE_BYTES} a pushed "
-        "cluster file may hold: a push writes it twice, to config and history/N, in one "
+        "cluster file can be: a push writes it twice, to config and history/N, in one "
         "ZooKeeper request of at most 1048575 bytes (jute.maxbuffer)"]
     assert "nothing pushed yet" in env.run("config", "show", "--node",
                                            str(env.node_file)).stderr
@@ -79,7 +82,32 @@ def test_a_push_just_under_the_limit_goes_through(env: Env) -> None:
     assert json.loads(pushed.stdout)["version"] == 1
     shown = env.run("config", "show", "--node", str(env.node_file))
     assert shown.stdout == path.read_text(encoding="utf-8")
-    assert MAX_CONFIG_RECORD_BYTES < 2 * MAX_PUSH_FILE_BYTES  # the request carries it twice
+
+
+def test_the_push_limit_is_zookeepers_to_the_byte(conn: ClusterConnection) -> None:
+    """The largest push the request count allows commits on a real ZooKeeper; one byte more
+    is refused before it is sent, naming both sizes (a create first, then a set)."""
+    store = ConfigStore(conn, clock=lambda: 0.0, who=lambda: "ops@host")
+    paths = store.paths
+
+    for version, exists in ((1, False), (2, True)):
+        empty = ConfigVersion(version, "0" * 64, "ops@host", "1970-01-01T00:00:00+00:00", "-",
+                              "")
+        base = len(empty.to_bytes())  # the record of an empty text; "#" needs no escape
+        room = ZK_MAX_REQUEST - push_request_bytes(
+            base, paths.config, paths.history_entry(version), [], conn.acl, exists)
+        size = room // 2  # the text is in the request twice
+        with pytest.raises(ConfigError) as info:
+            store.push("#" * (size + 1), validate=False)
+        request = ZK_MAX_REQUEST - room + 2 * (size + 1)
+        assert info.value.lines() == [
+            f"-: is {base + size + 1} bytes once stored (metadata and JSON escapes included): "
+            f"the push would be one ZooKeeper request of {request} bytes, more than the "
+            f"{ZK_MAX_REQUEST} ZooKeeper takes (jute.maxbuffer); it carries the file twice, in "
+            "config and history/N"]
+        result = store.push("#" * size, validate=False)
+        assert (result.changed, result.version.version) == (True, version)
+        assert store.current() == result.version  # committed, read back whole
 
 
 @pytest.mark.parametrize("garbage", [
