@@ -584,9 +584,10 @@ async def run_command(argv: tuple[str, ...], env: dict[str, str], output: Capped
         raise
     finally:
         os.close(write_fd)
-    transport, _ = await loop.connect_read_pipe(
-        lambda: asyncio.StreamReaderProtocol(reader), pipe)
+    transport: asyncio.BaseTransport | None = None
     try:
+        transport, _ = await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), pipe)
         while chunk := await reader.read(_MISC_READ):
             output.feed(chunk)
         return await process.wait()
@@ -595,7 +596,10 @@ async def run_command(argv: tuple[str, ...], env: dict[str, str], output: Capped
         await asyncio.shield(process.wait())
         raise
     finally:
-        transport.close()
+        if transport is not None:
+            transport.close()  # closes the pipe
+        else:
+            pipe.close()
 
 
 class _HttpExchange(asyncio.Protocol):
