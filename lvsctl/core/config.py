@@ -385,8 +385,19 @@ def pydantic_issues(exc: ValidationError, data: Any) -> list[ConfigIssue]:
         if path in seen:  # one finding per key: a union's alternatives would repeat it
             continue
         seen.add(path)
-        issues.append(ConfigIssue(path, _message(err)))
+        issues.append(ConfigIssue(path, _clip(_message(err))))
     return issues
+
+
+# A message quotes the value it refuses; a hostile value (megabytes of one string) must not
+# make a line of megabytes, here or in the director's record of a refused config.
+MAX_MESSAGE_CHARS = 300
+
+
+def _clip(message: str) -> str:
+    if len(message) <= MAX_MESSAGE_CHARS:
+        return message
+    return f"{message[:MAX_MESSAGE_CHARS]}... ({len(message) - MAX_MESSAGE_CHARS} more characters)"
 
 
 # ---------------------------------------------------------------------------------------------

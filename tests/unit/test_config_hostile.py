@@ -227,3 +227,12 @@ def test_every_pattern_refuses_a_trailing_newline(model: Any, values: dict[str, 
     with pytest.raises(ValidationError, match="string_pattern_mismatch"):
         model.model_validate(values)
     model.model_validate({k: v.rstrip("\n") for k, v in values.items()})
+
+
+def test_a_huge_value_makes_a_short_line() -> None:
+    text = yaml.safe_dump(mutate(MINIMAL, "vips[0].interface", "x" * 1_000_000))
+    with pytest.raises(ConfigError) as info:
+        parse_cluster(text, "c.yaml")
+    (line,) = info.value.lines()
+    assert line.startswith("c.yaml: vips[0].interface: 'xxxx")
+    assert line.endswith(" more characters)") and len(line) < 400
