@@ -74,7 +74,7 @@ from kazoo.security import OPEN_ACL_UNSAFE, make_digest_acl
 from pydantic import TypeAdapter, ValidationError
 
 from lvsctl.core import schema
-from lvsctl.core.config import Loaded, parse_cluster
+from lvsctl.core.config import Loaded, parse_cluster, read_file_text
 from lvsctl.core.errors import ConfigError, ConfigIssue, ConflictError, ZooKeeperError
 from lvsctl.core.model import ZooKeeperSettings
 from lvsctl.core.node import Node
@@ -119,6 +119,7 @@ _CONFIG_FORMAT = 1
 # As the cluster file's names: one path component, nothing ZooKeeper would refuse.
 _ZNODE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _TRANSITION_PREFIX = "t_"
+MAX_AUTH_FILE_BYTES = 4096
 _ROOT_RULE: TypeAdapter[str] = TypeAdapter(schema.ZnodeRoot)
 _HOST_RULE: TypeAdapter[str] = TypeAdapter(schema.HostPort)
 _NAME_RULE: TypeAdapter[str] = TypeAdapter(schema.Name)
@@ -196,12 +197,7 @@ class Credentials:
 def read_credentials(path: str | Path) -> Credentials:
     """Read an auth file. Raises ConfigError naming the file when it cannot be used."""
     source = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        issue = ConfigIssue("", f"cannot read the auth file: {reason}")
-        raise ConfigError(source, [issue]) from None
+    text = read_file_text(path, limit=MAX_AUTH_FILE_BYTES)  # a regular file, one short line
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     user, sep, password = lines[0].partition(":") if len(lines) == 1 else ("", "", "")
     if not (sep and user and password):

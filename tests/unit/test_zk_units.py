@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import click
@@ -50,7 +51,7 @@ def test_missing_auth_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         read_credentials(tmp_path / "nope")
     assert info.value.lines() == [
-        f"{tmp_path / 'nope'}: cannot read the auth file: No such file or directory"]
+        f"{tmp_path / 'nope'}: cannot read the file: No such file or directory"]
 
 
 def _version(text: str = "cluster: t\n") -> ConfigVersion:
@@ -125,3 +126,15 @@ def test_a_target_from_command_line_options_meets_the_file_rules(
         Target(ZooKeeperSettings(hosts, root, 4.0, None), cluster, insecure=True)
     assert str(info.value).startswith(message)
     assert "\n" not in str(info.value)  # one line, the value shown escaped
+
+
+def test_an_auth_file_that_is_a_fifo_or_huge_is_one_line(tmp_path: Path) -> None:
+    fifo = tmp_path / "zk.secret"
+    os.mkfifo(fifo)  # nobody writes: reading it would wait for ever
+    with pytest.raises(ConfigError) as info:
+        read_credentials(fifo)
+    assert info.value.lines() == [f"{fifo}: is not a regular file"]
+    big = tmp_path / "big.secret"
+    big.write_text("u:" + "p" * 5000)
+    with pytest.raises(ConfigError, match="is 5002 bytes, more than the limit of 4096"):
+        read_credentials(big)
