@@ -23,7 +23,7 @@ from lvsctl.core import schema
 from lvsctl.core.config import load_cluster, parse_cluster, parse_yaml, read_file_text
 from lvsctl.core.errors import ConfigError
 from lvsctl.core.node import load_node
-from lvsctl.templates.render import SetupError, check_interface
+from lvsctl.templates.render import SetupError, check_interface, check_name
 from tests.conftest import MINIMAL
 from tests.unit.test_config import mutate
 
@@ -136,6 +136,12 @@ def test_root_rule_takes_only_plain_paths(root: str) -> None:
 def test_rendered_interface_names_are_whole_string_matches(name: str) -> None:
     with pytest.raises(SetupError, match="--interface"):
         check_interface(name)
+
+
+@pytest.mark.parametrize("name", ["web1\n", "web1\nrm -rf /", "-web"])
+def test_rendered_server_names_are_whole_string_matches(name: str) -> None:
+    with pytest.raises(SetupError, match="--server"):
+        check_name(name)
 
 
 # -- the files themselves: regular, bounded, aliases bounded --------------------------------
