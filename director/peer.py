@@ -50,17 +50,64 @@ class Rejected(Exception):
     """A datagram that is not a valid, fresh, authentic beat; the reason is the message."""
 
 
+# A beat is about 200 bytes of JSON; anything much larger is not one (checked before the HMAC).
+MAX_BEAT_BYTES = 1024
+_STATES = frozenset({"CANDIDATE", "ACTIVE", "STANDBY", "FENCED"})
+_MAX_NAME = 64
+_MAX_COUNTER = 2**63 - 1  # epochs are ZooKeeper sequence numbers, stamps wall-clock ns
+
+
+def _no_float(text: str) -> Any:
+    # A beat has no fractional numbers; "1e400" would otherwise become inf.
+    raise ValueError(f"a number with a fraction or exponent ({text[:20]})")
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > 19:
+        raise ValueError(f"a number of {len(text)} digits")
+    return int(text)
+
+
+def _field_ok(key: str, value: Any) -> bool:
+    if key == "name":
+        return isinstance(value, str) and 0 < len(value) <= _MAX_NAME
+    if key == "state":
+        return isinstance(value, str) and value in _STATES
+    if key in ("epoch", "ack_epoch", "stamp"):
+        return type(value) is int and 0 <= value <= _MAX_COUNTER
+    return isinstance(value, bool)  # zk_connected, holding, vouch
+
+
 def decode(datagram: bytes, secret: bytes) -> Beat:
-    """Check the HMAC and parse; raises Rejected."""
+    """Check the size and the HMAC, then parse with every field's type checked.
+
+    Raises Rejected ("oversized beat", "bad HMAC" or "malformed beat: <why>"): an authentic
+    beat whose JSON is not a Beat (a wrong type, an unknown key, a float, a huge number,
+    nesting) is refused like a forged one, never passed on half-typed.
+    """
+    if len(datagram) > MAC_LEN + MAX_BEAT_BYTES:
+        raise Rejected(f"oversized beat: {len(datagram)} bytes")
     mac, payload = datagram[:MAC_LEN], datagram[MAC_LEN:]
     want = hmac.new(secret, payload, hashlib.sha256).digest()
     if len(mac) != MAC_LEN or not hmac.compare_digest(mac, want):
         raise Rejected("bad HMAC")
     try:
-        data: dict[str, Any] = json.loads(payload)
-        return Beat(**data)
-    except (ValueError, TypeError) as exc:
-        raise Rejected(f"malformed beat: {exc}") from None
+        data = json.loads(payload, parse_float=_no_float, parse_int=_bounded_int,
+                          parse_constant=_no_float)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise Rejected(f"malformed beat: not JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise Rejected("malformed beat: not a JSON object")
+    fields = Beat.__dataclass_fields__
+    for key, value in data.items():
+        if key not in fields:
+            raise Rejected(f"malformed beat: unknown key {key[:32]!r}")
+        if not _field_ok(key, value):
+            raise Rejected(f"malformed beat: {key} is {type(value).__name__} "
+                           f"{str(value)[:32]!r}")
+    if "name" not in data:
+        raise Rejected("malformed beat: no name")
+    return Beat(**data)
 
 
 @dataclass(frozen=True)

@@ -60,6 +60,15 @@ MAX_REASON = 160
 # off after this many lines: a greeting that goes on is not a mail server worth trusting.
 MAX_SMTP_LINE = 512
 MAX_SMTP_LINES = 32
+# An HTTP response's head (status line and headers, 1xx heads included) is read up to this
+# many bytes and header lines: a server that sends a header without end fails the check
+# instead of growing the parser's buffers (nginx and Node take 8-16 KiB, Apache 100 lines).
+MAX_HTTP_HEAD = 64 << 10
+MAX_HTTP_HEADER_LINES = 100
+# A misc check's output is drained to its end, but only its last this many bytes are kept
+# (the reason quotes its last line): a command printing without end costs time, not memory.
+MAX_MISC_OUTPUT = 64 << 10
+_MISC_READ = 64 << 10
 
 
 class Checker(Protocol):
@@ -314,6 +323,7 @@ class Checkers:
             # The certificate is checked against the SNI name, else the Host name, else the
             # address (what a browser asking for that name would check).
             server_hostname = kind.sni or kind.host or None
+            probe.phase = "connecting (TCP and TLS handshake)"
         loop = asyncio.get_running_loop()
         response: asyncio.Future[tuple[int, bytes | None]] = loop.create_future()
         wants_body = kind.body is not None or kind.digest is not None
@@ -340,20 +350,9 @@ class Checkers:
             "LVSCTL_CHECK_PORT": str(target.port),
         }
         probe.phase = f"running {kind.command[0]}"
-        # An argv list, never a shell. A session of its own, so a timeout can kill the child
-        # and anything it started (its process group id is its pid).
-        process = await asyncio.create_subprocess_exec(
-            *kind.command, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT, env=env, start_new_session=True,
-        )
-        try:
-            output, _ = await process.communicate()
-        except BaseException:
-            _kill_group(process.pid)
-            await asyncio.shield(process.wait())
-            raise
-        assert process.returncode is not None
-        return judge_exit(kind, process.returncode, output.decode("utf-8", "replace"))
+        output = CappedOutput()
+        code = await run_command(kind.command, env, output)
+        return judge_exit(kind, code, output.kept.decode("utf-8", "replace"))
 
     # -- udp ------------------------------------------------------------------------------
 
@@ -547,6 +546,62 @@ def judge_dns(kind: DnsCheck, answer: dns.message.Message) -> _Outcome:
     return _Outcome(True, _short(f"DNS {kind.qtype} {', '.join(found)}"))
 
 
+class CappedOutput:
+    """A command's output read to its end, keeping only the last ``cap`` bytes of it."""
+
+    def __init__(self, cap: int = MAX_MISC_OUTPUT) -> None:
+        self.cap = cap
+        self.kept = b""
+        self.total = 0  # bytes read, kept or not
+
+    def feed(self, chunk: bytes) -> None:
+        self.total += len(chunk)
+        self.kept = (self.kept + chunk)[-self.cap:]
+
+
+async def run_command(argv: tuple[str, ...], env: dict[str, str], output: CappedOutput) -> int:
+    """Run ``argv`` (never a shell) to its end, its stdout and stderr read into ``output``;
+    its exit code (negative: the signal that ended it).
+
+    Cancelled (the check's deadline), it SIGKILLs the command's process group and waits for
+    the command. The pipe is ours, not asyncio.subprocess's: a pipe of the child's that is
+    full and never read again would keep ``wait()`` from returning (asyncio waits for the
+    pipes to close), and a grandchild outside the group could hold it open for ever.
+    """
+    read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=_MISC_READ)
+    pipe = os.fdopen(read_fd, "rb", buffering=0)
+    try:
+        # A session of its own, so a timeout can kill the child and anything it started
+        # (its process group id is its pid).
+        process = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=write_fd, stderr=write_fd,
+            env=env, start_new_session=True,
+        )
+    except BaseException:
+        pipe.close()
+        raise
+    finally:
+        os.close(write_fd)
+    transport: asyncio.BaseTransport | None = None
+    try:
+        transport, _ = await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), pipe)
+        while chunk := await reader.read(_MISC_READ):
+            output.feed(chunk)
+        return await process.wait()
+    except BaseException:
+        _kill_group(process.pid)
+        await asyncio.shield(process.wait())
+        raise
+    finally:
+        if transport is not None:
+            transport.close()  # closes the pipe
+        else:
+            pipe.close()
+
+
 class _HttpExchange(asyncio.Protocol):
     """One request on a fresh connection; hands (status, body) of the response to a future.
 
@@ -555,7 +610,10 @@ class _HttpExchange(asyncio.Protocol):
     MAX_BODY bytes. Informational 1xx responses before the real one are skipped. The
     connection closing first is _NoResponse (or the reset that closed it); a body cut short
     of its Content-Length or chunked end is _BadResponse; without either, the body ends where
-    the connection does.
+    the connection does. A head (all heads, 1xx included) past MAX_HTTP_HEAD bytes or
+    MAX_HTTP_HEADER_LINES header lines is _BadResponse. ``probe.phase`` follows the exchange
+    (sending, the status line, the headers, the body), so the check's one deadline can say
+    what it was waiting for.
     """
 
     def __init__(self, request: bytes, response: asyncio.Future[tuple[int, bytes | None]],
@@ -569,21 +627,45 @@ class _HttpExchange(asyncio.Protocol):
         self._status = 0
         self._body: bytearray | None = None
         self._delimited = False  # the body's end is marked (Content-Length or chunked)
+        self._head_bytes = 0  # bytes of the response heads so far (1xx heads included)
+        self._header_lines = 0
+        self._in_head = True
 
     # -- transport side
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # cast, not isinstance: uvloop's transports do not subclass asyncio's classes.
-        cast(asyncio.WriteTransport, transport).write(self._request)
+        writer = cast(asyncio.WriteTransport, transport)
+        writer.write(self._request)
+        # A request is a few hundred bytes: unless the socket buffer is full, it is sent.
+        self._probe.phase = ("sending the request" if writer.get_write_buffer_size()
+                             else "waiting for the status line")
 
     def data_received(self, data: bytes) -> None:
         if self._response.done():
             return
+        if self._in_head:
+            if self._probe.phase in ("sending the request", "waiting for the status line"):
+                self._probe.phase = "reading the status line"
+            if self._probe.phase == "reading the status line" and b"\n" in data:
+                # The status line ended (the parser holds it); a find, not a parser callback:
+                # this runs on every probe.
+                self._probe.phase = "reading the headers"
+            self._head_bytes += len(data)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
             if not self._response.done():
                 self._response.set_exception(exc)
+            return
+        # One read is at most the transport's buffer (64-256 KiB), so the parser never holds
+        # more than the bound and one read of an endless head.
+        if self._in_head and self._head_bytes > MAX_HTTP_HEAD:
+            self._fail(f"the response head is longer than {MAX_HTTP_HEAD} bytes")
+
+    def _fail(self, reason: str) -> None:
+        if not self._response.done():
+            self._response.set_exception(_BadResponse(reason))
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._response.done():
@@ -599,14 +681,21 @@ class _HttpExchange(asyncio.Protocol):
     # -- parser side (httptools calls these from feed_data)
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_lines += 1
+        if self._header_lines > MAX_HTTP_HEADER_LINES:
+            self._fail(f"the response has more than {MAX_HTTP_HEADER_LINES} header lines")
         if self._wants_body and name.lower() in (b"content-length", b"transfer-encoding"):
             self._delimited = True
 
     def on_headers_complete(self) -> None:
+        if self._response.done():
+            return
         status = self._parser.get_status_code()
         if 100 <= status < 200 and status != 101:
             self._delimited = False  # a 1xx head: the real response follows
+            self._probe.phase = "waiting for the status line"
             return
+        self._in_head = False
         self._status = status
         if not self._wants_body:
             self._response.set_result((status, None))

@@ -34,7 +34,8 @@ TEMPLATE_DIR = Path(__file__).resolve().parent
 # Beyond Linux's own rule (lvsctl.core.schema.IfName), a name that reaches networkd or sysctl.d must
 # not carry characters those formats give a meaning: networkd's Name= takes globs (* ? [ ]),
 # sysctl.d splits at '=', and '#'/';' start comments.
-_RENDERABLE_IFNAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+# fullmatch: a "$" would let a trailing newline through into the rendered files.
+_RENDERABLE_IFNAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 _IFNAME_RULE = TypeAdapter(IfName)
 _NAME_RULE = TypeAdapter(Name)
@@ -66,7 +67,7 @@ def check_interface(value: str, what: str = "--interface") -> str:
         _IFNAME_RULE.validate_python(value)
     except ValidationError as exc:
         raise SetupError(f"{what} {value!r}: {_rule_message(exc)}") from None
-    if not _RENDERABLE_IFNAME.match(value):
+    if not _RENDERABLE_IFNAME.fullmatch(value):
         raise SetupError(
             f"{what} {value!r}: lvsctl renders only interface names of letters, digits, "
             "'_', '.' and '-'"

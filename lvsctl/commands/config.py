@@ -20,9 +20,10 @@ from lvsctl.commands.common import (
     insecure_option,
     zookeeper_options,
 )
-from lvsctl.core.config import load_cluster
-from lvsctl.core.errors import ConfigError, ConfigIssue, ZooKeeperError
+from lvsctl.core.config import load_cluster, parse_cluster, read_file_text
+from lvsctl.core.errors import ConfigError, ZooKeeperError
 from lvsctl.core.model import Cluster, Service
+from lvsctl.core.records import RecordError
 from lvsctl.core.schema import ClusterFile
 from lvsctl.core.zk import (
     DEFAULT_KEEP,
@@ -31,6 +32,7 @@ from lvsctl.core.zk import (
     ConfigVersion,
     PushResult,
     Target,
+    check_push_size,
     open_cluster,
 )
 from lvsctl.output import echo_json, echo_table, warn
@@ -126,14 +128,6 @@ _expect_option = click.option(
 )
 
 
-def _read_text(file: str) -> str:
-    try:
-        return Path(file).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise ConfigError(file, [ConfigIssue("", f"cannot read the file: {reason}")]) from None
-
-
 def _current(store: ConfigStore) -> ConfigVersion:
     current = store.current()
     if current is None:
@@ -161,22 +155,33 @@ def _report_push(result: PushResult, conn: ClusterConnection, as_json: bool) -> 
                    f"{conn.paths.cluster} (sha256 {made.sha256[:12]}) to {hosts} {path}")
 
 
+_replace_unreadable_option = click.option(
+    "--replace-unreadable", is_flag=True,
+    help="Overwrite a config znode that does not hold a readable lvsctl file (recorded in "
+         "the new version's history entry).",
+)
+
+
 @config_group.command("push")
 @click.argument("file", type=click.Path(dir_okay=False))
 @_expect_option
 @click.option("--keep", type=click.IntRange(1, 1000), default=DEFAULT_KEEP, show_default=True,
               metavar="N", help="How many versions the history keeps.")
+@_replace_unreadable_option
 @insecure_option
 @connect_timeout_option
 @_json_option
-def push_command(file: str, expect_version: int | None, keep: int, insecure: bool,
-                 connect_timeout: float, as_json: bool) -> None:
+def push_command(file: str, expect_version: int | None, keep: int, replace_unreadable: bool,
+                 insecure: bool, connect_timeout: float, as_json: bool) -> None:
     """Validate FILE, then write it to the ZooKeeper its 'zookeeper' section names.
 
     The write is a compare-and-set: if another push lands first, this one fails and
-    nothing is written. An invalid file never reaches ZooKeeper.
+    nothing is written. An invalid file, or one larger than a push can carry, never reaches
+    ZooKeeper.
     """
-    loaded = load_cluster(file)  # before connecting: an invalid file never reaches ZooKeeper
+    text = read_file_text(file)
+    check_push_size(len(text.encode()), file)  # before validating: a huge file is slow to
+    loaded = parse_cluster(text, Path(file).name or file)  # judge; neither reaches ZooKeeper
     for issue in loaded.warnings:
         warn(issue.line(loaded.source))
     cluster = loaded.cluster
@@ -187,7 +192,8 @@ def push_command(file: str, expect_version: int | None, keep: int, insecure: boo
             warn(f"no ZooKeeper credentials (--insecure): {conn.paths.base} is open to "
                  "every ZooKeeper client")
         store = ConfigStore(conn, keep=keep)
-        result = store.push(loaded.text, expect_version, source=loaded.source)
+        result = store.push(loaded.text, expect_version, source=loaded.source,
+                            replace_unreadable=replace_unreadable)
         _report_push(result, conn, as_json)
 
 
@@ -214,7 +220,7 @@ def show_command(zk: ZkOptions, version: int | None, as_json: bool) -> None:
 @_json_option
 def diff_command(file: str, zk: ZkOptions, exit_code: bool, as_json: bool) -> None:
     """Show how FILE differs from the cluster file ZooKeeper holds (a unified diff)."""
-    text = _read_text(file)
+    text = read_file_text(file)
     with zk.connect() as conn:
         current = _current(ConfigStore(conn))
     lines = list(difflib.unified_diff(
@@ -240,8 +246,15 @@ def history_command(zk: ZkOptions, as_json: bool) -> None:
     """List the kept versions, newest first."""
     with zk.connect() as conn:
         store = ConfigStore(conn)
-        current = store.current()
-        versions = store.history()
+        try:
+            current = store.current()
+        except RecordError as exc:
+            current = None
+            warn(f"current config unreadable: {exc}")
+        read = store.history_read()
+        versions = read.items
+    for skipped in read.skipped:
+        warn(f"skipped an unreadable version: {skipped.reason}")
     if as_json:
         echo_json([{**v.meta(), "current": current is not None and v.version == current.version}
                    for v in versions])
@@ -256,6 +269,8 @@ def history_command(zk: ZkOptions, as_json: bool) -> None:
             notes.append("current")
         if v.rollback_of is not None:
             notes.append(f"rollback of {v.rollback_of}")
+        if v.replaced is not None:
+            notes.append("replaced an unreadable config")
         rows.append([v.version, v.pushed_at, v.pushed_by, v.source, v.sha256[:12],
                      ", ".join(notes)])
     echo_table(["VERSION", "PUSHED AT", "BY", "SOURCE", "SHA256", "NOTE"], rows)
@@ -265,12 +280,14 @@ def history_command(zk: ZkOptions, as_json: bool) -> None:
 @click.argument("version", type=click.IntRange(1))
 @zookeeper_options
 @_expect_option
+@_replace_unreadable_option
 @_json_option
 def rollback_command(version: int, zk: ZkOptions, expect_version: int | None,
-                     as_json: bool) -> None:
+                     replace_unreadable: bool, as_json: bool) -> None:
     """Make a kept VERSION current again, as a new version (validated again first)."""
     with zk.connect() as conn:
-        result = ConfigStore(conn).rollback(version, expect_version)
+        result = ConfigStore(conn).rollback(version, expect_version,
+                                            replace_unreadable=replace_unreadable)
         _report_push(result, conn, as_json)
 
 

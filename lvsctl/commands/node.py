@@ -27,6 +27,9 @@ from lvsctl.output import warn
 PEER_SECRET = "peer.secret"
 API_TOKEN = "api.token"
 SECRET_BYTES = 32  # 256 bits: the HMAC key of the peer link, the API bearer token
+# The shortest secret kept as it is: what the peer link accepts (director/peer.read_secret).
+MIN_SECRET_BYTES = 16
+MAX_SECRET_BYTES = 4096
 
 
 class NodeInitError(LvsctlError):
@@ -110,6 +113,32 @@ def _loose_mode(path: Path) -> int | None:
     return mode if mode & 0o077 else None
 
 
+def _dangling(path: Path) -> bool:
+    return path.is_symlink() and not path.exists()
+
+
+def _keepable_secret(path: Path, what: str) -> bool:
+    """Whether an existing secret can be kept (False: there is none). Raises NodeInitError
+    when one is there but unusable: empty, too short, not a regular file, a dangling link."""
+    if _dangling(path):
+        raise NodeInitError(f"{path} is a symlink to {os.readlink(path)}, which does not "
+                            f"exist: fix the link, or pass --rotate-secrets to replace it")
+    if not path.exists():
+        return False
+    try:
+        if not path.is_file():
+            raise NodeInitError(f"{path}: the {what} is not a regular file")
+        with path.open("rb") as file:
+            size = len(file.read(MAX_SECRET_BYTES + 1).strip())
+    except OSError as exc:
+        raise _os_error(exc, path, "read the secret") from None
+    if size < MIN_SECRET_BYTES:
+        raise NodeInitError(
+            f"{path}: the existing {what} is {size} bytes, fewer than {MIN_SECRET_BYTES}: "
+            "remove it or pass --rotate-secrets (then copy peer.secret to the other director)")
+    return True
+
+
 def _os_error(exc: OSError, path: Path, action: str) -> NodeInitError:
     return NodeInitError(f"{path}: cannot {action}: {exc.strerror or exc}")
 
@@ -151,8 +180,15 @@ def init_command(cluster_file: str, name: str, output: str, secrets_dir: str | N
         folder / PEER_SECRET, folder / API_TOKEN, resolve_auth(cluster, cluster_file))
     text = render_node_file(cluster, name, files, Path(cluster_file).name)
     parse_node(text, str(out_path))  # never write a node file lvsctl itself would refuse
+    if _dangling(out_path) and not force:
+        raise NodeInitError(f"{out_path} is a symlink to {os.readlink(out_path)}, which does "
+                            "not exist: pass --force to replace the link with the node file")
     if out_path.exists() and not force:
         raise NodeInitError(f"{out_path} exists: pass --force to replace it")
+    # Judge the secrets before anything is written: nothing half done.
+    secret_files = ((files.peer, "peer-link secret"), (files.api_token, "API token"))
+    kept = {path for path, what in secret_files
+            if not rotate_secrets and _keepable_secret(path, what)}
 
     other = next(n for n in names if n != name)
     for directory in {out_path.parent, folder}:
@@ -160,9 +196,9 @@ def init_command(cluster_file: str, name: str, output: str, secrets_dir: str | N
             directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise _os_error(exc, directory, "create the folder") from None
-    for path, what in ((files.peer, "peer-link secret"), (files.api_token, "API token")):
+    for path, what in secret_files:
         try:
-            if path.exists() and not rotate_secrets:
+            if path in kept:
                 loose = _loose_mode(path)
                 if loose is not None:
                     warn(f"{path} may be read by others (mode {loose:04o}): chmod 600 it")

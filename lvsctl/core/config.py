@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import os
 import re
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -62,16 +64,56 @@ class Loaded:
     source: str
 
 
+# A cluster file of 100,000 real servers is about 5 MB of YAML at most; a file past this bound
+# is refused before it is read (a mistaken path to a log, a device, a hostile file).
+MAX_FILE_BYTES = 4 << 20
+# YAML aliases repeat a node without repeating its text ("billion laughs"): the document is
+# judged on its size with every alias expanded, and on its depth. A real cluster file has a few
+# hundred thousand nodes at most and a depth under 10.
+MAX_YAML_NODES = 1_000_000
+MAX_YAML_DEPTH = 32
+
+
+def read_file_text(path: str | Path, limit: int = MAX_FILE_BYTES) -> str:
+    """A regular file's text (UTF-8) of at most ``limit`` bytes.
+
+    Raises ConfigError naming the file: unreadable, not a regular file (a FIFO would block the
+    reader, a device would never end), larger than ``limit`` or not UTF-8.
+    """
+    path = Path(path)
+
+    def refuse(message: str) -> ConfigError:
+        return ConfigError(str(path), [ConfigIssue("", message)])
+
+    try:
+        # O_NONBLOCK: opening a FIFO must not wait for a writer; fstat then judges what opened.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise refuse(f"cannot read the file: {exc.strerror or exc}") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise refuse("is not a regular file")
+    with os.fdopen(fd, "rb") as file:
+        if info.st_size > limit:
+            raise refuse(f"is {info.st_size} bytes, more than the limit of {limit}")
+        try:
+            data = file.read(limit + 1)
+        except OSError as exc:
+            raise refuse(f"cannot read the file: {exc.strerror or exc}") from None
+    if len(data) > limit:  # it grew after the fstat
+        raise refuse(f"is more than the limit of {limit} bytes")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise refuse(f"is not UTF-8 text (byte {exc.start})") from None
+
+
 def load_cluster(path: str | Path) -> Loaded:
     """Read and validate a cluster file. Raises ConfigError naming the file on any problem."""
     path = Path(path)
     source = path.name if path.name else str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise ConfigError(str(path), [ConfigIssue("", f"cannot read the file: {reason}")]) from None
-    return parse_cluster(text, source)
+    return parse_cluster(read_file_text(path), source)
 
 
 def parse_cluster(text: str, source: str) -> Loaded:
@@ -159,7 +201,46 @@ def _salvage_issues(data: dict[str, Any]) -> list[ConfigIssue]:
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last)."""
+    """SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last), and
+    a document larger than MAX_YAML_NODES with its aliases expanded or deeper than
+    MAX_YAML_DEPTH, before a single value of it is constructed."""
+
+    def get_single_node(self) -> Any:
+        node = super().get_single_node()
+        if node is not None:
+            _check_yaml_bounds(node)
+        return node
+
+
+def _check_yaml_bounds(root: yaml.Node) -> None:
+    """Raise YAMLError when the composed document expands past the bounds.
+
+    Each node's expanded size is counted once (memoised by identity), so an alias bomb is
+    measured in time linear in its text. The depth bound also ends an alias to itself.
+    """
+    sizes: dict[int, int] = {}
+
+    def size(node: yaml.Node, depth: int) -> int:
+        if depth > MAX_YAML_DEPTH:
+            raise yaml.YAMLError(f"nested more than {MAX_YAML_DEPTH} levels deep "
+                                 f"(line {node.start_mark.line + 1})")
+        known = sizes.get(id(node))
+        if known is not None:
+            return known
+        total = 1
+        if isinstance(node, yaml.SequenceNode):
+            for child in node.value:
+                total += size(child, depth + 1)
+        elif isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                total += size(key, depth + 1) + size(value, depth + 1)
+        if total > MAX_YAML_NODES:
+            raise yaml.YAMLError(f"more than {MAX_YAML_NODES} values once its aliases are "
+                                 "expanded")
+        sizes[id(node)] = total
+        return total
+
+    size(root, 0)
 
 
 def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
@@ -304,8 +385,19 @@ def pydantic_issues(exc: ValidationError, data: Any) -> list[ConfigIssue]:
         if path in seen:  # one finding per key: a union's alternatives would repeat it
             continue
         seen.add(path)
-        issues.append(ConfigIssue(path, _message(err)))
+        issues.append(ConfigIssue(path, _clip(_message(err))))
     return issues
+
+
+# A message quotes the value it refuses; a hostile value (megabytes of one string) must not
+# make a line of megabytes, here or in the director's record of a refused config.
+MAX_MESSAGE_CHARS = 300
+
+
+def _clip(message: str) -> str:
+    if len(message) <= MAX_MESSAGE_CHARS:
+        return message
+    return f"{message[:MAX_MESSAGE_CHARS]}... ({len(message) - MAX_MESSAGE_CHARS} more characters)"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -347,8 +439,10 @@ class _Resolver:
     def cluster(self, raw: schema.ClusterFile) -> Cluster | None:
         directors = tuple(self.director(f"directors[{i}]", d) for i, d in enumerate(raw.directors))
         self.unique("directors", [d.name for d in directors], "name")
+        self.unique("directors", [d.address for d in directors], "address")
         vips = tuple(self.vip(f"vips[{i}]", v) for i, v in enumerate(raw.vips))
         self.unique("vips", [v.address for v in vips], "address")
+        self.vips_apart(vips, directors)
         services = tuple(
             s for i, raw_s in enumerate(raw.services)
             if (s := self.service(f"services[{i}]", raw_s, vips, directors)) is not None
@@ -389,6 +483,28 @@ class _Resolver:
             self.error(path, "give at least one of tcp, tcp_fin, udp")
         return IpvsTimeouts(**values)
 
+    def vips_apart(self, vips: tuple[Vip, ...], directors: tuple[Director, ...]) -> None:
+        """A VIP is an address of its own: the active director adds it and the standby
+        removes it, so a director's own address as a VIP would be taken from that host."""
+        for i, vip in enumerate(vips):
+            for k, director in enumerate(directors):
+                if vip.address == director.address:
+                    self.error(f"vips[{i}].address",
+                               f"{vip.address} is the address of directors[{k}] "
+                               f"({director.name}): a VIP needs an address of its own")
+
+    def realserver_apart(self, path: str, rs: RealServer, vips: tuple[Vip, ...],
+                         directors: tuple[Director, ...]) -> None:
+        """A real server is another host than the VIPs and the directors it sits behind."""
+        for i, vip in enumerate(vips):
+            if rs.address == vip.address:
+                self.error(f"{path}.address", f"{rs.address} is the address of vips[{i}]: a "
+                           "real server cannot be a VIP (the director owns it)")
+        for k, director in enumerate(directors):
+            if rs.address == director.address:
+                self.error(f"{path}.address", f"{rs.address} is the address of directors[{k}] "
+                           f"({director.name}): a real server is another host")
+
     def unique(self, path: str, values: list[Any], key: str) -> None:
         self.unique_at(path, list(enumerate(values)), key)
 
@@ -420,6 +536,8 @@ class _Resolver:
         )
 
     def vip(self, path: str, raw: schema.VipFile) -> Vip:
+        if (problem := schema.vip_problem(raw.address)) is not None:
+            self.error(f"{path}.address", problem)
         if raw.network is not None and not raw.inside:
             self.error(f"{path}.network", "only an inside VIP (inside: true) has a network")
         if raw.inside:
@@ -491,6 +609,7 @@ class _Resolver:
             rs = self.realserver(rs_path, raw_rs, service_checks, on_failure, family,
                                  forwarding, service_port)
             if rs is not None:
+                self.realserver_apart(rs_path, rs, vips, directors)
                 resolved.append((j, rs))
         if not any(_inherits(raw_rs, service_checks) for _, raw_rs in realservers):
             # No real server runs the service's checks: judge them alone, so a mistake in

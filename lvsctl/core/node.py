@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 from pydantic import Field, ValidationError
 
 from lvsctl.core import schema
-from lvsctl.core.config import parse_yaml, pydantic_issues, sorted_unique
+from lvsctl.core.config import parse_yaml, pydantic_issues, read_file_text, sorted_unique
 from lvsctl.core.errors import ConfigError, ConfigIssue
 from lvsctl.core.model import ZooKeeperSettings
 
@@ -44,7 +44,8 @@ class NodeFile(schema.Strict):
     ipvs: Annotated[str, Field(pattern=r"^(kernel|fake:/.+)$")] = Field(
         "kernel", description="'kernel', or 'fake:/path/state.json' for tests only"
     )
-    state_dir: Annotated[str, Field(pattern=r"^/.*$")] = "/var/lib/lvsctl"
+    # The pattern engine is Rust's regex: "$" is the end of the text, never before a "\n".
+    state_dir: Annotated[str, Field(pattern=r"^/[^\x00-\x1f\x7f]*$")] = "/var/lib/lvsctl"
     log_format: Literal["json", "text"] = "json"
 
 
@@ -77,11 +78,7 @@ class Node:
 def load_node(path: str | Path) -> Node:
     """Read and validate a node file. Raises ConfigError naming the file on any problem."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise ConfigError(str(path), [ConfigIssue("", f"cannot read the file: {reason}")]) from None
+    text = read_file_text(path)
     return parse_node(text, str(path))
 
 

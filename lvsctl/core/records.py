@@ -14,6 +14,7 @@ skipped instead of failing the whole read.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -47,19 +48,30 @@ def _is_str(value: Any) -> bool:
     return isinstance(value, str)
 
 
+# Numbers are read as 64-bit values and finite: "1e400" (inf), a 4,000-digit integer or NaN
+# in a znode is not a record, and never reaches float() or a date in a reader.
+_INT_BOUND = 2**63
+# A wall-clock time a reader can print: from 1970 to the end of year 9999.
+MAX_WALL = 253_402_300_799.0
+
+
 def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    return type(value) is int and -_INT_BOUND <= value < _INT_BOUND
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    return _is_int(value) or (type(value) is float and math.isfinite(value))
+
+
+def _is_wall(value: Any) -> bool:
+    return _is_number(value) and 0 <= value <= MAX_WALL
 
 
 def _is_bool(value: Any) -> bool:
     return isinstance(value, bool)
 
 
-class _Fields:
+class Fields:
     """The keys of one JSON object, each read with its type checked; errors name the key.
 
     A key that is absent takes its default (required without one); ``null`` is accepted only
@@ -108,6 +120,13 @@ class _Fields:
         value = self._read(key, _is_number, "a number", None, nullable=True)
         return None if value is None else float(value)
 
+    def wall(self, key: str) -> float:
+        return float(self._read(key, _is_wall, "a time in seconds since 1970", _REQUIRED))
+
+    def wall_or_none(self, key: str) -> float | None:
+        value = self._read(key, _is_wall, "a time in seconds since 1970", None, nullable=True)
+        return None if value is None else float(value)
+
     def boolean(self, key: str) -> bool:
         return bool(self._read(key, _is_bool, "true or false", _REQUIRED))
 
@@ -120,27 +139,62 @@ class _Fields:
                            "a list of strings", [])
         return tuple(value)
 
-    def objects(self, key: str) -> list[_Fields]:
+    def objects(self, key: str) -> list[Fields]:
         value = self._read(key, lambda v: isinstance(v, list), "a list", [])
-        return [_Fields(item, f"{self.where}.{key}[{i}]") for i, item in enumerate(value)]
+        return [Fields(item, f"{self.where}.{key}[{i}]") for i, item in enumerate(value)]
 
-    def object(self, key: str) -> _Fields | None:
+    def object(self, key: str) -> Fields | None:
         value = self._read(key, lambda v: isinstance(v, Mapping), "an object", None,
                            nullable=True)
-        return None if value is None else _Fields(value, f"{self.where}.{key}")
+        return None if value is None else Fields(value, f"{self.where}.{key}")
 
 
-def _decode_json(data: bytes, where: str, limit: int) -> Any:
-    """Parse a znode's data as JSON, refusing more than ``limit`` bytes. Raises RecordError."""
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _bounded_int(text: str) -> int:
+    if len(text) > 20:
+        raise ValueError(f"a number of {len(text)} digits")
+    return int(text)
+
+
+# Deeper than any record lvsctl writes (a status is 5 levels), far below Python's recursion.
+MAX_JSON_DEPTH = 32
+
+
+def _depth_ok(value: Any) -> bool:
+    stack = [(value, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict | list):
+            if depth >= MAX_JSON_DEPTH:
+                return False
+            children = node.values() if isinstance(node, dict) else node
+            stack.extend((child, depth + 1) for child in children)
+    return True
+
+
+def decode_json(data: bytes, where: str, limit: int) -> Any:
+    """Parse a znode's data as JSON, refusing more than ``limit`` bytes, NaN/Infinity, integers
+    of more than 20 digits and nesting past MAX_JSON_DEPTH. Raises RecordError."""
     if len(data) > limit:
         raise RecordError(f"{where}: {len(data)} bytes, more than such a record may hold "
                           f"({limit})")
     try:
-        return json.loads(data.decode("utf-8"))
+        value = json.loads(data.decode("utf-8"), parse_constant=_no_constant,
+                           parse_int=_bounded_int)
     except (UnicodeDecodeError, ValueError) as exc:
-        raise RecordError(f"{where}: not JSON ({exc})") from None
+        raise RecordError(f"{where}: not JSON ({_clip(str(exc), 120)})") from None
     except RecursionError:
         raise RecordError(f"{where}: JSON nested too deeply") from None
+    if not _depth_ok(value):
+        raise RecordError(f"{where}: JSON nested more than {MAX_JSON_DEPTH} levels deep")
+    return value
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _encode_json(data: Mapping[str, Any], what: str, limit: int) -> bytes:
@@ -202,9 +256,9 @@ class TransitionRecord:
     @classmethod
     def from_json(cls, raw: Any, where: str = "transition record") -> TransitionRecord:
         """Decode one record. Raises RecordError naming the key that is wrong."""
-        f = _Fields(raw, where)
+        f = Fields(raw, where)
         return cls(
-            director=f.text("director"), event=f.text("event"), wall=f.number("wall"),
+            director=f.text("director"), event=f.text("event"), wall=f.wall("wall"),
             monotonic=f.number("monotonic", 0.0), state=f.text_or_none("state"),
             epoch=f.integer_or_none("epoch"), vip=f.text_or_none("vip"),
             reason=f.text_or_none("reason") or "", service=f.text_or_none("service"),
@@ -222,7 +276,7 @@ class TransitionRecord:
 
     @classmethod
     def from_bytes(cls, data: bytes, where: str) -> TransitionRecord:
-        return cls.from_json(_decode_json(data, where, MAX_TRANSITION_BYTES), where)
+        return cls.from_json(decode_json(data, where, MAX_TRANSITION_BYTES), where)
 
 
 @dataclass(frozen=True)
@@ -321,12 +375,12 @@ class DirectorRecord:
     @classmethod
     def from_json(cls, raw: Any, where: str = "director record") -> DirectorRecord:
         """Decode a record (e.g. a /status). Raises RecordError naming the key that is wrong."""
-        f = _Fields(raw, where)
+        f = Fields(raw, where)
         config = f.object("config")
         last = f.object("last_reconcile")
         return cls(
             director=f.text("director"), cluster=f.text("cluster"), role=f.text("role"),
-            epoch=f.integer("epoch"), since=f.number_or_none("since"),
+            epoch=f.integer("epoch"), since=f.wall_or_none("since"),
             zookeeper=f.text("zookeeper", ""), vips=f.strings("vips"),
             config=ConfigState() if config is None else ConfigState(
                 version=config.text_or_none("version") or "",
@@ -339,16 +393,18 @@ class DirectorRecord:
         )
 
     def to_bytes(self) -> bytes:
-        """The znode data. Raises RecordError when it is larger than MAX_DIRECTOR_BYTES."""
-        return _encode_json(self.to_json(), f"director record of {self.director}",
-                            MAX_DIRECTOR_BYTES)
+        """The znode data, the config error clipped to MAX_REASON_CHARS (a rejected config's
+        issues can be megabytes). Raises RecordError when larger than MAX_DIRECTOR_BYTES."""
+        data = self.to_json()
+        data["config"]["error"] = clip_reason(self.config.error)
+        return _encode_json(data, f"director record of {self.director}", MAX_DIRECTOR_BYTES)
 
     @classmethod
     def from_bytes(cls, data: bytes, where: str) -> DirectorRecord:
-        return cls.from_json(_decode_json(data, where, MAX_DIRECTOR_BYTES), where)
+        return cls.from_json(decode_json(data, where, MAX_DIRECTOR_BYTES), where)
 
 
-def _service(f: _Fields) -> ServiceStatus:
+def _service(f: Fields) -> ServiceStatus:
     return ServiceStatus(
         name=f.text("name"), service=f.text("service", ""),
         forwarding=f.text("forwarding", ""),
@@ -356,7 +412,7 @@ def _service(f: _Fields) -> ServiceStatus:
     )
 
 
-def _realserver(f: _Fields) -> RealServerStatus:
+def _realserver(f: Fields) -> RealServerStatus:
     health = f.object("health")
     return RealServerStatus(
         name=f.text("name"), address=f.text("address", ""), weight=f.integer("weight", 0),
@@ -381,8 +437,8 @@ class Candidate:
 
     @classmethod
     def from_bytes(cls, data: bytes, where: str) -> Candidate:
-        raw = _decode_json(data, where, MAX_CANDIDATE_BYTES)
-        return cls(_Fields(raw, where).text("director"))
+        raw = decode_json(data, where, MAX_CANDIDATE_BYTES)
+        return cls(Fields(raw, where).text("director"))
 
 
 # -- what a reader got ------------------------------------------------------------------------

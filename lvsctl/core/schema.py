@@ -15,24 +15,44 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSche
 
 from lvsctl.core.model import SCHED_FLAGS, SCHEDULERS
 
-# Linux's dev_valid_name(): 1..15 bytes, not "." or "..", no "/", ":" or white space.
-_IFNAME = re.compile(r"^[^/:\s]{1,15}$")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_STATUS = re.compile(r"^([1-5]\d\d)(?:-([1-5]\d\d))?$")
+# Linux's dev_valid_name() (net/core/dev.c): 1..15 bytes (IFNAMSIZ 16 with the NUL), not "."
+# or "..", no "/", ":" or white space as the kernel's isspace() sees it -- which counts byte 0xA0
+# too, so a UTF-8 name is judged on its bytes. Control characters are refused as well: the
+# kernel would take them, but a name also reaches rendered shell and networkd files.
+IFNAMSIZ = 16
+_KERNEL_SPACE = frozenset(b" \t\n\v\f\r\xa0")
+# Whole-string rules: fullmatch everywhere ("$" would also match before a trailing newline).
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*")
+_STATUS = re.compile(r"([1-5]\d\d)(?:-([1-5]\d\d))?")
 _UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
+def ifname_problem(name: str) -> str | None:
+    """Why the kernel (or a rendered file) would refuse ``name`` as an interface name, or None."""
+    raw = name.encode("utf-8", "surrogatepass")
+    why = None
+    if not 0 < len(raw) < IFNAMSIZ:
+        why = f"it is {len(raw)} bytes (UTF-8), not 1 to {IFNAMSIZ - 1}"
+    elif name in (".", ".."):
+        why = "'.' and '..' are not names"
+    elif any(byte in b"/:" for byte in raw):
+        why = "it holds '/' or ':'"
+    elif any(byte in _KERNEL_SPACE for byte in raw):
+        why = "it holds white space"
+    elif any(byte < 0x20 or byte == 0x7F for byte in raw):
+        why = "it holds a control character"
+    return None if why is None else f"{name!r} is not a valid interface name: {why}"
+
+
 def _ifname(value: Any) -> Any:
-    if isinstance(value, str) and (not _IFNAME.match(value) or value in (".", "..")):
-        raise ValueError(
-            "not a valid interface name (1-15 characters, no '/', ':' or white space)"
-        )
+    if isinstance(value, str) and (problem := ifname_problem(value)) is not None:
+        raise ValueError(problem)
     return value
 
 
 def _name(value: Any) -> Any:
-    if isinstance(value, str) and not _NAME.match(value):
+    if isinstance(value, str) and not _NAME.fullmatch(value):
         raise ValueError(
             "names start with a letter or digit and hold only letters, digits, '_', '.' or '-'"
             " (at most 63)"
@@ -82,7 +102,7 @@ def _duration(value: Any) -> Any:
     if isinstance(value, bool):
         raise ValueError("expected a duration such as 2, 2s or 500ms")
     if isinstance(value, str):
-        match = _DURATION.match(value)
+        match = _DURATION.fullmatch(value)
         if not match:
             raise ValueError(f"{value!r} is not a duration such as 2, 2s or 500ms")
         return float(match.group(1)) * _UNITS[match.group(2)]
@@ -103,17 +123,83 @@ def _netmask(value: Any) -> Any:
     return value
 
 
+_HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252})")
+_PORT = re.compile(r"[0-9]{1,5}")
+
+
 def _hostport(value: Any) -> Any:
-    if isinstance(value, str):
-        host, sep, port = value.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"{value!r} is not host:port")
+    """HOST:PORT: a host name, an IPv4 address or an IPv6 address (bare or in brackets)."""
+    if not isinstance(value, str):
+        return value
+    if "/" in value:
+        # kazoo would take "host:port/path" as a chroot: the cluster's root is not said here.
+        raise ValueError(f"{value!r} carries a path ('/...'): give host:port only; the znode "
+                         "root is zookeeper.root")
+    host, sep, port = value.rpartition(":")
+    if not sep or not _PORT.fullmatch(port) or not 0 < int(port) < 65536:
+        raise ValueError(f"{value!r} is not host:port (a port from 1 to 65535)")
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if bare != host or ":" in bare:
+        try:
+            ipaddress.IPv6Address(bare)
+        except ValueError:
+            raise ValueError(f"{value!r}: {host!r} is not an IPv6 address") from None
+    elif not _HOSTNAME.fullmatch(host):
+        raise ValueError(f"{value!r}: {host!r} is not a host name or address")
     return value
+
+
+# ZooKeeper's path rules (PathUtils.validatePath): absolute, no empty, "." or ".." segment, no
+# trailing "/", no control characters; "/zookeeper" is the server's own subtree. lvsctl keeps
+# to a plain alphabet on top, and a bound that leaves room for the paths below the root.
+_ZNODE_SEGMENT = re.compile(r"[A-Za-z0-9_.-]{1,255}")
+MAX_ROOT_CHARS = 512
+
+
+def _zk_root(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    if len(value) > MAX_ROOT_CHARS:
+        raise ValueError(f"is {len(value)} characters; a root has at most {MAX_ROOT_CHARS}")
+    if not value.startswith("/") or value == "/":
+        raise ValueError(f"{value!r} is not an absolute znode path below / such as /lvsctl")
+    segments = value[1:].split("/")
+    for segment in segments:
+        if segment in ("", ".", ".."):
+            shown = "an empty" if not segment else f"a {segment!r}"
+            raise ValueError(f"{value!r} has {shown} segment: ZooKeeper takes only plain "
+                             "paths such as /lvsctl/prod (no '//', '.', '..' or trailing '/')")
+        if not _ZNODE_SEGMENT.fullmatch(segment):
+            raise ValueError(f"{value!r}: segment {segment!r} may hold only letters, digits, "
+                             "'_', '.' and '-'")
+    if segments[0] == "zookeeper":
+        raise ValueError(f"{value!r} is under /zookeeper, which ZooKeeper reserves for itself")
+    return value
+
+
+def vip_problem(address: str) -> str | None:
+    """Why ``address`` (canonical) cannot be a VIP, or None: no host could be reached on it."""
+    ip = ipaddress.ip_address(address)
+    kinds = [
+        (ip.is_unspecified, "the unspecified address"),
+        (isinstance(ip, ipaddress.IPv4Address) and ip == ipaddress.IPv4Address("255.255.255.255"),
+         "the broadcast address"),
+        (ip.is_multicast, "a multicast address"),
+        (ip.is_loopback, "a loopback address"),
+        (ip.is_link_local, "a link-local address"),
+        (isinstance(ip, ipaddress.IPv4Address) and ip.is_reserved,
+         "in 240.0.0.0/4, reserved (the kernel routes none of it)"),
+    ]
+    for hit, what in kinds:
+        if hit:
+            return f"{address} is {what}: a VIP must be a unicast address clients can reach"
+    return None
 
 
 _STR_SCHEMA = {"type": "string"}
 _DURATION_SCHEMA = {
-    "anyOf": [{"type": "number", "minimum": 0}, {"type": "string", "pattern": _DURATION.pattern}]
+    "anyOf": [{"type": "number", "minimum": 0},
+              {"type": "string", "pattern": f"^{_DURATION.pattern}$"}]
 }
 
 IfName = Annotated[str, BeforeValidator(_ifname), WithJsonSchema(_STR_SCHEMA)]
@@ -122,6 +208,7 @@ Address = Annotated[str, BeforeValidator(_address), WithJsonSchema(_STR_SCHEMA)]
 InterfaceAddress = Annotated[str, BeforeValidator(_interface_address), WithJsonSchema(_STR_SCHEMA)]
 Network = Annotated[str, BeforeValidator(_network), WithJsonSchema(_STR_SCHEMA)]
 HostPort = Annotated[str, BeforeValidator(_hostport), WithJsonSchema(_STR_SCHEMA)]
+ZnodeRoot = Annotated[str, BeforeValidator(_zk_root), WithJsonSchema(_STR_SCHEMA)]
 Netmask = Annotated[
     int,
     BeforeValidator(_netmask),
@@ -139,7 +226,10 @@ def _positive(low: float, high: float) -> Any:
 class Strict(BaseModel):
     """Unknown keys are errors, values are never coerced across types, models are frozen."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    # Field patterns run on Rust's regex engine, where "$" is the end of the text (never
+    # before a final newline, as in Python's re): pinned, and held to it by the tests.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True,
+                              regex_engine="rust-regex")
 
 
 class CheckCommon(Strict):
@@ -162,7 +252,7 @@ def _status_item(value: Any) -> Any:
     """200, "200" or "200-299" -> "200-299" (an inclusive range, as text)."""
     text = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
     if isinstance(text, str):
-        match = _STATUS.match(text)
+        match = _STATUS.fullmatch(text)
         if not match or int(match.group(1)) > int(match.group(2) or match.group(1)):
             raise ValueError(f"{value!r} is not an HTTP status code or range such as 200-299")
         return f"{match.group(1)}-{match.group(2) or match.group(1)}"
@@ -319,7 +409,7 @@ class VipFile(Strict):
 
 class ZooKeeperFile(Strict):
     hosts: list[HostPort] = Field(min_length=1)
-    root: Annotated[str, Field(pattern=r"^(/[A-Za-z0-9_.-]+)+$")] = "/lvsctl"
+    root: ZnodeRoot = "/lvsctl"
     session_timeout: Annotated[Duration, _positive(0.4, 60)] = 4.0
     auth: str | None = Field(None, description="file holding 'user:password' digest credentials")
 

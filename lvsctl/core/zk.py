@@ -71,19 +71,24 @@ from kazoo.exceptions import (
 from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.recipe.watchers import DataWatch
 from kazoo.security import OPEN_ACL_UNSAFE, make_digest_acl
+from pydantic import TypeAdapter, ValidationError
 
-from lvsctl.core.config import Loaded, parse_cluster
+from lvsctl.core import schema
+from lvsctl.core.config import Loaded, parse_cluster, read_file_text
 from lvsctl.core.errors import ConfigError, ConfigIssue, ConflictError, ZooKeeperError
 from lvsctl.core.model import ZooKeeperSettings
 from lvsctl.core.node import Node
 from lvsctl.core.records import (
     Candidate,
     DirectorRecord,
+    Fields,
     Read,
     RecordError,
     Skipped,
     TransitionEntry,
     TransitionRecord,
+    clip_reason,
+    decode_json,
 )
 
 log = logging.getLogger(__name__)
@@ -99,10 +104,25 @@ DEFAULT_KEEP = 20
 TRANSITIONS_KEPT = 200
 # ZooKeeper refuses a znode over jute.maxbuffer (1 MiB by default); say so before it does.
 MAX_ZNODE_BYTES = 1_000_000
+# ZooKeeper takes one request of at most jute.maxbuffer bytes (1,048,575 by default) and drops
+# the connection otherwise ("lost the connection"). A push is one multi-op request that
+# carries the record twice (config and history/N) with the paths, ACLs and pruned entries;
+# ``push_request_bytes`` counts it as jute encodes it (checked against ZooKeeper 3.8: two
+# 523,827-byte copies with 19 pruned entries commit, 64 bytes more do not).
+ZK_MAX_REQUEST = 1_048_575
+# No file above half a request fits: refused before it is even validated (what fits below
+# it depends on the metadata, the paths and the ACL: push_request_bytes decides).
+MAX_PUSH_FILE_BYTES = ZK_MAX_REQUEST // 2
+_WHY_PUSH_BOUND = (f"a push writes it twice, to config and history/N, in one ZooKeeper request "
+                   f"of at most {ZK_MAX_REQUEST} bytes (jute.maxbuffer)")
 _CONFIG_FORMAT = 1
 # As the cluster file's names: one path component, nothing ZooKeeper would refuse.
 _ZNODE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _TRANSITION_PREFIX = "t_"
+MAX_AUTH_FILE_BYTES = 4096
+_ROOT_RULE: TypeAdapter[str] = TypeAdapter(schema.ZnodeRoot)
+_HOST_RULE: TypeAdapter[str] = TypeAdapter(schema.HostPort)
+_NAME_RULE: TypeAdapter[str] = TypeAdapter(schema.Name)
 _TRANSITION_CHILD = re.compile(r"t_(\d{1,19})")
 
 
@@ -177,12 +197,7 @@ class Credentials:
 def read_credentials(path: str | Path) -> Credentials:
     """Read an auth file. Raises ConfigError naming the file when it cannot be used."""
     source = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        issue = ConfigIssue("", f"cannot read the auth file: {reason}")
-        raise ConfigError(source, [issue]) from None
+    text = read_file_text(path, limit=MAX_AUTH_FILE_BYTES)  # a regular file, one short line
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     user, sep, password = lines[0].partition(":") if len(lines) == 1 else ("", "", "")
     if not (sep and user and password):
@@ -202,6 +217,20 @@ class Target:
     cluster: str
     insecure: bool = False
     base_dir: Path | None = None
+
+    def __post_init__(self) -> None:
+        # A node or cluster file was checked already; command-line options (--root,
+        # --zookeeper, --cluster) meet the same rules here, so no path with '..' or a host
+        # with a chroot reaches kazoo. Raises ZooKeeperError, one line.
+        checks = [(_ROOT_RULE, self.settings.root, "ZooKeeper root"),
+                  (_NAME_RULE, self.cluster, "cluster name")]
+        checks += [(_HOST_RULE, host, "ZooKeeper host") for host in self.settings.hosts]
+        for rule, value, what in checks:
+            try:
+                rule.validate_python(value)
+            except ValidationError as exc:
+                message = str(exc.errors()[0]["msg"]).removeprefix("Value error, ")
+                raise ZooKeeperError(f"{what} {value!r}: {message}") from None
 
     @classmethod
     def from_node(cls, node: Node, *, insecure: bool = False) -> Target:
@@ -398,6 +427,32 @@ def open_cluster(target: Target, *, connect_timeout: float = DEFAULT_CONNECT_TIM
 # -- the cluster file in ZooKeeper ----------------------------------------------------------
 
 
+def _jute_string(text: str) -> int:
+    return 4 + len(text.encode())
+
+
+def push_request_bytes(record: int, config_path: str, history_path: str,
+                       pruned: Iterable[str], acl: Iterable[Any], config_exists: bool) -> int:
+    """The size of a push's multi-op request as jute encodes it: a create (or set) of
+    ``config_path`` and a create of ``history_path``, each with ``record`` bytes, and a delete
+    of each ``pruned`` path."""
+    acl_bytes = 4 + sum(4 + _jute_string(a.id.scheme) + _jute_string(a.id.id) for a in acl)
+    op_header = 4 + 1 + 4  # MultiHeader: type, done, err
+    config = op_header + _jute_string(config_path) + 4 + record + (
+        4 if config_exists else acl_bytes + 4)  # set: version; create: ACL, flags
+    history = op_header + _jute_string(history_path) + 4 + record + acl_bytes + 4
+    deletes = sum(op_header + _jute_string(path) + 4 for path in pruned)
+    return 4 + 4 + config + history + deletes + op_header  # xid, type ... the end marker
+
+
+def check_push_size(size: int, source: str) -> None:
+    """Raise ConfigError when a file of ``size`` bytes is more than a push can carry."""
+    if size > MAX_PUSH_FILE_BYTES:
+        raise ConfigError(source, [ConfigIssue(
+            "", f"is {size} bytes, more than the {MAX_PUSH_FILE_BYTES} a pushed cluster file "
+                f"can be: {_WHY_PUSH_BOUND}")])
+
+
 @dataclass(frozen=True)
 class ConfigVersion:
     """One pushed version of the cluster file, as stored in ``config`` and ``history/``."""
@@ -409,6 +464,8 @@ class ConfigVersion:
     source: str  # the file name it was pushed from
     text: str
     rollback_of: int | None = None
+    # Set when the push overwrote a config znode that held no readable lvsctl file: why.
+    replaced: str | None = None
 
     def meta(self) -> dict[str, Any]:
         """Everything but the text (what history and --json print)."""
@@ -417,25 +474,35 @@ class ConfigVersion:
         return data
 
     def to_bytes(self) -> bytes:
-        return json.dumps({"format": _CONFIG_FORMAT, **asdict(self)}, sort_keys=True).encode()
+        # ensure_ascii off: non-ASCII text costs its UTF-8 bytes, not a 6-byte escape each.
+        return json.dumps({"format": _CONFIG_FORMAT, **asdict(self)}, sort_keys=True,
+                          ensure_ascii=False).encode()
 
     @classmethod
     def from_bytes(cls, data: bytes, where: str) -> ConfigVersion:
-        """Decode a znode's data. Raises ZooKeeperError naming the znode if it is not ours."""
+        """Decode a znode's data, every key's type checked. Raises RecordError (a
+        ZooKeeperError) naming the znode if it does not hold an lvsctl cluster file."""
         try:
-            raw = json.loads(data.decode("utf-8"))
+            raw = decode_json(data, where, MAX_ZNODE_BYTES)
+            f = Fields(raw, where)
             if raw.get("format") != _CONFIG_FORMAT:
-                raise ValueError(f"unknown format {raw.get('format')!r}")
+                raise RecordError(f"unknown format {repr(raw.get('format'))[:20]}")
             made = cls(
-                version=int(raw["version"]), sha256=str(raw["sha256"]),
-                pushed_by=str(raw["pushed_by"]), pushed_at=str(raw["pushed_at"]),
-                source=str(raw["source"]), text=str(raw["text"]),
-                rollback_of=None if raw.get("rollback_of") is None else int(raw["rollback_of"]),
+                version=f.integer("version"), sha256=f.text("sha256"),
+                pushed_by=f.text("pushed_by"), pushed_at=f.text("pushed_at"),
+                source=f.text("source"), text=f.text("text"),
+                rollback_of=f.integer_or_none("rollback_of"),
+                replaced=f.text_or_none("replaced"),
             )
-        except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
-            raise ZooKeeperError(f"{where} does not hold an lvsctl cluster file: {exc}") from None
-        if hashlib.sha256(made.text.encode()).hexdigest() != made.sha256:
-            raise ZooKeeperError(f"{where}: the text does not match its sha256")
+        except RecordError as exc:
+            raise RecordError(f"{where} does not hold an lvsctl cluster file: "
+                              f"{clip_reason(str(exc).removeprefix(f'{where}: '))}") from None
+        try:
+            encoded = made.text.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate escaped in the JSON ("\ud800")
+            raise RecordError(f"{where}: the text is not UTF-8") from None
+        if hashlib.sha256(encoded).hexdigest() != made.sha256:
+            raise RecordError(f"{where}: the text does not match its sha256")
         return made
 
     def load(self) -> Loaded:
@@ -479,17 +546,24 @@ class ConfigStore:
 
     # reading
 
-    def _read(self) -> tuple[ConfigVersion, Any] | None:
+    def _read_raw(self) -> tuple[bytes, Any] | None:
         path = self.paths.config
         with self.conn.errors("reading", path):
             try:
                 data, stat = self.conn.client.get(path)
             except NoNodeError:
                 return None
-        return ConfigVersion.from_bytes(data, path), stat
+        return data, stat
+
+    def _read(self) -> tuple[ConfigVersion, Any] | None:
+        found = self._read_raw()
+        if found is None:
+            return None
+        return ConfigVersion.from_bytes(found[0], self.paths.config), found[1]
 
     def current(self) -> ConfigVersion | None:
-        """The current version, or None when nothing was pushed yet."""
+        """The current version, or None when nothing was pushed yet. Raises RecordError
+        when the config znode does not hold an lvsctl cluster file."""
         found = self._read()
         return found[0] if found else None
 
@@ -499,11 +573,12 @@ class ConfigStore:
                 names = self.conn.client.get_children(self.paths.history)
             except NoNodeError:
                 return []
-        return sorted(int(n) for n in names if n.isdigit())
+        return sorted(int(n) for n in names if n.isascii() and n.isdigit() and len(n) < 19)
 
-    def history(self) -> list[ConfigVersion]:
-        """The kept versions, newest first."""
-        out = []
+    def history_read(self) -> Read[ConfigVersion]:
+        """The kept versions, newest first, and the entries that are not readable."""
+        out: list[ConfigVersion] = []
+        skipped: list[Skipped] = []
         for version in reversed(self._history_versions()):
             path = self.paths.history_entry(version)
             with self.conn.errors("reading", path):
@@ -511,8 +586,15 @@ class ConfigStore:
                     data, _ = self.conn.client.get(path)
                 except NoNodeError:
                     continue  # pruned by a concurrent push while we listed
-            out.append(ConfigVersion.from_bytes(data, path))
-        return out
+            try:
+                out.append(ConfigVersion.from_bytes(data, path))
+            except RecordError as exc:
+                skipped.append(Skipped(path, str(exc)))
+        return Read(tuple(out), tuple(skipped))
+
+    def history(self) -> list[ConfigVersion]:
+        """The kept versions that are readable, newest first."""
+        return list(self.history_read().items)
 
     def get(self, version: int) -> ConfigVersion:
         """One kept version. Raises ZooKeeperError if it is not (or no longer) kept."""
@@ -532,15 +614,21 @@ class ConfigStore:
     # writing
 
     def push(self, text: str, expect_version: int | None = None, *, source: str = "-",
-             rollback_of: int | None = None, validate: bool = True) -> PushResult:
+             rollback_of: int | None = None, validate: bool = True,
+             replace_unreadable: bool = False) -> PushResult:
         """Validate ``text``, then write it as the next version with compare-and-set.
 
         Raises ConfigError (nothing written) when the text is not a valid cluster file of
-        this cluster; ConflictError when the current version is not ``expect_version`` or
-        another push won the race; ZooKeeperError for anything ZooKeeper refuses.
+        this cluster or is larger than a push can carry (MAX_PUSH_FILE_BYTES, and
+        ZK_MAX_REQUEST for the whole request); ConflictError when the current version is not
+        ``expect_version`` or another push won the race; RecordError when the config znode
+        does not hold an lvsctl file, unless ``replace_unreadable`` (then it is overwritten,
+        still with compare-and-set, and the new version says what it replaced);
+        ZooKeeperError for anything ZooKeeper refuses.
         ``validate=False`` writes the text unchecked, as a writer with other rules (another
         lvsctl version) could: tests use it to show that a director refuses such a config.
         """
+        check_push_size(len(text.encode()), source)  # before the (slower) validation
         warnings: tuple[ConfigIssue, ...] = ()
         if validate:
             loaded = parse_cluster(text, source)  # an invalid file never reaches ZooKeeper
@@ -549,8 +637,24 @@ class ConfigStore:
                     "cluster", f"is '{loaded.cluster.name}' but this is cluster "
                     f"'{self.paths.cluster}' in ZooKeeper")])
             warnings = loaded.warnings
-        found = self._read()
-        current, stat = found if found else (None, None)
+        replaced = None
+        raw = self._read_raw()
+        stat = None if raw is None else raw[1]
+        current = None
+        if raw is not None:
+            try:
+                current = ConfigVersion.from_bytes(raw[0], self.paths.config)
+            except RecordError as exc:
+                if not replace_unreadable:
+                    raise RecordError(f"{exc} (to overwrite it: lvsctl config push "
+                                      "--replace-unreadable FILE)") from None
+                if expect_version is not None:
+                    raise ConflictError(
+                        f"{self.paths.config} is unreadable, so its version is unknown: "
+                        "nothing written; push --replace-unreadable without "
+                        "--expect-version") from None
+                replaced = clip_reason(f"an unreadable config znode ({len(raw[0])} bytes): "
+                                       f"{exc}")
         have = current.version if current else 0
         if expect_version is not None and expect_version != have:
             raise self._conflict(expect_version, have)
@@ -566,12 +670,20 @@ class ConfigStore:
             source=source,
             text=text,
             rollback_of=rollback_of,
+            replaced=replaced,
         )
         data = made.to_bytes()
-        if len(data) > MAX_ZNODE_BYTES:
-            raise ZooKeeperError(
-                f"{source}: {len(data)} bytes is more than a ZooKeeper node holds "
-                f"({MAX_ZNODE_BYTES})")
+        pruned = [self.paths.history_entry(old)
+                  for old in kept[: max(0, len(kept) + 1 - self.keep)]]
+        request = push_request_bytes(len(data), self.paths.config,
+                                     self.paths.history_entry(made.version), pruned,
+                                     self.conn.acl, stat is not None)
+        if request > ZK_MAX_REQUEST:
+            raise ConfigError(source, [ConfigIssue(
+                "", f"is {len(data)} bytes once stored (metadata and JSON escapes included): "
+                    f"the push would be one ZooKeeper request of {request} bytes, more than "
+                    f"the {ZK_MAX_REQUEST} ZooKeeper takes (jute.maxbuffer); it carries the "
+                    "file twice, in config and history/N")])
         self.conn.ensure(self.paths.history)
         txn = self.conn.client.transaction()
         if stat is None:
@@ -579,8 +691,8 @@ class ConfigStore:
         else:
             txn.set_data(self.paths.config, data, version=stat.version)
         txn.create(self.paths.history_entry(made.version), data, acl=self.conn.acl)
-        for old in kept[: max(0, len(kept) + 1 - self.keep)]:
-            txn.delete(self.paths.history_entry(old))
+        for path in pruned:
+            txn.delete(path)
         with self.conn.errors("writing", self.paths.config):
             results = txn.commit()
         failed = [r for r in results if isinstance(r, Exception)]
@@ -588,16 +700,28 @@ class ConfigStore:
             # The first failure is the cause; the rest are "rolled back" markers.
             cause = failed[0]
             if isinstance(cause, BadVersionError | NodeExistsError | NoNodeError):
-                latest = self.current()
-                raise self._conflict(have, latest.version if latest else 0, raced=True)
+                latest = self._read_raw()
+                found = 0
+                if latest is not None:
+                    with contextlib.suppress(RecordError):
+                        found = ConfigVersion.from_bytes(latest[0], self.paths.config).version
+                raise self._conflict(have, found, raced=True)
             with self.conn.errors("writing", self.paths.config):
                 raise cause
         return PushResult(made, True, warnings)
 
-    def rollback(self, version: int, expect_version: int | None = None) -> PushResult:
-        """Push the text of a kept ``version`` again, as a new version (validated again)."""
-        old = self.get(version)
-        return self.push(old.text, expect_version, source=old.source, rollback_of=version)
+    def rollback(self, version: int, expect_version: int | None = None, *,
+                 replace_unreadable: bool = False) -> PushResult:
+        """Push the text of a kept ``version`` again, as a new version (validated again).
+        Raises RecordError naming the readable versions when that one is unreadable."""
+        try:
+            old = self.get(version)
+        except RecordError as exc:
+            readable = [v.version for v in self.history_read().items]
+            kept = ", ".join(map(str, readable)) if readable else "none"
+            raise RecordError(f"{exc}; readable versions: {kept}") from None
+        return self.push(old.text, expect_version, source=old.source, rollback_of=version,
+                         replace_unreadable=replace_unreadable)
 
     def _conflict(self, expected: int, found: int, raced: bool = False) -> ConflictError:
         cluster = self.paths.cluster

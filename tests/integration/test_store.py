@@ -289,3 +289,39 @@ def test_leader_agrees_with_the_running_election_and_both_status_commands(
                 client.close()
 
     asyncio.run(elect())
+
+
+def test_hostile_numbers_and_nesting_are_skipped_not_tracebacks(
+        target: Target, conn: ClusterConnection) -> None:
+    store = ClusterStore(conn)
+    store.publish_director(record("lb1", "ACTIVE", 1))
+    paths = conn.paths
+    first = TransitionRecord("lb1", "transition", 1.0, state="ACTIVE")
+    store.append_transition(first)
+    good = first.to_json()
+    hostile = [
+        json.dumps(good).replace('"wall": 1.0', '"wall": 1e400').encode(),
+        json.dumps({**good, "wall": 1e300}).encode(),  # finite, but no date
+        json.dumps({**good, "epoch": 2**70}).encode(),
+        json.dumps({**good, "monotonic": 1.0}).replace("1.0", "NaN", 1).encode(),
+        b"[" * 5000 + b"]" * 5000,
+        b'{"director": "lb1", "event": "\xff"}',
+    ]
+    for data in hostile:
+        conn.client.create(f"{paths.transitions}/t_", data, acl=conn.acl, sequence=True)
+    nested: Any = "deep"
+    for _ in range(40):
+        nested = {"a": nested}
+    conn.client.create(f"{paths.directors}/lb2", json.dumps(
+        {**record("lb2", "STANDBY", 2).to_json(), "last_reconcile": nested}).encode(),
+        acl=conn.acl, ephemeral=True)
+    store.append_transition(TransitionRecord("lb1", "vip_acquired", 2.0, vip="192.0.2.10"))
+
+    for args in (("status",), ("failover", "status")):
+        shown = run(*args, *cli_opts(target))
+        assert shown.exit_code == 0, shown.output
+        assert "Traceback" not in shown.output
+        assert f"\n{len(hostile) + 1} malformed records skipped\n" in shown.stdout
+    as_json = json.loads(run("status", "--json", *cli_opts(target)).stdout)
+    assert [t["event"] for t in as_json["transitions"]] == ["transition", "vip_acquired"]
+    assert len(as_json["skipped"]) == len(hostile) + 1

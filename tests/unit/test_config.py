@@ -71,7 +71,7 @@ BAD = [
     ("directors", MINIMAL["directors"][:1], "directors", "at least 2"),
     ("zookeeper.hosts", ["zk1"], "zookeeper.hosts[0]", "not host:port"),
     ("zookeeper.session_timeout", "fast", "zookeeper.session_timeout", "not a duration"),
-    ("zookeeper.root", "lvsctl", "zookeeper.root", "expected form"),
+    ("zookeeper.root", "lvsctl", "zookeeper.root", "not an absolute znode path"),
     ("services[0].check.type", "icmp", "services[0].check.type", "unknown check type"),
     ("services[0].check.timeout", 5, "services[0].check.timeout", "shorter than the interval"),
     ("services[0].check.status", ["2xx"], "services[0].check.status[0]", "not an HTTP status"),

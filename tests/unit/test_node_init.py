@@ -5,6 +5,7 @@ from __future__ import annotations
 import stat
 from pathlib import Path
 
+import pytest
 import yaml
 from click.testing import CliRunner, Result
 
@@ -94,13 +95,13 @@ def test_rotate_secrets_replaces_them(tmp_path: Path) -> None:
 
 
 def test_warns_about_a_secret_others_can_read(tmp_path: Path) -> None:
-    (tmp_path / "peer.secret").write_text("shared")
+    (tmp_path / "peer.secret").write_text("shared" * 6)
     (tmp_path / "peer.secret").chmod(0o644)
     result = init("--name", "lb1", "--output", str(tmp_path / "node.yaml"))
     assert result.exit_code == 0
     assert f"warning: {tmp_path / 'peer.secret'} may be read by others (mode 0644)" in (
         result.stderr)
-    assert (tmp_path / "peer.secret").read_text() == "shared"
+    assert (tmp_path / "peer.secret").read_text() == "shared" * 6
 
 
 def test_unknown_director_is_one_line(tmp_path: Path) -> None:
@@ -160,3 +161,44 @@ def test_relative_auth_file_is_resolved_beside_the_cluster_file(tmp_path: Path) 
     assert result.exit_code == 0, result.output
     assert load_node(out).zookeeper.auth_file == str(tmp_path / "conf" / "creds" / "zk.secret")
     assert "does not exist yet" not in result.stderr
+
+
+@pytest.mark.parametrize(("content", "size"), [("", 0), ("\n", 0), ("short-secret\n", 12)])
+def test_refuses_an_existing_secret_that_is_empty_or_too_short(tmp_path: Path, content: str,
+                                                               size: int) -> None:
+    peer = tmp_path / "peer.secret"
+    peer.write_text(content)
+    out = tmp_path / "node.yaml"
+    result = init("--name", "lb1", "--output", str(out))
+    assert result.exit_code == 1
+    assert result.stderr.splitlines() == [
+        f"lvsctl: {peer}: the existing peer-link secret is {size} bytes, fewer than 16: remove "
+        "it or pass --rotate-secrets (then copy peer.secret to the other director)"]
+    assert not out.exists() and not (tmp_path / "api.token").exists()  # nothing half done
+    rotated = init("--name", "lb1", "--output", str(out), "--rotate-secrets")
+    assert rotated.exit_code == 0, rotated.output
+    assert len(peer.read_text()) == 64
+
+
+def test_refuses_a_dangling_symlink_at_the_output_without_force(tmp_path: Path) -> None:
+    out = tmp_path / "node.yaml"
+    out.symlink_to(tmp_path / "gone" / "node.yaml")
+    result = init("--name", "lb1", "--output", str(out))
+    assert result.exit_code == 1
+    assert result.stderr.splitlines() == [
+        f"lvsctl: {out} is a symlink to {tmp_path / 'gone' / 'node.yaml'}, which does not "
+        "exist: pass --force to replace the link with the node file"]
+    assert out.is_symlink() and not (tmp_path / "peer.secret").exists()
+    forced = init("--name", "lb1", "--output", str(out), "--force")
+    assert forced.exit_code == 0, forced.output
+    assert not out.is_symlink() and load_node(out).director == "lb1"
+
+
+def test_refuses_a_dangling_symlink_for_a_secret(tmp_path: Path) -> None:
+    peer = tmp_path / "peer.secret"
+    peer.symlink_to("/nonexistent/peer.secret")
+    result = init("--name", "lb1", "--output", str(tmp_path / "node.yaml"))
+    assert result.exit_code == 1
+    assert result.stderr.splitlines() == [
+        f"lvsctl: {peer} is a symlink to /nonexistent/peer.secret, which does not exist: fix "
+        "the link, or pass --rotate-secrets to replace it"]

@@ -99,7 +99,11 @@ def _with(path: str, value: Any) -> dict[str, Any]:
 @pytest.mark.parametrize(("path", "value", "message"), [
     ("epoch", True, "director record.epoch: expected an integer, got bool"),
     ("epoch", "7", "director record.epoch: expected an integer, got str"),
-    ("since", "yesterday", "director record.since: expected a number or null, got str"),
+    ("since", "yesterday",
+     "director record.since: expected a time in seconds since 1970 or null, got str"),
+    ("since", 1e300,
+     "director record.since: expected a time in seconds since 1970 or null, got float"),
+    ("epoch", 2**64, "director record.epoch: expected an integer, got int"),
     ("vips", "192.0.2.10", "director record.vips: expected a list of strings, got str"),
     ("vips", [1], "director record.vips: expected a list of strings, got list"),
     ("config", [], "director record.config: expected an object or null, got list"),
@@ -108,8 +112,10 @@ def _with(path: str, value: Any) -> dict[str, Any]:
      "got str"),
     ("services.0.realservers.0.weight", 1.5,
      "director record.services[0].realservers[0].weight: expected an integer, got float"),
-    ("transitions.0.wall", None, "director record.transitions[0].wall: expected a number, "
-                                 "got null"),
+    ("transitions.0.wall", None, "director record.transitions[0].wall: expected a time in "
+                                 "seconds since 1970, got null"),
+    ("transitions.0.monotonic", float("inf"),
+     "director record.transitions[0].monotonic: expected a number, got float"),
 ])
 def test_wrong_types_name_the_key(path: str, value: Any, message: str) -> None:
     with pytest.raises(RecordError) as info:
@@ -123,6 +129,13 @@ def test_wrong_types_name_the_key(path: str, value: Any, message: str) -> None:
     (b"[1, 2]", "/x: expected an object, got list"),
     (b'{"director": "lb1", "cluster": "t", "role": "ACTIVE"}', "/x: missing epoch"),
     (b"[" * 100_000 + b"]" * 100_000, "/x: JSON nested too deeply"),
+    (b"[" * 40 + b"]" * 40, "/x: JSON nested more than 32 levels deep"),
+    (b'{"director": "lb1", "cluster": "t", "role": "ACTIVE", "epoch": 1e400}',
+     "/x.epoch: expected an integer, got float"),
+    (b'{"director": "lb1", "cluster": "t", "role": "ACTIVE", "epoch": 1, "since": 1e400}',
+     "/x.since: expected a time in seconds since 1970 or null, got float"),
+    (b'{"epoch": NaN}', "/x: not JSON (NaN is not a JSON number)"),
+    (b'{"epoch": ' + b"9" * 4000 + b"}", "/x: not JSON (a number of 4000 digits)"),
     (b" " * (MAX_DIRECTOR_BYTES + 1), f"/x: {MAX_DIRECTOR_BYTES + 1} bytes, more than such a "
                                        f"record may hold ({MAX_DIRECTOR_BYTES})"),
 ])
@@ -185,3 +198,15 @@ def test_reconnect_policies_reach_the_client() -> None:
     retry = client._conn_retry  # kazoo keeps the policy it was given here (not started)
     assert (retry.max_tries, retry.delay, retry.backoff, retry.max_delay) == (-1, 0.05, 1.5, 0.5)
     assert client._session_timeout == 2500  # the node file's session timeout, in ms
+
+
+def test_a_rejected_configs_reason_is_clipped_before_it_is_stored() -> None:
+    reason = "c.yaml: services[0].vip: " + "x" * 3_000_000  # e.g. issues of an alias bomb
+    record = DirectorRecord("lb1", "t", "ACTIVE", 7, config=ConfigState("5", reason))
+    data = record.to_bytes()
+    assert len(data) < 2 * MAX_REASON_CHARS + 1000
+    stored = DirectorRecord.from_bytes(data, "/x").config.error
+    assert stored.startswith("c.yaml: services[0].vip: xxx")
+    assert stored.endswith(f"... ({len(reason) - MAX_REASON_CHARS} more characters)")
+    event = TransitionRecord("lb1", "config_rejected", 1.0, reason=reason).to_bytes()
+    assert len(event) <= MAX_TRANSITION_BYTES

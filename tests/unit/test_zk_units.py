@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import click
@@ -50,7 +51,7 @@ def test_missing_auth_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         read_credentials(tmp_path / "nope")
     assert info.value.lines() == [
-        f"{tmp_path / 'nope'}: cannot read the auth file: No such file or directory"]
+        f"{tmp_path / 'nope'}: cannot read the file: No such file or directory"]
 
 
 def _version(text: str = "cluster: t\n") -> ConfigVersion:
@@ -65,9 +66,9 @@ def test_config_version_round_trip() -> None:
 
 
 @pytest.mark.parametrize(("data", "message"), [
-    (b"garbage", "/x does not hold an lvsctl cluster file: Expecting value"),
+    (b"garbage", "/x does not hold an lvsctl cluster file: not JSON (Expecting value"),
     (b'{"format": 9}', "/x does not hold an lvsctl cluster file: unknown format 9"),
-    (b'{"format": 1, "version": 1}', "/x does not hold an lvsctl cluster file: 'sha256'"),
+    (b'{"format": 1, "version": 1}', "/x does not hold an lvsctl cluster file: missing sha256"),
     (_version().to_bytes().replace(b"cluster: t", b"cluster: u"),
      "/x: the text does not match its sha256"),
 ])
@@ -107,3 +108,33 @@ def test_zookeeper_option_target() -> None:
     assert (target.hosts, target.paths.base, target.insecure) == ("a:1,b:2", "/lvsctl/web", True)
     with pytest.raises(click.UsageError, match="--cluster and --root go with --zookeeper"):
         _options(node="/n.yaml", cluster="web").target()
+
+
+@pytest.mark.parametrize(("root", "hosts", "cluster", "message"), [
+    ("/lvsctl/../x", ("zk:2181",), "t", "ZooKeeper root '/lvsctl/../x': '/lvsctl/../x' has a "
+                                        "'..' segment"),
+    ("/lvsctl\n", ("zk:2181",), "t", "ZooKeeper root '/lvsctl\\n': "),
+    ("/zookeeper", ("zk:2181",), "t", "ZooKeeper root '/zookeeper': '/zookeeper' is under "
+                                      "/zookeeper, which ZooKeeper reserves for itself"),
+    ("/lvsctl", ("zk:2181/chroot",), "t", "ZooKeeper host 'zk:2181/chroot': 'zk:2181/chroot' "
+                                          "carries a path ('/...')"),
+    ("/lvsctl", ("zk:2181",), "../t", "cluster name '../t': names start with a letter"),
+])
+def test_a_target_from_command_line_options_meets_the_file_rules(
+        root: str, hosts: tuple[str, ...], cluster: str, message: str) -> None:
+    with pytest.raises(ZooKeeperError) as info:
+        Target(ZooKeeperSettings(hosts, root, 4.0, None), cluster, insecure=True)
+    assert str(info.value).startswith(message)
+    assert "\n" not in str(info.value)  # one line, the value shown escaped
+
+
+def test_an_auth_file_that_is_a_fifo_or_huge_is_one_line(tmp_path: Path) -> None:
+    fifo = tmp_path / "zk.secret"
+    os.mkfifo(fifo)  # nobody writes: reading it would wait for ever
+    with pytest.raises(ConfigError) as info:
+        read_credentials(fifo)
+    assert info.value.lines() == [f"{fifo}: is not a regular file"]
+    big = tmp_path / "big.secret"
+    big.write_text("u:" + "p" * 5000)
+    with pytest.raises(ConfigError, match="is 5002 bytes, more than the limit of 4096"):
+        read_credentials(big)
