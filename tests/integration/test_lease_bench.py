@@ -15,6 +15,7 @@ import time
 import pytest
 from pyroute2 import IPRoute
 
+from lvsctl.testbed.netns import entered
 from lvsctl.testbed.renewals import (
     STAMP_RESOLUTION,
     AddrEvent,
@@ -22,7 +23,6 @@ from lvsctl.testbed.renewals import (
     subscribe,
     window_figures,
 )
-from tests.support.inside import inside
 
 pytestmark = pytest.mark.netns
 
@@ -63,7 +63,7 @@ def test_the_watch_reports_the_pause_as_the_longest_gap_and_the_expiry_as_a_laps
     ns = lab.netns("lw")
     ns.ip("link", "add", "v0", "type", "veth", "peer", "name", "v1")
     ns.ip("link", "set", "v0", "up")
-    with inside(ns.name):
+    with entered(ns.name):
         watch = RenewalWatch(subscribe(), frozenset({ADDRESS})).start()
         ipr = IPRoute()
         try:

@@ -17,7 +17,7 @@ import pytest
 from lvsctl.core.model import Check, CheckTiming, PingCheck
 from lvsctl.healthcheck.checkers import Checkers, is_echo_reply, open_icmp
 from lvsctl.healthcheck.result import CheckResult
-from tests.support.inside import inside
+from lvsctl.testbed.netns import entered
 from tests.support.loops import each_loop  # noqa: F401  (runs every test on both loops)
 from tests.support.netns import Lab, Netns
 
@@ -53,7 +53,7 @@ class Hosts:
     def call(self, fn):  # type: ignore[no-untyped-def]
         """Run ``fn()`` in a thread switched into the prober namespace; its result."""
         def inner():  # type: ignore[no-untyped-def]
-            with inside(self.prober.name):
+            with entered(self.prober.name):
                 return fn()
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             return pool.submit(inner).result(timeout=60)

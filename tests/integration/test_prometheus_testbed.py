@@ -16,7 +16,7 @@ import pytest
 from aiohttp import web
 
 from lvsctl.director.metrics import BuildInfo, MetricsSnapshot, ScrapeCache
-from lvsctl.testbed.lab import in_netns
+from lvsctl.testbed.netns import in_netns
 from lvsctl.testbed.prometheus import PrometheusClient, PrometheusServer, Series, synthetic_snapshot
 from tests.integration.test_prometheus_rules import dashboard_exprs, rule_exprs, substituted
 from tests.support.netns import Lab
