@@ -65,7 +65,7 @@ def assert_never_both(pair: DirectorPair) -> None:
 
 
 def ipvs(pair: DirectorPair, name: str) -> FakeIpvs:
-    return FakeIpvs(pair.workdir / f"{name}.ipvs.json")
+    return FakeIpvs(pair.ipvs_file(name))
 
 
 def sync_states(pair: DirectorPair, name: str) -> set[str]:

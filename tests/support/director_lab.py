@@ -1,5 +1,6 @@
 """A director pair in network namespaces: ZooKeeper in its own namespace, two real
-``lvsctl director run`` processes, a bridge joining them, and VIP presence observed with
+directors (keeper and worker processes, started through lvsctl.testbed.director_main on a
+file-backed fake IPVS), a bridge joining them, and VIP presence observed with
 netlink address events in both directors' namespaces (timestamped with one monotonic clock).
 
 Used by the integration scenarios and by ``bench/failover.py``.
@@ -210,7 +211,6 @@ class DirectorPair:
             f"peer: {{secret: {self.workdir / 'peer.secret'}}}",
             f"api: {{listen: '127.0.0.1:{API_PORT}', token: {self.workdir / 'api.token'}, "
             "drills: true}",
-            f"ipvs: fake:{self.workdir / (name + '.ipvs.json')}",
             f"state_dir: {self.workdir / name}",
             "log_format: json",
             "",
@@ -266,11 +266,18 @@ class DirectorPair:
 
     # -- directors ---------------------------------------------------------------------------
 
+    def ipvs_file(self, name: str) -> Path:
+        """Where ``name``'s fake IPVS table lives (lvsctl.testbed.fake_ipvs)."""
+        return self.workdir / f"{name}.ipvs.json"
+
     def start(self, name: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """Start ``name``'s director (its keeper; the keeper starts the worker) through the
+        test bed's main, on a file-backed fake IPVS."""
         log = open(self.workdir / f"{name}.log", "ab")  # noqa: SIM115 - lives with the process
         proc = self.lab.start(
             self.ns[name],
-            [PYTHON, "-m", "lvsctl", "director", "run", "--node", str(self.node_file(name))],
+            [PYTHON, "-m", "lvsctl.testbed.director_main", "run",
+             "--node", str(self.node_file(name)), "--fake-ipvs", str(self.ipvs_file(name))],
             stdout=log, stderr=log, cwd=str(ROOT), env={**os.environ, **(env or {})},
         )
         self.procs[name] = proc
