@@ -154,6 +154,15 @@ class AddrWatch:
 
 
 
+def process_state(pid: int) -> str | None:
+    """The process's state letter from /proc (R, S, T, Z, ...), None if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[0]
+
+
 def overlap(a: list[tuple[float, float]], b: list[tuple[float, float]]) -> float:
     """Total seconds both held the address at once."""
     total = 0.0
@@ -282,6 +291,20 @@ class DirectorPair:
         )
         self.procs[name] = proc
         return proc
+
+    def worker_pid(self, name: str) -> int | None:
+        """The PID of ``name``'s worker (the keeper's child running ``worker``), if any."""
+        keeper = self.procs[name].pid
+        children: list[str] = []
+        with contextlib.suppress(OSError):
+            for task in Path(f"/proc/{keeper}/task").iterdir():
+                children += (task / "children").read_text().split()
+        for pid in children:
+            with contextlib.suppress(OSError):
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+                if b"worker" in argv and process_state(int(pid)) not in (None, "Z"):
+                    return int(pid)
+        return None
 
     def signal(self, name: str, sig: int) -> None:
         self.procs[name].send_signal(sig)
