@@ -44,6 +44,9 @@ MAX_VIPS = 256
 MAX_TEXT = 1024
 # The kernel's rule for interface names (dev_valid_name): 1-15 bytes, no '/', ':' or space.
 IFNAME = re.compile(r"[^/:\s]{1,15}")
+# The worker's exit code for "do not restart me": it would fail the same way again (an insecure
+# ZooKeeper root, a node file, credentials or IPVS it cannot use). The keeper then stops.
+EXIT_FATAL = 78  # EX_CONFIG
 
 
 class ChannelError(LvsctlError):

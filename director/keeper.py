@@ -13,7 +13,8 @@ Supervision: a worker that exits, closes the channel or sends nothing for
 and started again after a backoff (``backoff_min`` doubling to ``backoff_max``; back to the
 minimum once a worker lived ``stable_after``). Meanwhile the VIPs are kept or dropped by the
 same rules, with the last VIP set the worker gave: a keeper that was never given one holds
-nothing. A worker that exits with ``EXIT_FATAL`` (an insecure ZooKeeper root) stops the keeper.
+nothing. A worker that exits with ``EXIT_FATAL`` (it would fail the same way again: an
+insecure ZooKeeper root, a node file, credentials or IPVS it cannot use) stops the keeper.
 
 Signals: SIGTERM/SIGINT = graceful stepdown (VIPs released, sync daemon handed over through the
 worker, election znode deleted), then the worker is stopped; SIGHUP = re-read the node file
@@ -37,6 +38,7 @@ from lvsctl.core.errors import LvsctlError
 from lvsctl.core.model import Announce, Vip
 from lvsctl.core.node import Node
 from lvsctl.director.channel import (
+    EXIT_FATAL,
     Channel,
     ChannelError,
     HandedOver,
@@ -57,7 +59,6 @@ log = logging.getLogger("lvsctl.director")
 
 RENEW_INTERVAL = 0.1  # how often the VIP lease is checked and renewed
 STATE_EVERY = 1.0  # a state snapshot goes to the worker at least this often
-EXIT_FATAL = 78  # the worker's exit code for "do not restart me" (EX_CONFIG)
 
 
 class WorkerProcess(Protocol):

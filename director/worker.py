@@ -32,6 +32,7 @@ from lvsctl.core.model import Cluster, Health, HealthKey
 from lvsctl.core.node import Node
 from lvsctl.core.zk import ClusterConnection, ConfigVersion
 from lvsctl.director.channel import (
+    EXIT_FATAL,
     Channel,
     ChannelError,
     HandedOver,
@@ -52,7 +53,6 @@ HEARTBEAT_EVERY = 0.5  # the keeper's heartbeat_timeout is ten of these
 RECONCILE_INTERVAL = 2.0  # the kernel's table is observed at least this often
 RECORDS_KEPT = 50  # in memory, for /status
 TRANSITIONS_KEPT = 200  # in ZooKeeper
-EXIT_FATAL = 78  # tells the keeper not to restart us (keeper.EXIT_FATAL)
 
 
 class Store(Protocol):

@@ -38,6 +38,7 @@ from kazoo.security import OPEN_ACL_UNSAFE
 from lvsctl.core.errors import ConfigError, LvsctlError
 from lvsctl.core.node import Node, load_node
 from lvsctl.core.zk import Credentials, Target
+from lvsctl.director.channel import EXIT_FATAL
 
 if TYPE_CHECKING:
     from lvsctl.director.channel import LeaderConfig
@@ -309,15 +310,21 @@ def worker_argv(module: str, node_path: str, insecure: bool, *extra: str) -> lis
             *(["--insecure"] if insecure else []), *extra]
 
 
-def guarded(fn: Callable[[], NoReturn]) -> NoReturn:
-    """Run ``fn``; an LvsctlError before the loop starts is one readable line and its code."""
+def guarded(fn: Callable[[], NoReturn], code: int | None = None) -> NoReturn:
+    """Run ``fn``; an LvsctlError before the loop starts is one readable line and its exit
+    code (``code`` if given)."""
     try:
         fn()
     except LvsctlError as exc:
         prefix = "" if isinstance(exc, ConfigError) else "lvsctl: "  # as the CLI prints them
         for line in exc.lines():
             print(f"{prefix}{line}", file=sys.stderr)
-        _exit(exc.exit_code)
+        _exit(exc.exit_code if code is None else code)
+
+
+# A worker that cannot even start (its node file, credentials or IPVS refused) would fail the
+# same way on every restart: it tells the keeper to stop, and systemd's start limit takes over.
+WORKER_SETUP_FAILED = EXIT_FATAL
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
@@ -326,7 +333,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         guarded(lambda: run_keeper(args.node, insecure=args.insecure, worker_argv=worker_argv(
             "lvsctl.director_main", args.node, args.insecure)))
     guarded(lambda: run_worker(args.node, channel_fd=args.channel_fd, insecure=args.insecure,
-                               make_table=kernel_table))
+                               make_table=kernel_table), WORKER_SETUP_FAILED)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
                 MODULE, args.node, args.insecure, "--fake-ipvs", args.fake_ipvs)))
     director_main.guarded(lambda: director_main.run_worker(
         args.node, channel_fd=args.channel_fd, insecure=args.insecure,
-        make_table=lambda _node: FakeIpvs(args.fake_ipvs)))
+        make_table=lambda _node: FakeIpvs(args.fake_ipvs)), director_main.WORKER_SETUP_FAILED)
 
 
 if __name__ == "__main__":

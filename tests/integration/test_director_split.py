@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
-from tests.support.director_lab import VIP, DirectorPair, process_state
+from tests.support.director_lab import PYTHON, VIP, DirectorPair, process_state
 
 pytestmark = [pytest.mark.netns, pytest.mark.zookeeper]
 
@@ -103,3 +105,16 @@ def test_graceful_stop_stops_the_worker_too(pair: DirectorPair) -> None:
     assert gone(worker)
     pair.wait_holder("lb2", 5)
     assert pair.overlap() == 0.0
+
+
+def test_director_run_execs_the_keeper_which_reports_a_bad_node_file_in_one_line(
+        tmp_path: Path) -> None:
+    missing = tmp_path / "no-such.secret"
+    node = tmp_path / "node.yaml"
+    node.write_text("cluster: t\ndirector: lb1\nzookeeper: {hosts: ['127.0.0.1:1']}\n"
+                    f"peer: {{secret: {missing}}}\n")
+    proc = subprocess.run([PYTHON, "-m", "lvsctl", "director", "run", "--node", str(node)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert proc.stderr.strip() == (f"{missing}: cannot read the peer secret: "
+                                   "No such file or directory")

@@ -29,6 +29,7 @@ from lvsctl.core.errors import ConfigError, ConfigIssue
 from lvsctl.core.model import Announce, Vip, ZooKeeperSettings
 from lvsctl.core.node import Api, Node
 from lvsctl.director.channel import (
+    EXIT_FATAL,
     Channel,
     HandedOver,
     Handover,
@@ -41,7 +42,7 @@ from lvsctl.director.channel import (
     VipSpec,
 )
 from lvsctl.director.election import Election, Timing, Transition
-from lvsctl.director.keeper import EXIT_FATAL, Keeper, Supervision
+from lvsctl.director.keeper import Keeper, Supervision
 from lvsctl.director.peer import PeerLink, read_secret
 from lvsctl.director.vip import Lease
 from tests.support.fake_vips import FakeClock, FakeVips
