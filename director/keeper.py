@@ -24,6 +24,7 @@ worker, election znode deleted), then the worker is stopped; SIGHUP = re-read th
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import signal
@@ -59,6 +60,7 @@ log = logging.getLogger("lvsctl.director")
 
 RENEW_INTERVAL = 0.1  # how often the VIP lease is checked and renewed
 STATE_EVERY = 1.0  # a state snapshot goes to the worker at least this often
+RECORDS_PENDING = 100  # records kept while no worker runs, sent to the next one
 
 
 class WorkerProcess(Protocol):
@@ -88,7 +90,9 @@ class Announcer(Protocol):
 class Supervision:
     """How the keeper watches its worker; seconds."""
 
-    heartbeat_timeout: float = 5.0
+    # Generous: a worker validating a large pushed file on a loaded host must not be killed
+    # for it (it would validate it again after the restart); the VIPs never wait on it anyway.
+    heartbeat_timeout: float = 10.0
     startup_timeout: float = 30.0  # imports and the first config read on a loaded host
     backoff_min: float = 0.5
     backoff_max: float = 10.0
@@ -156,6 +160,8 @@ class Keeper:
         self._wake = asyncio.Event()
         self._announcing: set[asyncio.Task[int]] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._pending: collections.deque[LeaderRecord] = collections.deque(
+            maxlen=RECORDS_PENDING)
 
     # -- the VIPs ------------------------------------------------------------------------------
 
@@ -164,8 +170,15 @@ class Keeper:
         return self.election.epoch if self.election is not None else 0
 
     def _record(self, event: str, **fields: Any) -> None:
-        self._send(LeaderRecord(event, fields.pop("epoch", self.epoch), self.monotonic(),
-                                self.wall(), **fields))
+        self._send_record(LeaderRecord(event, fields.pop("epoch", self.epoch), self.monotonic(),
+                                       self.wall(), **fields))
+
+    def _send_record(self, record: LeaderRecord) -> None:
+        # While no worker runs (it crashed, it is starting), the newest records wait for it.
+        if self._channel is None or self._channel.closed:
+            self._pending.append(record)
+        else:
+            self._send(record)
 
     def _release(self, spec: VipSpec, why: str) -> None:
         try:
@@ -261,8 +274,8 @@ class Keeper:
         # VIPs before anything else happens (before the znode is deleted on a stepdown).
         if t.state is not State.ACTIVE:
             self.release_all(f"leadership {t.state.value}: {t.reason}")
-        self._send(LeaderRecord("transition", t.epoch, t.monotonic, t.wall, state=t.state.value,
-                                reason=t.reason))
+        self._send_record(LeaderRecord("transition", t.epoch, t.monotonic, t.wall,
+                                       state=t.state.value, reason=t.reason))
         self.publish(force=True)  # the worker moves the sync daemon with the role
 
     def on_config(self, config: LeaderConfig) -> None:
@@ -344,6 +357,8 @@ class Keeper:
         log.info("worker started (pid %d)", worker.pid,
                  extra={"event": "worker_started", "pid": worker.pid})
         self.publish(force=True)
+        while self._pending:
+            self._send(self._pending.popleft())
 
     def _schedule_restart(self) -> None:
         now = self.monotonic()

@@ -481,3 +481,24 @@ def test_sighup_applies_a_rotated_peer_secret_and_refuses_a_bad_node_file(
         assert holds(keeper, harness)  # leadership untouched throughout
 
     asyncio.run(run_keeper(keeper, scenario))
+
+
+def test_records_made_while_no_worker_runs_reach_the_next_one(
+        harness: Harness, client: KazooClient) -> None:
+    launcher = Launcher(harness.config())
+    keeper = harness.keeper(client, launcher,
+                            supervision=Supervision(backoff_min=1.0, backoff_max=1.0))
+
+    async def scenario() -> None:
+        await until(lambda: holds(keeper, harness), "the VIP held")
+        launcher.worker.code = 1
+        await until(lambda: keeper.worker is None, "the worker dropped")
+        harness.vips.after_send.append(lambda: harness.clock.jump(10.0))
+        await until(lambda: len(launcher.started) == 2, "a second worker")
+        await until(lambda: any(r.reason == "verdict changed while renewing"
+                                for r in launcher.worker.records("vip_released")),
+                    "the release made meanwhile, told to the new worker")
+
+    asyncio.run(run_keeper(keeper, scenario))
+    assert not any(r.reason == "verdict changed while renewing"
+                   for r in launcher.started[0].records("vip_released"))
