@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lvsctl.core.config import parse_cluster
 from lvsctl.core.model import ZooKeeperSettings
 from lvsctl.core.node import Api, Node
 from lvsctl.core.zk import ConfigVersion
@@ -34,6 +35,7 @@ from lvsctl.director.channel import (
     VipSpec,
 )
 from lvsctl.director.dataplane import Dataplane
+from lvsctl.director.reconcile import desired_table, plan
 from lvsctl.director.worker import Worker
 from lvsctl.healthcheck.checkers import Checkers
 from lvsctl.healthcheck.scheduler import Scheduler
@@ -278,3 +280,31 @@ def test_drill_actions_are_refused_unless_the_node_file_allows_them(tmp_path: Pa
         if stand_in.poll() is None:
             stand_in.kill()
             stand_in.wait()
+
+
+def test_a_restarted_worker_adopts_the_table_it_finds_without_a_write(tmp_path: Path) -> None:
+    static = CLUSTER.replace(
+        "    check: {type: tcp, interval: 300ms, timeout: 200ms, rise: 1, fall: 1, warmup: 0}\n",
+        "")  # no check: the desired table does not change with health between the two runs
+    table = FakeIpvs(tmp_path / "ipvs.json")
+    foreign = parse_cluster(static.replace("192.0.2.10", "198.51.100.1").replace(
+        "port: 80", "port: 443"), "foreign.yaml").cluster
+    table.apply_all(plan(desired_table(foreign, {}), {}, {}, 0.0))  # not ours: left alone
+
+    async def run(version: int) -> dict[str, Any]:
+        async with Checkers() as checkers:
+            running = await start_worker(
+                tmp_path, MemoryStore(True, config_bytes(static, version)), checkers)
+            await until(lambda: running.worker.last_reconcile.get("observed") is True,
+                        "a reconcile pass")
+            summary = dict(running.worker.last_reconcile)
+            await running.stop()
+            return summary
+
+    first = asyncio.run(run(1))
+    assert first["applied"] > 0
+    table.writes = 0
+    second = asyncio.run(run(2))  # a restart: the same file, the table as the first left it
+    assert (second["planned"], second["applied"], table.writes) == (0, 0, 0)
+    assert {(str(k.address), k.port) for k in table.observe()} == {("192.0.2.10", 80),
+                                                                   ("198.51.100.1", 443)}
