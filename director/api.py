@@ -5,6 +5,10 @@ It listens where the node file's ``api.listen`` says (localhost by default). Act
 ``Authorization: Bearer <token>`` with the token from ``api.token`` (compared in constant
 time); without a token file there are no actions at all. The drill actions also need
 ``api.drills: true``.
+
+It runs in the director's worker (director/worker.py). The drill actions act on the keeper,
+whose death or stop is what a drill means: ``/crash`` SIGKILLs it (the worker follows, its
+channel closed), ``/freeze`` SIGSTOPs it and a small child sends SIGCONT later.
 """
 
 from __future__ import annotations

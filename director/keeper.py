@@ -99,6 +99,7 @@ class Supervision:
     stable_after: float = 30.0
     stop_timeout: float = 5.0  # a stopping worker's last records, then SIGKILL
     handover_timeout: float = 1.0  # the sync daemon's handover before the znode goes
+    exit_grace: float = 2.0  # from a closed channel to the worker's exit, then SIGKILL
 
 
 class Keeper:
@@ -154,6 +155,7 @@ class Keeper:
         self._backoff = supervision.backoff_min
         self._reaping: list[WorkerProcess] = []
         self._join_deadline: float | None = None
+        self._closed_at: float | None = None
         self._sent_state: KeeperState | None = None
         self._sent_at = -1e18
         self._handed_over = asyncio.Event()
@@ -349,6 +351,7 @@ class Keeper:
             self._schedule_restart()
             return
         self.worker = worker
+        self._closed_at = None
         self.worker_starts += 1
         self._worker_started_at = self._heard_at = self.monotonic()
         self._heard_any = False
@@ -405,7 +408,12 @@ class Keeper:
             self._drop_worker(f"exited with code {code}")
             return
         if self._channel is None or self._channel.closed:
-            self._drop_worker("closed its channel")
+            # A worker that is exiting closes its channel first: its exit code (fatal or not)
+            # is worth a moment's wait before it is killed.
+            if self._closed_at is None:
+                self._closed_at = self.monotonic()
+            if self.monotonic() - self._closed_at >= self.supervision.exit_grace:
+                self._drop_worker("closed its channel")
             return
         silent = self.monotonic() - self._heard_at
         limit = (self.supervision.heartbeat_timeout if self._heard_any

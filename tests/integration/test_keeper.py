@@ -417,7 +417,12 @@ def test_a_worker_that_refuses_to_run_stops_the_keeper(
 
     async def scenario() -> None:
         await until(lambda: holds(keeper, harness), "the VIP held")
-        launcher.worker.code = EXIT_FATAL
+        # As a real worker exits: its channel closes first, its exit code comes a bit later.
+        worker = launcher.worker
+        assert worker.channel is not None
+        worker.channel.close()
+        await asyncio.sleep(0.3)
+        worker.code = EXIT_FATAL
 
     async def run() -> int:
         task = asyncio.create_task(keeper.run())
