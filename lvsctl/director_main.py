@@ -230,6 +230,9 @@ def run_keeper(node_path: str, *, insecure: bool, worker_argv: Sequence[str]) ->
 # ---------------------------------------------------------------------------------------------
 
 
+WORKER_NICE = 5
+
+
 def _die_with_keeper(keeper_pid: int) -> None:
     """SIGKILL us if the keeper dies, even with our loop hung (end-of-file on the channel
     covers a live loop); exit at once if it died before we got here."""
@@ -244,6 +247,10 @@ def run_worker(node_path: str, *, channel_fd: int, insecure: bool,
     """The worker of the director named by ``node_path``, on channel ``channel_fd``."""
     keeper_pid = os.getppid()
     _die_with_keeper(keeper_pid)
+    # A worker that spins (a flood of checks, a huge file) must not take the CPU the keeper's
+    # renewals need: the scheduler favours the keeper when both want it.
+    with contextlib.suppress(OSError):  # a sandbox that forbids it: the same priority, then
+        os.nice(WORKER_NICE)
     from lvsctl.core.zk import ClusterConnection
     from lvsctl.director.api import start_api
     from lvsctl.director.channel import Channel
