@@ -176,9 +176,10 @@ class LeaderRecord:
                 out[key] = getattr(self, key)
         if self.event == "garp_sent":
             out["count"] = self.count
-        if self.event == "transition":
-            out["monotonic"] = round(self.monotonic, 6)
-            out["wall"] = round(self.wall, 6)
+        # When it happened in the keeper, not when the worker heard of it (a worker that was
+        # restarting hears of it late).
+        out["monotonic"] = round(self.monotonic, 6)
+        out["wall"] = round(self.wall, 6)
         return out
 
 

@@ -202,8 +202,14 @@ def run_keeper(node_path: str, *, insecure: bool, worker_argv: Sequence[str]) ->
     timing = Timing(session_timeout=node.zookeeper.session_timeout)
     vips = KernelVips()
 
+    keepers: list[Keeper] = []
+
     def make_peer(config: LeaderConfig) -> PeerLink:
-        return PeerLink(node.director, secret, config.peer_listen, config.peer_remote,
+        # The secret as of now: a SIGHUP before the first VIP set may have rotated it.
+        current = secret
+        with contextlib.suppress(LvsctlError):
+            current = read_secret(keepers[0].node.peer_secret_file)
+        return PeerLink(node.director, current, config.peer_listen, config.peer_remote,
                         dead_after=timing.peer_dead_after)
 
     def make_election(peer: PeerLink, on_transition: Callable[[Transition], None]) -> Election:
@@ -217,6 +223,7 @@ def run_keeper(node_path: str, *, insecure: bool, worker_argv: Sequence[str]) ->
             make_election=make_election, zk_connected=lambda: bool(client.connected),
             reload_node=lambda: load_node(node_path), read_secret=read_secret,
             notify=sd_notify)
+        keepers.append(keeper)
         try:
             return await keeper.run()
         finally:

@@ -163,3 +163,11 @@ def test_a_peer_that_does_not_read_costs_a_bounded_buffer_and_never_blocks() -> 
     sent, dropped, received = asyncio.run(run())
     assert dropped > 0 and sent + dropped == 20_000
     assert received == sent
+
+
+def test_a_record_keeps_the_keepers_time_of_the_event() -> None:
+    record = LeaderRecord("vip_released", 7, 12.3456789, 1700000000.1234567, vip="192.0.2.10",
+                          reason="stepdown")
+    assert record.record() == {"event": "vip_released", "epoch": 7, "vip": "192.0.2.10",
+                               "reason": "stepdown", "monotonic": 12.345679,
+                               "wall": 1700000000.123457}
