@@ -40,6 +40,7 @@ log = logging.getLogger("lvsctl.director.channel")
 HEADER = struct.Struct("!I")
 MAX_MESSAGE = 64 * 1024  # one message; a LeaderConfig of MAX_VIPS VIPs needs about 20 KB
 WRITE_LIMIT = 256 * 1024  # unsent bytes kept for a peer that does not read; more is dropped
+READ_BUDGET = 128 * 1024  # read per turn of the loop at most
 MAX_VIPS = 256
 MAX_TEXT = 1024
 # The kernel's rule for interface names (dev_valid_name): 1-15 bytes, no '/', ':' or space.
@@ -378,13 +379,14 @@ class Channel:
     def __init__(self, sock: socket.socket, *, on_message: Callable[[Any], None],
                  on_close: Callable[[str], None],
                  on_invalid: Callable[[ChannelError], None] = lambda exc: None,
-                 limit: int = WRITE_LIMIT) -> None:
+                 limit: int = WRITE_LIMIT, read_budget: int = READ_BUDGET) -> None:
         sock.setblocking(False)
         self._sock = sock
         self._on_message = on_message
         self._on_close = on_close
         self._on_invalid = on_invalid
         self._limit = limit
+        self._read_budget = read_budget
         self._splitter = Splitter()
         self._out = bytearray()
         self._loop = asyncio.get_running_loop()
@@ -425,10 +427,13 @@ class Channel:
             self._writing = False
 
     def drain(self) -> None:
-        """Read and deliver everything available now, without blocking."""
-        while not self.closed:
+        """Read and deliver what is available now, at most ``read_budget`` bytes, without
+        blocking: a peer that writes without pause cannot hold the loop here (the rest is
+        read on the next turn of the loop)."""
+        budget = self._read_budget
+        while not self.closed and budget > 0:
             try:
-                data = self._sock.recv(65536)
+                data = self._sock.recv(min(65536, budget))
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
@@ -437,6 +442,7 @@ class Channel:
             if not data:
                 self._close("the other end closed the channel")
                 return
+            budget -= len(data)
             try:
                 bodies = self._splitter.feed(data)
             except ChannelError as exc:

@@ -4,6 +4,7 @@ bound with a ChannelError naming the field, and a peer that does not read never 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 from typing import Any
@@ -171,3 +172,34 @@ def test_a_record_keeps_the_keepers_time_of_the_event() -> None:
     assert record.record() == {"event": "vip_released", "epoch": 7, "vip": "192.0.2.10",
                                "reason": "stepdown", "monotonic": 12.345679,
                                "wall": 1700000000.123457}
+
+
+def test_one_turn_reads_a_bounded_amount_however_much_is_waiting() -> None:
+    # A peer writing without pause always has more waiting: each turn of the reader's loop
+    # takes at most its read budget and returns, the rest comes on the next turns.
+    budget = 4096
+    a, b = socket.socketpair()
+    frame = encode(Heartbeat(1))
+    chunk = frame * (1024 // len(frame))
+    a.setblocking(False)
+    waiting = 0
+    with contextlib.suppress(BlockingIOError):
+        while waiting < 4 * budget:
+            waiting += a.send(chunk)
+    assert waiting >= 3 * budget
+
+    async def run() -> list[int]:
+        got: list[Any] = []
+        channel = Channel(b, on_message=got.append, on_close=lambda why: None,
+                          read_budget=budget)
+        turns = []
+        for _ in range(2):
+            channel.drain()
+            turns.append(len(got))
+        channel.close()
+        return turns
+
+    first, second = asyncio.run(run())
+    a.close()
+    assert 0 < first * len(frame) <= budget
+    assert second > first
