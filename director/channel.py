@@ -40,7 +40,7 @@ log = logging.getLogger("lvsctl.director.channel")
 HEADER = struct.Struct("!I")
 MAX_MESSAGE = 64 * 1024  # one message; a LeaderConfig of MAX_VIPS VIPs needs about 20 KB
 WRITE_LIMIT = 256 * 1024  # unsent bytes kept for a peer that does not read; more is dropped
-READ_BUDGET = 128 * 1024  # read per turn of the loop at most
+READ_BUDGET = 64 * 1024  # read per turn of the loop at most (about 2,000 small messages)
 MAX_VIPS = 256
 MAX_TEXT = 1024
 # The kernel's rule for interface names (dev_valid_name): 1-15 bytes, no '/', ':' or space.
