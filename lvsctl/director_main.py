@@ -173,6 +173,7 @@ class WorkerCommand:
     def start(self) -> tuple[WorkerProcess, socket.socket]:
         keeper_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
+        env[KEEPER_PID_ENV] = str(os.getpid())
         try:
             proc = subprocess.Popen(
                 [*self.argv, "--channel-fd", str(worker_end.fileno())],
@@ -238,22 +239,24 @@ def run_keeper(node_path: str, *, insecure: bool, worker_argv: Sequence[str]) ->
 
 
 WORKER_NICE = 5
+KEEPER_PID_ENV = "LVSCTL_KEEPER_PID"  # set by WorkerCommand: whom the worker works for
 
 
-def _die_with_keeper(keeper_pid: int) -> None:
+def _die_with_keeper() -> int:
     """SIGKILL us if the keeper dies, even with our loop hung (end-of-file on the channel
-    covers a live loop); exit at once if it died before we got here."""
+    covers a live loop); exit at once if it died before we got here. Returns its PID."""
     libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
     libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
-    if os.getppid() != keeper_pid:
-        _exit(0)
+    keeper_pid = os.getppid()
+    if str(keeper_pid) != os.environ.get(KEEPER_PID_ENV):
+        _exit(0)  # orphaned already (or not started by a keeper): nobody to work for
+    return keeper_pid
 
 
 def run_worker(node_path: str, *, channel_fd: int, insecure: bool,
                make_table: Callable[[Node], IpvsTable]) -> NoReturn:
     """The worker of the director named by ``node_path``, on channel ``channel_fd``."""
-    keeper_pid = os.getppid()
-    _die_with_keeper(keeper_pid)
+    keeper_pid = _die_with_keeper()
     # A worker that spins (a flood of checks, a huge file) must not take the CPU the keeper's
     # renewals need: the scheduler favours the keeper when both want it.
     with contextlib.suppress(OSError):  # a sandbox that forbids it: the same priority, then
