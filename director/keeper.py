@@ -90,10 +90,12 @@ class Announcer(Protocol):
 class Supervision:
     """How the keeper watches its worker; seconds."""
 
-    # Generous: a worker validating a large pushed file on a loaded host must not be killed
-    # for it (it would validate it again after the restart); the VIPs never wait on it anyway.
-    heartbeat_timeout: float = 10.0
-    startup_timeout: float = 30.0  # imports and the first config read on a loaded host
+    # Generous: a worker validating a large pushed file on a loaded host (or in an emulated
+    # VM, 20-30 times slower) must not be killed for it: it would validate it again after
+    # the restart. The VIPs never wait on the worker anyway.
+    heartbeat_timeout: float = 30.0
+    # Its imports alone take 1.5 s on a loaded host, over 30 s in the emulated kernel VM.
+    startup_timeout: float = 120.0
     backoff_min: float = 0.5
     backoff_max: float = 10.0
     stable_after: float = 30.0

@@ -78,8 +78,8 @@ def test_worker_stopped_renewals_go_on_and_the_keeper_replaces_it(pair: Director
     start = time.monotonic()
     os.kill(worker, signal.SIGSTOP)
     try:
-        # The keeper's heartbeat timeout is 5 s: the stopped worker is killed, a new one runs.
-        pair.wait(lambda: gone(worker), 60, "the stopped worker to be killed")
+        # The keeper's heartbeat timeout is 30 s: the stopped worker is killed, a new one runs.
+        pair.wait(lambda: gone(worker), 90, "the stopped worker to be killed")
         pair.wait(lambda: worker_answers(pair, "lb1", worker), 60, "a new lb1 worker answering")
     finally:
         if not gone(worker):
