@@ -304,7 +304,8 @@ class Worker:
                 await asyncio.wait_for(asyncio.to_thread(self.store.persist, entry,
                                                          self.status()), 5.0)
             except Exception as exc:
-                log.warning("record not written: %s", exc, extra={"event": "record_error"})
+                log.warning("record not written: %s %s", type(exc).__name__, exc,
+                            extra={"event": "record_error"})
             finally:
                 self._records.task_done()
 
