@@ -32,15 +32,16 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from kazoo.client import KazooClient
-from kazoo.security import OPEN_ACL_UNSAFE
-
 from lvsctl.core.errors import ConfigError, LvsctlError
-from lvsctl.core.node import Node, load_node
-from lvsctl.core.zk import Credentials, Target
 from lvsctl.director.channel import EXIT_FATAL
 
+# Imported where used: the keeper starts its worker before it loads anything heavy, so that
+# the two processes' imports overlap (in the emulated kernel VM they take tens of seconds).
 if TYPE_CHECKING:
+    from kazoo.client import KazooClient
+
+    from lvsctl.core.node import Node
+    from lvsctl.core.zk import Credentials, Target
     from lvsctl.director.channel import LeaderConfig
     from lvsctl.director.election import Election, Transition
     from lvsctl.director.ipvs import IpvsTable
@@ -101,6 +102,9 @@ def make_daemon_client(target: Target, credentials: Credentials | None) -> Kazoo
     Unlike a command's client it reconnects within half a second: after a whole-ensemble
     outage the active must be back before its (restored) session can expire.
     """
+    from kazoo.client import KazooClient
+    from kazoo.security import OPEN_ACL_UNSAFE
+
     return KazooClient(
         hosts=target.hosts,
         timeout=target.settings.session_timeout,
@@ -111,6 +115,8 @@ def make_daemon_client(target: Target, credentials: Credentials | None) -> Kazoo
 
 
 def _connect(node: Node, insecure: bool) -> tuple[Target, Credentials | None, KazooClient]:
+    from lvsctl.core.zk import Target
+
     target = Target.from_node(node, insecure=insecure)
     credentials = target.credentials()  # no credentials and not --insecure: refuse
     client = make_daemon_client(target, credentials)
@@ -169,8 +175,17 @@ class WorkerCommand:
 
     def __init__(self, argv: Sequence[str]) -> None:
         self.argv = list(argv)
+        self._early: tuple[WorkerProcess, socket.socket] | None = None
+
+    def start_early(self) -> None:
+        """Start the first worker now; the keeper's first ``start`` gets this one."""
+        self._early = self._spawn()
 
     def start(self) -> tuple[WorkerProcess, socket.socket]:
+        early, self._early = self._early, None
+        return early if early is not None else self._spawn()
+
+    def _spawn(self) -> tuple[WorkerProcess, socket.socket]:
         keeper_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
         env[KEEPER_PID_ENV] = str(os.getpid())
@@ -190,6 +205,9 @@ class WorkerCommand:
 def run_keeper(node_path: str, *, insecure: bool, worker_argv: Sequence[str]) -> NoReturn:
     """The keeper of the director named by ``node_path``; ``worker_argv`` starts its worker
     (``--channel-fd N`` is appended)."""
+    launcher = WorkerCommand(worker_argv)
+    launcher.start_early()
+    from lvsctl.core.node import load_node
     from lvsctl.director.election import Election, Timing
     from lvsctl.director.keeper import Keeper
     from lvsctl.director.peer import PeerLink, read_secret
@@ -220,7 +238,7 @@ def run_keeper(node_path: str, *, insecure: bool, worker_argv: Sequence[str]) ->
     async def main() -> int:
         keeper = Keeper(
             node, vips=vips, announcer=KernelAnnouncer(vips),
-            launcher=WorkerCommand(worker_argv), make_peer=make_peer,
+            launcher=launcher, make_peer=make_peer,
             make_election=make_election, zk_connected=lambda: bool(client.connected),
             reload_node=lambda: load_node(node_path), read_secret=read_secret,
             notify=sd_notify)
@@ -261,6 +279,7 @@ def run_worker(node_path: str, *, channel_fd: int, insecure: bool,
     # renewals need: the scheduler favours the keeper when both want it.
     with contextlib.suppress(OSError):  # a sandbox that forbids it: the same priority, then
         os.nice(WORKER_NICE)
+    from lvsctl.core.node import load_node
     from lvsctl.core.zk import ClusterConnection
     from lvsctl.director.api import start_api
     from lvsctl.director.channel import Channel
