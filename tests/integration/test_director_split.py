@@ -118,3 +118,15 @@ def test_director_run_execs_the_keeper_which_reports_a_bad_node_file_in_one_line
     assert proc.returncode != 0
     assert proc.stderr.strip() == (f"{missing}: cannot read the peer secret: "
                                    "No such file or directory")
+
+
+def test_a_crashed_director_restarts_and_rejoins_as_standby(pair: DirectorPair) -> None:
+    code, _ = pair.post("lb1", "crash")
+    assert code == 200
+    assert pair.procs["lb1"].wait(timeout=10) == -signal.SIGKILL
+    pair.wait_holder("lb2", 15)
+    pair.start("lb1")
+    pair.wait(lambda: (pair.status("lb1") or {}).get("role") == "STANDBY", 60,
+              "lb1 back as standby")
+    assert pair.holder() == "lb2"
+    assert pair.overlap() == 0.0
