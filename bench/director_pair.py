@@ -13,8 +13,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from lvsctl.testbed.loads import BULK_NET, FARM_NET
-from tests.support.director_lab import (
+from lvsctl.testbed.director_pair import (
     ADDRS,
     API_PORT,
     PEER_PORT,
@@ -22,7 +21,9 @@ from tests.support.director_lab import (
     DirectorPair,
     cluster_yaml,
 )
-from tests.support.netns import Lab
+
+from lvsctl.testbed.loads import BULK_NET, FARM_NET
+from lvsctl.testbed.netns import Lab
 
 RS_ADDR = "192.0.2.50"  # the real-server namespace on the bridge: every farm address routes here
 

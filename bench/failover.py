@@ -33,11 +33,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# The director pair's launcher is still test support (see pyproject's import contracts).
+from lvsctl.testbed.director_pair import ADDRS, VIP, AddrWatch, DirectorPair
+
 from lvsctl.testbed.netns import Lab, Netns, in_netns, run
 from lvsctl.testbed.overlap import overlap
-
-# The director pair's launcher is still test support (see pyproject's import contracts).
-from tests.support.director_lab import ADDRS, VIP, AddrWatch, DirectorPair
 
 ETH_P_ARP = 0x0806
 

@@ -5,6 +5,10 @@ It listens where the node file's ``api.listen`` says (localhost by default). Act
 ``Authorization: Bearer <token>`` with the token from ``api.token`` (compared in constant
 time); without a token file there are no actions at all. The drill actions also need
 ``api.drills: true``.
+
+It runs in the director's worker (director/worker.py). The drill actions act on the keeper,
+whose death or stop is what a drill means: ``/crash`` SIGKILLs it (the worker follows, its
+channel closed), ``/freeze`` SIGSTOPs it and a small child sends SIGCONT later.
 """
 
 from __future__ import annotations
@@ -16,12 +20,22 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
-if TYPE_CHECKING:
-    from lvsctl.director.daemon import Daemon
+from lvsctl.core.node import Node
+
+
+class Director(Protocol):
+    """What the API serves and acts on (director/worker.py's ``Worker``)."""
+
+    node: Node
+    drill_pid: int  # the process the drills kill or stop: the keeper (its worker follows)
+
+    def status(self) -> dict[str, Any]: ...
+
+    async def stepdown(self) -> None: ...
 
 
 def _token(path: str | None) -> bytes | None:
@@ -42,12 +56,12 @@ def authorized(request: web.Request, token: bytes | None) -> bool:
     return scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), token)
 
 
-def make_app(daemon: Daemon) -> web.Application:
+def make_app(director: Director) -> web.Application:
     async def status(_: web.Request) -> web.Response:
-        return web.json_response(daemon.status())
+        return web.json_response(director.status())
 
     async def metrics(_: web.Request) -> web.Response:
-        st = daemon.status()
+        st = director.status()
         lines = [
             "# TYPE lvsctl_director_active gauge",
             f'lvsctl_director_active{{director="{st["director"]}"}} '
@@ -60,21 +74,21 @@ def make_app(daemon: Daemon) -> web.Application:
         return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
 
     def guard(request: web.Request, drill: bool = False) -> None:
-        if not authorized(request, _token(daemon.node.api.token_file)):
+        if not authorized(request, _token(director.node.api.token_file)):
             raise web.HTTPUnauthorized(text="a valid bearer token is required\n")
-        if drill and not daemon.node.api.drills:
+        if drill and not director.node.api.drills:
             raise web.HTTPForbidden(text="drill actions are off (api.drills in the node file)\n")
 
     async def stepdown(request: web.Request) -> web.Response:
         guard(request)
-        was = daemon.status()
-        await daemon.stepdown()
+        was = director.status()
+        await director.stepdown()
         return web.json_response({"stepped_down": was["role"] == "ACTIVE",
                                   "epoch": was["epoch"]})
 
     async def crash(request: web.Request) -> web.Response:
         guard(request, drill=True)
-        asyncio.get_running_loop().call_later(0.05, os.kill, os.getpid(), signal.SIGKILL)
+        asyncio.get_running_loop().call_later(0.05, os.kill, director.drill_pid, signal.SIGKILL)
         return web.json_response({"crashing": True})
 
     async def freeze(request: web.Request) -> web.Response:
@@ -82,10 +96,10 @@ def make_app(daemon: Daemon) -> web.Application:
         seconds = _freeze_seconds(request.query.get("seconds"))
         # A stopped process cannot wake itself: a small child process sends SIGCONT later.
         subprocess.Popen(
-            [sys.executable, "-c", _RESUME, f"{seconds:g}", str(os.getpid())],
+            [sys.executable, "-c", _RESUME, f"{seconds:g}", str(director.drill_pid)],
             start_new_session=True, stdin=subprocess.DEVNULL,
         )
-        asyncio.get_running_loop().call_later(0.05, os.kill, os.getpid(), signal.SIGSTOP)
+        asyncio.get_running_loop().call_later(0.05, os.kill, director.drill_pid, signal.SIGSTOP)
         return web.json_response({"freezing": True, "seconds": seconds})
 
     app = web.Application()
@@ -118,10 +132,10 @@ def _freeze_seconds(raw: str | None) -> float:
     return seconds
 
 
-async def start_api(daemon: Daemon) -> Any:
+async def start_api(director: Director) -> Any:
     """Start listening; returns the runner (``await runner.cleanup()`` to stop)."""
-    runner = web.AppRunner(make_app(daemon), access_log=None)
+    runner = web.AppRunner(make_app(director), access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, daemon.node.api.host, daemon.node.api.port)
+    site = web.TCPSite(runner, director.node.api.host, director.node.api.port)
     await site.start()
     return runner

@@ -41,7 +41,6 @@ from typing import Any, NamedTuple
 from lvsctl.core.errors import KernelError
 from lvsctl.core.model import Cluster, Health, HealthKey, ServiceKey
 from lvsctl.director.ipvs import IpvsTable
-from lvsctl.director.ipvs_kernel import KernelIpvs
 from lvsctl.director.ipvs_rules import SyncState, done_errno, reason
 from lvsctl.director.ipvs_timeouts import sync_timeouts, timeouts_text
 from lvsctl.director.reconcile import (
@@ -215,18 +214,6 @@ def count(results: Sequence[OpResult]) -> dict[str, int]:
 # ---------------------------------------------------------------------------------------------
 # The daemon's dataplane
 # ---------------------------------------------------------------------------------------------
-
-
-def open_table(spec: str) -> IpvsTable:
-    """The node file's ``ipvs``: 'kernel' only. Raises KernelError for anything else.
-
-    Production opens only the kernel's table; a test bed constructs its fake itself and hands
-    it to ``Dataplane`` (the product never imports the test bed). Kept until the daemon's
-    ``main`` constructs its table itself."""
-    if spec != "kernel":
-        raise KernelError(f"ipvs: {spec!r}: the director opens only the kernel's table; a test "
-                          f"bed passes its fake to Dataplane itself")
-    return KernelIpvs()
 
 
 @dataclass

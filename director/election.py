@@ -446,6 +446,10 @@ class Election:
             self._wake.set()
             await asyncio.sleep(self.timing.confirm_interval)
 
+    def wake(self) -> None:
+        """End a pending ``changed`` wait at once (the caller has news of its own)."""
+        self._wake.set()
+
     async def changed(self, timeout: float) -> None:
         """Wait until something happened (ZooKeeper state, a beat, a confirmation) or timeout."""
         with contextlib.suppress(asyncio.TimeoutError):

@@ -266,3 +266,16 @@ async def announce(
         if i + 1 < burst.count:
             await sleep(burst.interval)
     return sent
+
+
+class KernelAnnouncer:
+    """Announces VIPs on real interfaces (the keeper's ``Announcer``): the interface's MAC
+    from ``vips``, then ``announce``'s burst."""
+
+    def __init__(self, vips: KernelVips) -> None:
+        self._vips = vips
+
+    async def __call__(self, vip: Vip, burst: Announce, still_held: Callable[[], bool]) -> int:
+        """Raises KernelError when the interface is gone or a frame cannot be sent."""
+        mac = self._vips.mac(vip.interface)
+        return await announce(vip, mac, burst, still_held=still_held)

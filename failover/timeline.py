@@ -4,11 +4,12 @@ merged on one time axis, and the round's verdict (takeover, outage, overlap, epo
 Everything here is pure: the drill (drill.py) gathers the inputs, this module does the maths.
 
 Time axis: wall-clock seconds (``time.time()``). The directors' records carry both clocks
-(director/daemon.py ``record``), but monotonic clocks of two hosts cannot be compared, and a
-drill always merges two directors and a client; NTP-disciplined wall clocks are good to a few
-milliseconds, far below the 20 ms probe cadence. (In the lab all three share one host clock.)
+(lvsctl.core.records.TransitionRecord, stamped by the keeper), but monotonic clocks of two
+hosts cannot be compared, and a drill always merges two directors and a client;
+NTP-disciplined wall clocks are good to a few milliseconds, far below the 20 ms probe cadence.
+(In the lab all three share one host clock.)
 
-Records are the dicts director/daemon.py writes under ``<root>/<cluster>/transitions/``::
+Records are the transition records the directors write under ``<root>/<cluster>/transitions/``::
 
     {"director": "lb1", "monotonic": 812.3, "wall": 1764150000.1, "event": "transition",
      "state": "ACTIVE", "epoch": 7, "reason": "..."}

@@ -1,6 +1,10 @@
-"""``lvsctl director run``: the director daemon (director/daemon.py) in the foreground."""
+"""``lvsctl director run``: the director (keeper and worker, lvsctl/director_main.py) in the
+foreground."""
 
 from __future__ import annotations
+
+import os
+import sys
 
 import click
 
@@ -18,7 +22,11 @@ def director_group() -> None:
 @click.option("--insecure", is_flag=True,
               help="run even without ZooKeeper credentials or with an open root ACL")
 def run_command(node_file: str, insecure: bool) -> None:
-    """Run the director daemon until SIGTERM (graceful stepdown, then exit)."""
-    from lvsctl.director.daemon import run_director
-
-    raise SystemExit(run_director(node_file, insecure=insecure))
+    """Run the director until SIGTERM (graceful stepdown, then exit)."""
+    # exec, not call: the keeper keeps this process (its PID is systemd's MAINPID) and starts
+    # in a fresh interpreter without the CLI's imports (HTTP, health checks, templates).
+    argv = [sys.executable, "-m", "lvsctl.director_main", "run", "--node", node_file,
+            *(["--insecure"] if insecure else [])]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, argv)

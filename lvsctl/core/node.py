@@ -41,8 +41,10 @@ class NodeFile(schema.Strict):
     zookeeper: schema.ZooKeeperFile
     peer: PeerLinkFile
     api: ApiFile | None = None
-    ipvs: Annotated[str, Field(pattern=r"^(kernel|fake:/.+)$")] = Field(
-        "kernel", description="'kernel', or 'fake:/path/state.json' for tests only"
+    # Only the kernel: the test bed runs directors on a fake table through its own main
+    # (lvsctl.testbed.director_main --fake-ipvs), so the product never opens a fake.
+    ipvs: Annotated[str, Field(pattern=r"^kernel$")] = Field(
+        "kernel", description="the IPVS table the director programs: 'kernel'"
     )
     # The pattern engine is Rust's regex: "$" is the end of the text, never before a "\n".
     state_dir: Annotated[str, Field(pattern=r"^/[^\x00-\x1f\x7f]*$")] = "/var/lib/lvsctl"

@@ -13,9 +13,7 @@ import socket
 import time
 
 import pytest
-
-from lvsctl.testbed.fake_ipvs import FakeIpvs
-from tests.support.director_lab import (
+from lvsctl.testbed.director_pair import (
     PEER_PORT,
     PYTHON,
     VIP,
@@ -23,6 +21,8 @@ from tests.support.director_lab import (
     DirectorPair,
     cluster_yaml,
 )
+
+from lvsctl.testbed.fake_ipvs import FakeIpvs
 
 pytestmark = [pytest.mark.netns, pytest.mark.zookeeper]
 
@@ -65,7 +65,7 @@ def assert_never_both(pair: DirectorPair) -> None:
 
 
 def ipvs(pair: DirectorPair, name: str) -> FakeIpvs:
-    return FakeIpvs(pair.workdir / f"{name}.ipvs.json")
+    return FakeIpvs(pair.ipvs_file(name))
 
 
 def sync_states(pair: DirectorPair, name: str) -> set[str]:

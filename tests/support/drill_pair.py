@@ -10,13 +10,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lvsctl.testbed.director_pair import PEER_PORT, DirectorPair, cluster_yaml
+
 from lvsctl.core.config import parse_cluster
 from lvsctl.failover.access import timeline_record
 from lvsctl.failover.drill import DrillError, Expected
 from lvsctl.failover.timeline import Record
 from lvsctl.testbed.netns import Netns
 from lvsctl.testbed.netns_lab import NetnsLab
-from tests.support.director_lab import PEER_PORT, DirectorPair, cluster_yaml
 
 CLIENT_ADDR = "192.0.2.50/24"
 SERVICE_PORT = 80

@@ -28,7 +28,8 @@ def test_defaults() -> None:
     ("cluster: c\ndirector: lb1\nzookeeper: {hosts: ['127.0.0.1:2181']}\npeer: {}\n",
      "n.yaml: peer.secret: required key is missing"),
     ("cluster: c\ndirector: lb1\nzookeeper: {hosts: ['127.0.0.1:2181']}\npeer: {secret: /s}\n"
-     "ipvs: fake\n", "n.yaml: ipvs: 'fake' is not in the expected form (^(kernel|fake:/.+)$)"),
+     "ipvs: fake:/tmp/t.json\n",
+     "n.yaml: ipvs: 'fake:/tmp/t.json' is not in the expected form (^kernel$)"),
     ("cluster: c\ndirecter: lb1\nzookeeper: {hosts: ['127.0.0.1:2181']}\npeer: {secret: /s}\n",
      "n.yaml: director: required key is missing"),
 ])

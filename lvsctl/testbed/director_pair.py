@@ -1,5 +1,6 @@
 """A director pair in network namespaces: ZooKeeper in its own namespace, two real
-``lvsctl director run`` processes, a bridge joining them, and VIP presence observed with
+directors (keeper and worker processes, started through lvsctl.testbed.director_main on a
+file-backed fake IPVS), a bridge joining them, and VIP presence observed with
 netlink address events in both directors' namespaces (timestamped with one monotonic clock).
 
 Used by the integration scenarios and by ``bench/failover.py``.
@@ -143,6 +144,15 @@ class AddrWatch:
         return bool(ivs) and ivs[-1][1] == float("inf")
 
 
+def process_state(pid: int) -> str | None:
+    """The process's state letter from /proc (R, S, T, Z, ...), None if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[0]
+
+
 @dataclass
 class DirectorPair:
     """ZooKeeper + two directors on a bridge; ``close()`` removes everything."""
@@ -190,7 +200,6 @@ class DirectorPair:
             f"peer: {{secret: {self.workdir / 'peer.secret'}}}",
             f"api: {{listen: '127.0.0.1:{API_PORT}', token: {self.workdir / 'api.token'}, "
             "drills: true}",
-            f"ipvs: fake:{self.workdir / (name + '.ipvs.json')}",
             f"state_dir: {self.workdir / name}",
             "log_format: json",
             "",
@@ -239,15 +248,36 @@ class DirectorPair:
 
     # -- directors ---------------------------------------------------------------------------
 
+    def ipvs_file(self, name: str) -> Path:
+        """Where ``name``'s fake IPVS table lives (lvsctl.testbed.fake_ipvs)."""
+        return self.workdir / f"{name}.ipvs.json"
+
     def start(self, name: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """Start ``name``'s director (its keeper; the keeper starts the worker) through the
+        test bed's main, on a file-backed fake IPVS."""
         log = open(self.workdir / f"{name}.log", "ab")  # noqa: SIM115 - lives with the process
         proc = self.lab.start(
             self.ns[name],
-            [PYTHON, "-m", "lvsctl", "director", "run", "--node", str(self.node_file(name))],
+            [PYTHON, "-m", "lvsctl.testbed.director_main", "run",
+             "--node", str(self.node_file(name)), "--fake-ipvs", str(self.ipvs_file(name))],
             stdout=log, stderr=log, cwd=str(ROOT), env={**os.environ, **(env or {})},
         )
         self.procs[name] = proc
         return proc
+
+    def worker_pid(self, name: str) -> int | None:
+        """The PID of ``name``'s worker (the keeper's child running ``worker``), if any."""
+        keeper = self.procs[name].pid
+        children: list[str] = []
+        with contextlib.suppress(OSError):
+            for task in Path(f"/proc/{keeper}/task").iterdir():
+                children += (task / "children").read_text().split()
+        for pid in children:
+            with contextlib.suppress(OSError):
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+                if b"worker" in argv and process_state(int(pid)) not in (None, "Z"):
+                    return int(pid)
+        return None
 
     def signal(self, name: str, sig: int) -> None:
         self.procs[name].send_signal(sig)
@@ -260,13 +290,13 @@ class DirectorPair:
             conn = http.client.HTTPConnection("127.0.0.1", API_PORT, timeout=1.0)
             try:
                 conn.request("GET", "/status")
-                return json.loads(conn.getresponse().read())  # type: ignore[no-any-return]
+                return json.loads(conn.getresponse().read())
             except OSError:
                 return None
             finally:
                 conn.close()
 
-        return _in_netns(self.ns[name].name, get)  # type: ignore[no-any-return]
+        return _in_netns(self.ns[name].name, get)
 
     def post(self, name: str, action: str, token: str = "test-token-42") -> tuple[int, str]:
         def go() -> tuple[int, str]:
@@ -278,7 +308,7 @@ class DirectorPair:
             finally:
                 conn.close()
 
-        return _in_netns(self.ns[name].name, go)  # type: ignore[no-any-return]
+        return _in_netns(self.ns[name].name, go)
 
     def holder(self, addr: str = VIP) -> str | None:
         held = [name for name, w in self.watches.items() if w.holds(addr)]
