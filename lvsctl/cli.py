@@ -2,27 +2,47 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 from typing import Any
 
 import click
 
 from lvsctl import __version__
-from lvsctl.commands.check import check_group
-from lvsctl.commands.config import config_group
-from lvsctl.commands.director import director_group
-from lvsctl.commands.failover import failover_group
-from lvsctl.commands.ipvs import ipvs_group
-from lvsctl.commands.lab import lab_group
-from lvsctl.commands.node import node_group
-from lvsctl.commands.realserver import realserver_group
-from lvsctl.commands.status import status_command
-from lvsctl.commands.vm import vm_group
 from lvsctl.core.errors import ConfigError, LvsctlError
+
+# Each command group is imported only when it runs (or when --help lists them): a director's
+# `lvsctl director run` must not pay for the HTTP, health-check, template and schema modules
+# of the other commands, which take seconds to import in the emulated kernel VM.
+COMMANDS = {
+    "config": "lvsctl.commands.config:config_group",
+    "vm": "lvsctl.commands.vm:vm_group",
+    "check": "lvsctl.commands.check:check_group",
+    "node": "lvsctl.commands.node:node_group",
+    "ipvs": "lvsctl.commands.ipvs:ipvs_group",
+    "realserver": "lvsctl.commands.realserver:realserver_group",
+    "director": "lvsctl.commands.director:director_group",
+    "status": "lvsctl.commands.status:status_command",
+    "failover": "lvsctl.commands.failover:failover_group",
+    "lab": "lvsctl.commands.lab:lab_group",
+}
 
 
 class LvsctlGroup(click.Group):
-    """Turns every LvsctlError into its lines on stderr and its exit code; never a traceback."""
+    """Turns every LvsctlError into its lines on stderr and its exit code; never a traceback.
+    Its subcommands are the modules named in COMMANDS, imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        where = COMMANDS.get(cmd_name)
+        if where is None:
+            return None
+        module, _, name = where.partition(":")
+        command = getattr(importlib.import_module(module), name)
+        assert isinstance(command, click.Command), where
+        return command
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -38,18 +58,6 @@ class LvsctlGroup(click.Group):
 @click.version_option(__version__, prog_name="lvsctl")
 def cli() -> None:
     """Manage a Linux Virtual Server director pair: config, IPVS, health, failover."""
-
-
-cli.add_command(config_group)
-cli.add_command(vm_group)
-cli.add_command(check_group)
-cli.add_command(node_group)
-cli.add_command(ipvs_group)
-cli.add_command(realserver_group)
-cli.add_command(director_group)
-cli.add_command(status_command)
-cli.add_command(failover_group)
-cli.add_command(lab_group)
 
 
 def main() -> None:
