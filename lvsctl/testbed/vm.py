@@ -117,7 +117,7 @@ def _progress(line: str) -> None:
 
 
 def repo_root() -> Path:
-    return Path(__file__).resolve().parent.parent
+    return Path(__file__).resolve().parents[2]  # lvsctl/testbed/vm.py -> the checkout
 
 
 def cache_dir(override: str | os.PathLike[str] | None = None) -> Path:

@@ -203,6 +203,7 @@ def test_cache_dir_reads_the_environment_at_call_time(monkeypatch: pytest.Monkey
                                                       tmp_path: Path) -> None:
     monkeypatch.delenv("LVSCTL_VM_DIR", raising=False)
     assert vm.cache_dir() == vm.repo_root() / "var" / "vm"
+    assert (vm.repo_root() / "pyproject.toml").is_file()  # the checkout, where .gitignore has /var/
     monkeypatch.setenv("LVSCTL_VM_DIR", str(tmp_path))
     assert vm.cache_dir() == tmp_path
     assert vm.cache_dir(tmp_path / "x") == tmp_path / "x"
