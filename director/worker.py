@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import signal
 import time
@@ -23,14 +22,14 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from kazoo.client import KazooClient
-from kazoo.exceptions import KazooException, NodeExistsError, NoNodeError
 from kazoo.recipe.watchers import DataWatch
 
 from lvsctl.core.config import Loaded
 from lvsctl.core.errors import LvsctlError
 from lvsctl.core.model import Cluster, Health, HealthKey
 from lvsctl.core.node import Node
-from lvsctl.core.zk import ClusterConnection, ConfigVersion
+from lvsctl.core.records import DirectorRecord, TransitionRecord
+from lvsctl.core.zk import ClusterConnection, ClusterStore, ConfigVersion
 from lvsctl.director.channel import (
     EXIT_FATAL,
     Channel,
@@ -460,18 +459,15 @@ class Worker:
 
 
 class ZkStore:
-    """The worker's ZooKeeper side: the config watch and the records, on its own session.
+    """The worker's ZooKeeper side, on its own session, through the cluster's store
+    (lvsctl.core.zk.ClusterStore owns the znodes): the config watch, the transition records
+    (the newest TRANSITIONS_KEPT kept) and this director's record (ephemeral: it leaves with
+    this worker's session)."""
 
-    Records go under ``transitions/`` (sequential, the newest TRANSITIONS_KEPT kept) and the
-    status under ``directors/<name>`` (ephemeral: it leaves with this worker's session).
-    """
-
-    def __init__(self, client: KazooClient, conn: ClusterConnection, node: Node) -> None:
+    def __init__(self, client: KazooClient, conn: ClusterConnection) -> None:
         self.client = client
         self.conn = conn
-        self.root = node.zookeeper.root
-        self.base = node.cluster_path
-        self.me = node.director
+        self.store = ClusterStore(conn)
 
     @property
     def connected(self) -> bool:
@@ -481,39 +477,20 @@ class ZkStore:
         loop = asyncio.get_running_loop()
         while not self.client.connected:
             await asyncio.sleep(0.05)
-        await asyncio.to_thread(self.conn.check_acl, self.root)
-        await asyncio.to_thread(self.conn.check_acl, self.base)
+        await asyncio.to_thread(self.conn.check_acl, self.store.paths.root)
+        await asyncio.to_thread(self.conn.check_acl, self.store.paths.base)
 
         def changed(data: bytes | None, _stat: Any, *_: Any) -> None:
             loop.call_soon_threadsafe(on_data, data)  # kazoo's thread: hand over
 
-        await asyncio.to_thread(DataWatch, self.client, f"{self.base}/config", changed)
+        # The raw bytes: the worker decodes and validates them on its own loop and caches
+        # exactly what it applied.
+        await asyncio.to_thread(DataWatch, self.client, self.store.paths.config, changed)
 
     def persist(self, entry: Mapping[str, Any], status: Mapping[str, Any]) -> None:
-        path = f"{self.base}/transitions"
-        self.client.ensure_path(path)
-        self.client.create(f"{path}/t_", json.dumps(entry).encode(), sequence=True)
-        self._write_status(status)
-        children = sorted(self.client.get_children(path))
-        for old in children[:-TRANSITIONS_KEPT]:
-            with contextlib.suppress(KazooException):
-                self.client.delete(f"{path}/{old}")
-
-    def _write_status(self, status: Mapping[str, Any]) -> None:
-        path = f"{self.base}/directors/{self.me}"
-        data = json.dumps(status).encode()
-        stat = self.client.exists(path)
-        if stat is not None and stat.ephemeralOwner != self.client.client_id[0]:
-            # Left by an earlier worker's session, which will expire and take it along.
-            with contextlib.suppress(NoNodeError):
-                self.client.delete(path)
-            stat = None
-        if stat is None:
-            self.client.ensure_path(f"{self.base}/directors")
-            with contextlib.suppress(NodeExistsError):
-                self.client.create(path, data, ephemeral=True)
-                return
-        self.client.set(path, data)
+        self.store.append_transition(TransitionRecord.from_json(dict(entry)),
+                                     keep=TRANSITIONS_KEPT)
+        self.store.publish_director(DirectorRecord.from_json(dict(status)))
 
     async def close(self) -> None:
         client = self.client

@@ -96,30 +96,14 @@ def sd_notify(message: str) -> None:
         sock.sendto(message.encode(), address)
 
 
-def make_daemon_client(target: Target, credentials: Credentials | None) -> KazooClient:
-    """A kazoo client with the cluster's digest ACL on every znode it creates.
-
-    Unlike a command's client it reconnects within half a second: after a whole-ensemble
-    outage the active must be back before its (restored) session can expire.
-    """
-    from kazoo.client import KazooClient
-    from kazoo.security import OPEN_ACL_UNSAFE
-
-    return KazooClient(
-        hosts=target.hosts,
-        timeout=target.settings.session_timeout,
-        auth_data=credentials.auth_data() if credentials else None,
-        default_acl=[credentials.acl()] if credentials else OPEN_ACL_UNSAFE,
-        connection_retry={"max_tries": -1, "delay": 0.05, "backoff": 1.5, "max_delay": 0.5},
-    )
-
-
 def _connect(node: Node, insecure: bool) -> tuple[Target, Credentials | None, KazooClient]:
-    from lvsctl.core.zk import Target
+    from lvsctl.core.zk import DIRECTOR_RECONNECT, Target, make_client
 
     target = Target.from_node(node, insecure=insecure)
     credentials = target.credentials()  # no credentials and not --insecure: refuse
-    client = make_daemon_client(target, credentials)
+    # Unlike a command's client it reconnects within half a second: after a whole-ensemble
+    # outage the active must be back before its (restored) session can expire.
+    client = make_client(target, credentials, reconnect=DIRECTOR_RECONNECT)
     client.start_async()
     return target, credentials, client
 
@@ -293,7 +277,7 @@ def run_worker(node_path: str, *, channel_fd: int, insecure: bool,
     setup_logging(node, "worker")
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     target, credentials, client = _connect(node, insecure)
-    store = ZkStore(client, ClusterConnection(target, client, credentials), node)
+    store = ZkStore(client, ClusterConnection(target, client, credentials))
     # The kernel's table is adopted as it is: only what the plan says changes (no flush).
     dataplane = Dataplane(make_table(node), monotonic=time.monotonic)
 
