@@ -66,6 +66,9 @@ PACKAGES = (
     "dbus",
     "openssh-server",
     "sudo",
+    # The container's own hostname resolves without DNS (sudo looks it up on every call, and
+    # the hosts have no name server: each lookup would wait for its timeout).
+    "libnss-myhostname",
     "iproute2",
     "python3",
     "python3-apt",
@@ -395,6 +398,9 @@ class HostBed:
             "ansible_ssh_private_key_file": str(self.key),
             "ansible_ssh_common_args": ssh_args,
             "ansible_python_interpreter": "/usr/bin/python3",
+            # sudo and Python start 20-30 times slower under TCG than natively: Ansible's
+            # default 10 s for the connection and the become prompt is too short.
+            "ansible_timeout": 120,
             **(group_vars or {}),
         }}}}}
         path.write_text(json.dumps(data, indent=2) + "\n")
