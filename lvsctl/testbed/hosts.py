@@ -323,6 +323,9 @@ class HostBed:
             # No machined in the VM: the container stays in this process's cgroup.
             "--register=no", "--keep-unit",
             f"--network-namespace-path=/run/netns/{host.netns}",
+            # nspawn grants CAP_NET_ADMIN only with a namespace of its own making
+            # (--private-network); a director host needs it for VIPs and IPVS.
+            "--capability=CAP_NET_ADMIN",
             "--console=pipe",
             f"--bind-ro={host.folder / 'ssh_host_ed25519_key'}:/etc/ssh/ssh_host_ed25519_key",
             f"--bind-ro={host.folder / 'ssh_host_ed25519_key.pub'}:"
