@@ -1,0 +1,523 @@
+"""Deploy test-bed hosts: Debian 12 containers with systemd as PID 1, reached only over SSH.
+
+A host is a ``systemd-nspawn --boot`` container started inside the kernel VM (so it has the real
+kernel's IPVS in its own network namespace), on a bridge of the VM's root namespace, where the
+controller (Ansible) runs. Its root file system is one Debian 12 image built on the host with
+``mmdebstrap`` and cached in the VM cache folder under a key of its recipe; each host boots it
+read-only with a tmpfs overlay on top (``--volatile=overlay``), so hosts never share writes
+and a run leaves the image untouched.
+
+Per run, a fresh SSH key pair for the controller and a fresh host key per host are generated,
+so the controller checks host keys strictly (a ``known_hosts`` written from them).
+
+Two sides:
+
+* on the host (network to Debian's mirrors, root): :func:`build_image`;
+* in the kernel VM (root, the image visible read-only through the VM's 9p share):
+  :class:`HostBed`, which starts, reaches and tears down the hosts.
+
+``python -m lvsctl.testbed.hosts image`` builds the image; ``python -m lvsctl.testbed.hosts
+smoke`` (in the VM) boots hosts, pings them with Ansible and writes timings as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lvsctl.core.errors import LvsctlError
+from lvsctl.testbed.vm import cache_dir
+
+Echo = Callable[[str], None]
+
+
+class HostsError(LvsctlError):
+    """A deploy test-bed host could not be built, started, reached or stopped."""
+
+
+def _progress(line: str) -> None:
+    print(f"hosts: {line}", file=sys.stderr, flush=True)
+
+
+# -- the image ------------------------------------------------------------------------------
+
+SUITE = "bookworm"
+# What a Debian 12 director has before the playbook runs: systemd as init, D-Bus (systemctl's
+# and logind's bus), sshd, Python for Ansible's modules (python3-apt for its apt module), sudo
+# for `become`. The role's own packages (python3-venv, python3-setuptools, ipvsadm) are in the
+# image too: the hosts have no route to a Debian mirror, and the role finds them present.
+PACKAGES = (
+    "systemd",
+    "systemd-sysv",
+    "dbus",
+    "openssh-server",
+    "sudo",
+    # The container's own hostname resolves without DNS (sudo looks it up on every call, and
+    # the hosts have no name server: each lookup would wait for its timeout).
+    "libnss-myhostname",
+    "iproute2",
+    "python3",
+    "python3-apt",
+    "python3-venv",
+    "python3-setuptools",
+    "ipvsadm",
+)
+ADMIN_USER = "admin"
+# Run by mmdebstrap in the finished root ("$1"): the login user Ansible uses (key only,
+# password-less sudo as on a cloud image), sshd with the one host key each run binds in, and
+# no timers that would start apt or cleanup work in the middle of a test.
+CUSTOMIZE = f"""set -eu
+root="$1"
+chroot "$root" useradd --create-home --shell /bin/bash {ADMIN_USER}
+chroot "$root" install -d -m 0700 -o {ADMIN_USER} -g {ADMIN_USER} /home/{ADMIN_USER}/.ssh
+echo '{ADMIN_USER} ALL=(ALL) NOPASSWD:ALL' > "$root/etc/sudoers.d/{ADMIN_USER}"
+chmod 0440 "$root/etc/sudoers.d/{ADMIN_USER}"
+rm -f "$root"/etc/ssh/ssh_host_*
+printf 'HostKey /etc/ssh/ssh_host_ed25519_key\\nPasswordAuthentication no\\nUseDNS no\\n' \\
+  > "$root/etc/ssh/sshd_config.d/testbed.conf"
+for unit in apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer fstrim.timer \\
+            systemd-tmpfiles-clean.timer; do
+  ln -sf /dev/null "$root/etc/systemd/system/$unit"
+done
+"""
+SOURCES = Path("/etc/apt/sources.list.d/debian.sources")
+
+
+def image_key(packages: Sequence[str] = PACKAGES, suite: str = SUITE,
+              customize: str = CUSTOMIZE) -> str:
+    """A short hash of the image's recipe: a change of packages or hook builds a new image."""
+    recipe = json.dumps({"suite": suite, "packages": sorted(packages), "customize": customize},
+                        sort_keys=True)
+    return hashlib.sha256(recipe.encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class Image:
+    """A built host root file system in the cache, and how long its build took."""
+
+    root: Path
+    key: str
+    build_seconds: float
+    cached: bool
+
+
+def images_dir(directory: str | os.PathLike[str] | None = None) -> Path:
+    return cache_dir(directory) / "hosts"
+
+
+def find_image(directory: str | os.PathLike[str] | None = None) -> Image:
+    """The image of the current recipe, already built. Raises HostsError when there is none."""
+    folder = images_dir(directory) / image_key()
+    try:
+        meta = json.loads((folder / "image.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise HostsError(f"no host image {folder} (build it first: python -m "
+                         "lvsctl.testbed.hosts image)") from exc
+    return Image(folder / "root", image_key(), float(meta["build_seconds"]), cached=True)
+
+
+def build_image(directory: str | os.PathLike[str] | None = None, *,
+                progress: Echo = _progress) -> Image:
+    """Builds the host image with mmdebstrap, once per recipe; a built one is reused.
+
+    Needs root and Debian's mirrors (the host, not the VM). Raises HostsError.
+    """
+    with contextlib.suppress(HostsError):
+        image = find_image(directory)
+        progress(f"image {image.key} ready (cached, {image.root})")
+        return image
+    if shutil.which("mmdebstrap") is None:
+        raise HostsError("mmdebstrap is not installed (scripts/setup installs it)")
+    if os.geteuid() != 0:
+        raise HostsError("building the host image needs root (mmdebstrap --mode=root)")
+    base = images_dir(directory)
+    base.mkdir(parents=True, exist_ok=True)
+    folder = base / image_key()
+    with open(base / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        with contextlib.suppress(HostsError):
+            return find_image(directory)  # built by another process while we waited
+        t0 = time.monotonic()
+        progress(f"building image {image_key()} with mmdebstrap ({len(PACKAGES)} packages)")
+        tmp = Path(tempfile.mkdtemp(dir=base, prefix=".build-"))
+        try:
+            root = tmp / "root"
+            hook = tmp / "customize.sh"
+            hook.write_text(CUSTOMIZE)
+            proc = subprocess.run(
+                ["mmdebstrap", "--variant=apt", "--mode=root", "--format=directory",
+                 f"--include={','.join(PACKAGES)}",
+                 f"--customize-hook=sh {hook} \"$1\"",
+                 SUITE, str(root), str(SOURCES)],
+                stdin=subprocess.DEVNULL, capture_output=True, text=True)
+            if proc.returncode != 0:
+                tail = (proc.stderr.strip() or proc.stdout.strip()).splitlines()[-5:]
+                raise HostsError("mmdebstrap failed ({}): {}".format(
+                    proc.returncode, " | ".join(tail) or "no output"))
+            seconds = time.monotonic() - t0
+            (tmp / "image.json").write_text(json.dumps({
+                "suite": SUITE, "packages": list(PACKAGES), "build_seconds": round(seconds, 1),
+            }, indent=2))
+            hook.unlink()
+            if folder.exists():
+                shutil.rmtree(folder)
+            tmp.chmod(0o755)
+            tmp.rename(folder)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+    progress(f"image {image_key()} built in {seconds:.1f} s ({folder})")
+    return Image(folder / "root", image_key(), seconds, cached=False)
+
+
+# -- the hosts ------------------------------------------------------------------------------
+
+SUBNET = "192.0.2"  # TEST-NET-1: only inside the VM's own bridge
+CONTROLLER_ADDRESS = f"{SUBNET}.1"
+
+
+def _run(argv: Sequence[str], *, timeout: float = 60, check: bool = True,
+         ) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
+    if check and proc.returncode != 0:
+        detail = (proc.stderr.strip() or proc.stdout.strip()).splitlines()
+        raise HostsError(f"{argv[0]} {' '.join(argv[1:3])} failed ({proc.returncode}): "
+                         f"{detail[-1] if detail else 'no output'}")
+    return proc
+
+
+def _children(pid: int) -> list[int]:
+    """Every descendant of ``pid`` (from /proc's children lists), deepest last."""
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        current = todo.pop()
+        for task in Path(f"/proc/{current}/task").glob("*"):
+            with contextlib.suppress(OSError):
+                kids = [int(k) for k in (task / "children").read_text().split()]
+                found.extend(kids)
+                todo.extend(kids)
+    return found
+
+
+def _meminfo_mib(name: str = "MemAvailable") -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key == name:
+            return int(value.split()[0]) >> 10
+    raise HostsError(f"/proc/meminfo has no {name}")
+
+
+@dataclass
+class Host:
+    """One booted container: its name (also its hostname), address and namespace."""
+
+    name: str
+    address: str
+    netns: str
+    veth: str
+    folder: Path
+    process: subprocess.Popen[bytes] | None = None
+    started: float = 0.0
+    ssh_seconds: float | None = None
+    running_seconds: float | None = None
+    state: str = ""
+
+
+@dataclass
+class HostBed:
+    """N hosts on one bridge, with the controller's SSH key and known_hosts. A context manager:
+    leaving it stops every container by PID and removes namespaces, links and the bridge."""
+
+    image: Image
+    names: Sequence[str]
+    workdir: Path
+    progress: Echo = _progress
+    hosts: list[Host] = field(default_factory=list)
+    bridge: str = ""
+    _made_bridge: bool = False
+
+    @property
+    def key(self) -> Path:
+        return self.workdir / "id_ed25519"
+
+    @property
+    def known_hosts(self) -> Path:
+        return self.workdir / "known_hosts"
+
+    def __enter__(self) -> HostBed:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def start(self) -> None:
+        """Makes the bridge, keys and namespaces, and starts every container (not waiting)."""
+        if os.geteuid() != 0:
+            raise HostsError("the deploy hosts need root (run them in the kernel VM)")
+        for tool in ("systemd-nspawn", "ssh-keygen", "ssh", "ip"):
+            if shutil.which(tool) is None:
+                raise HostsError(f"{tool} is not installed (scripts/setup installs it)")
+        _ensure_cgroup2()
+        tag = os.getpid() % 100000
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "lvsctl-deploy-controller",
+              "-f", str(self.key)])
+        self.bridge = f"lvdbr{tag}"[:15]
+        _run(["ip", "link", "add", self.bridge, "type", "bridge"])
+        self._made_bridge = True
+        _run(["ip", "addr", "add", f"{CONTROLLER_ADDRESS}/24", "dev", self.bridge])
+        _run(["ip", "link", "set", self.bridge, "up"])
+        known = []
+        for i, name in enumerate(self.names, start=2):
+            host = Host(name, f"{SUBNET}.{i}", f"lvd{tag}{name}"[:15], f"lvd{tag}v{i}"[:15],
+                        self.workdir / name)
+            self.hosts.append(host)
+            known.append(self._prepare(host))
+        self.known_hosts.write_text("".join(known))
+        for host in self.hosts:
+            self._spawn(host)
+
+    def _prepare(self, host: Host) -> str:
+        host.folder.mkdir(parents=True, exist_ok=True)
+        hostkey = host.folder / "ssh_host_ed25519_key"
+        _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", host.name, "-f", str(hostkey)])
+        shutil.copy(f"{self.key}.pub", host.folder / "authorized_keys")
+        os.chmod(host.folder / "authorized_keys", 0o644)
+        _run(["ip", "netns", "add", host.netns])
+        _run(["ip", "link", "add", host.veth, "type", "veth", "peer", "name", "eth0",
+              "netns", host.netns])
+        _run(["ip", "link", "set", host.veth, "master", self.bridge, "up"])
+        _run(["ip", "-n", host.netns, "link", "set", "lo", "up"])
+        _run(["ip", "-n", host.netns, "addr", "add", f"{host.address}/24", "dev", "eth0"])
+        _run(["ip", "-n", host.netns, "link", "set", "eth0", "up"])
+        _run(["ip", "-n", host.netns, "route", "add", "default", "via", CONTROLLER_ADDRESS])
+        pub = (host.folder / "ssh_host_ed25519_key.pub").read_text().split()
+        return f"{host.address} {pub[0]} {pub[1]}\n"
+
+    def _spawn(self, host: Host) -> None:
+        home = f"/home/{ADMIN_USER}/.ssh/authorized_keys"
+        argv = [
+            "systemd-nspawn", "--quiet", "--boot", f"--directory={self.image.root}",
+            "--volatile=overlay", f"--machine={host.name}",
+            # No machined in the VM: the container stays in this process's cgroup.
+            "--register=no", "--keep-unit",
+            f"--network-namespace-path=/run/netns/{host.netns}",
+            # nspawn grants CAP_NET_ADMIN only with a namespace of its own making
+            # (--private-network); a director host needs it for VIPs and IPVS.
+            "--capability=CAP_NET_ADMIN",
+            "--console=pipe",
+            f"--bind-ro={host.folder / 'ssh_host_ed25519_key'}:/etc/ssh/ssh_host_ed25519_key",
+            f"--bind-ro={host.folder / 'ssh_host_ed25519_key.pub'}:"
+            "/etc/ssh/ssh_host_ed25519_key.pub",
+            f"--bind-ro={host.folder / 'authorized_keys'}:{home}",
+        ]
+        log = open(host.folder / "console.log", "wb")  # noqa: SIM115 - kept by the process
+        host.started = time.monotonic()
+        host.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
+                                        stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        self.progress(f"{host.name}: started (nspawn PID {host.process.pid}, {host.address})")
+
+    def ssh_argv(self, host: Host, command: Sequence[str], *, connect_timeout: int = 10,
+                 ) -> list[str]:
+        """ssh as the admin user with this run's key and strict host-key checking."""
+        return ["ssh", "-i", str(self.key), "-o", "BatchMode=yes",
+                "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={self.known_hosts}",
+                "-o", f"ConnectTimeout={connect_timeout}", "-o", "LogLevel=ERROR",
+                f"{ADMIN_USER}@{host.address}", "--", *command]
+
+    def ssh(self, host: Host, command: Sequence[str], *, timeout: float = 120,
+            check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Runs ``command`` (words joined by the remote shell: pass no untrusted values)."""
+        return _run(self.ssh_argv(host, command), timeout=timeout, check=check)
+
+    def wait_running(self, timeout: float = 300) -> None:
+        """Waits until sshd answers on every host, then for ``systemctl is-system-running``.
+
+        ``running`` or ``degraded`` ends the wait (the state is kept per host); raises
+        HostsError when a container exited or the time is up.
+        """
+        deadline = time.monotonic() + timeout
+        for host in self.hosts:
+            while True:
+                if host.process is not None and host.process.poll() is not None:
+                    raise HostsError(f"{host.name}: the container exited "
+                                     f"({host.process.returncode}); see {host.folder}/console.log")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise HostsError(f"{host.name}: no SSH after {timeout:.0f} s")
+                probe = self.ssh(host, ["true"], timeout=max(5.0, min(left, 30.0)), check=False)
+                if probe.returncode == 0:
+                    host.ssh_seconds = time.monotonic() - host.started
+                    self.progress(f"{host.name}: SSH answers after {host.ssh_seconds:.1f} s")
+                    break
+                time.sleep(1.0)
+        for host in self.hosts:
+            left = max(5.0, deadline - time.monotonic())
+            # --wait returns once the boot is over: running, or degraded with failed units.
+            state = self.ssh(host, ["systemctl", "is-system-running", "--wait"], timeout=left,
+                             check=False).stdout.strip()
+            host.state = state
+            host.running_seconds = time.monotonic() - host.started
+            if state not in ("running", "degraded"):
+                raise HostsError(f"{host.name}: systemctl is-system-running says {state!r}")
+            if state == "degraded":
+                failed = self.ssh(host, ["systemctl", "--failed", "--no-legend", "--plain"],
+                                  check=False).stdout.strip().replace("\n", "; ")
+                self.progress(f"{host.name}: degraded, failed units: {failed}")
+            self.progress(f"{host.name}: {state} after {host.running_seconds:.1f} s")
+
+    def inventory(self, path: Path, group: str = "lvsctl_directors",
+                  host_vars: dict[str, dict[str, object]] | None = None,
+                  group_vars: dict[str, object] | None = None) -> Path:
+        """Writes an Ansible inventory (YAML; JSON is YAML) of the hosts, reached over SSH."""
+        ssh_args = (f"-o StrictHostKeyChecking=yes -o UserKnownHostsFile={self.known_hosts} "
+                    "-o ConnectTimeout=30")
+        hosts = {h.name: {"ansible_host": h.address, **(host_vars or {}).get(h.name, {})}
+                 for h in self.hosts}
+        data = {"all": {"children": {group: {"hosts": hosts, "vars": {
+            "ansible_user": ADMIN_USER,
+            "ansible_ssh_private_key_file": str(self.key),
+            "ansible_ssh_common_args": ssh_args,
+            "ansible_python_interpreter": "/usr/bin/python3",
+            # sudo and Python start 20-30 times slower under TCG than natively: Ansible's
+            # default 10 s for the connection and the become prompt is too short.
+            "ansible_timeout": 120,
+            **(group_vars or {}),
+        }}}}}
+        path.write_text(json.dumps(data, indent=2) + "\n")
+        return path
+
+    def close(self) -> None:
+        """Stops every container (SIGTERM: a clean halt, then SIGKILL to what is left), removes
+        namespaces, links and the bridge. Safe to call twice and after a failed start."""
+        for host in self.hosts:
+            if host.process is not None and host.process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    host.process.send_signal(signal.SIGTERM)  # nspawn halts the container
+        for host in self.hosts:
+            if host.process is None:
+                continue
+            try:
+                host.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                for pid in [host.process.pid, *_children(host.process.pid)]:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                host.process.wait()
+        for host in self.hosts:
+            _run(["ip", "netns", "del", host.netns], check=False)
+        if self._made_bridge:
+            _run(["ip", "link", "del", self.bridge], check=False)
+            self._made_bridge = False
+        self.hosts = []
+
+
+def _ensure_cgroup2() -> None:
+    """systemd in a container needs a cgroup2 hierarchy; the kernel VM's init mounts none."""
+    cgroup = Path("/sys/fs/cgroup")
+    if (cgroup / "cgroup.controllers").exists():
+        return
+    _run(["mount", "-t", "cgroup2", "cgroup2", str(cgroup)])
+
+
+# -- the smoke run --------------------------------------------------------------------------
+
+
+def ansible_ping(bed: HostBed, timeout: float = 600) -> float:
+    """Ansible's ping module on every host from the controller side; returns its seconds.
+    Raises HostsError unless every host answered."""
+    inventory = bed.inventory(bed.workdir / "inventory.json")
+    env = {**os.environ, "ANSIBLE_HOST_KEY_CHECKING": "True", "ANSIBLE_NOCOLOR": "1",
+           "ANSIBLE_LOCAL_TEMP": str(bed.workdir / "ansible-tmp"),
+           "ANSIBLE_PYTHON_INTERPRETER": "/usr/bin/python3",
+           # One SSH session per task instead of several: each costs seconds under TCG.
+           "ANSIBLE_PIPELINING": "True"}
+    t0 = time.monotonic()
+    proc = subprocess.run(
+        ["ansible", "-i", str(inventory), "lvsctl_directors", "-m", "ansible.builtin.ping",
+         "--one-line"],
+        capture_output=True, text=True, timeout=timeout, env=env, stdin=subprocess.DEVNULL)
+    seconds = time.monotonic() - t0
+    out = proc.stdout.strip().splitlines()
+    for line in out:
+        bed.progress(f"ansible: {line}")
+    pongs = [line for line in out if '"ping": "pong"' in line and "SUCCESS" in line]
+    if proc.returncode != 0 or len(pongs) != len(bed.hosts):
+        raise HostsError(f"ansible ping: {len(pongs)} of {len(bed.hosts)} hosts answered "
+                         f"(exit {proc.returncode}): {proc.stderr.strip()[-300:]}")
+    return seconds
+
+
+def smoke(names: Sequence[str], workdir: Path, progress: Echo = _progress) -> dict[str, object]:
+    """Boots ``names``, waits until each is running, pings them with Ansible, stops them.
+
+    Returns the timings (seconds since each container started) and memory; raises HostsError.
+    """
+    image = find_image()
+    before = _meminfo_mib()
+    t0 = time.monotonic()
+    result: dict[str, object] = {"image": image.key, "hosts": len(names),
+                                 "image_build_seconds": image.build_seconds}
+    with HostBed(image, names, workdir, progress) as bed:
+        bed.wait_running()
+        result["all_running_seconds"] = round(time.monotonic() - t0, 1)
+        result["memory_used_mib"] = before - _meminfo_mib()
+        result["per_host"] = {h.name: {"ssh_seconds": round(h.ssh_seconds or 0, 1),
+                                       "running_seconds": round(h.running_seconds or 0, 1),
+                                       "state": h.state} for h in bed.hosts}
+        result["ansible_ping_seconds"] = round(ansible_ping(bed), 1)
+        t_stop = time.monotonic()
+    result["teardown_seconds"] = round(time.monotonic() - t_stop, 1)
+    result["total_seconds"] = round(time.monotonic() - t0, 1)
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lvsctl.testbed.hosts")
+    sub = parser.add_subparsers(dest="what", required=True)
+    sub.add_parser("image", help="build (or find) the host image; on the host")
+    run = sub.add_parser("smoke", help="boot hosts, ping them with Ansible; in the kernel VM")
+    run.add_argument("--hosts", default="lb1,lb2", help="comma-separated host names")
+    run.add_argument("--json", type=Path, help="write the timings to this file")
+    args = parser.parse_args(argv)
+    try:
+        if args.what == "image":
+            image = build_image()
+            print(json.dumps(dataclasses.asdict(image), default=str))
+            return 0
+        with tempfile.TemporaryDirectory(prefix="lvsctl-hosts-") as tmp:
+            result = smoke([n for n in args.hosts.split(",") if n], Path(tmp))
+        text = json.dumps(result, indent=2)
+        print(text)
+        if args.json:
+            args.json.write_text(text + "\n")
+        return 0
+    except (HostsError, subprocess.TimeoutExpired) as exc:
+        print(f"hosts: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
