@@ -21,7 +21,6 @@ from lvsctl.testbed.director_pair import (
     DirectorPair,
     cluster_yaml,
 )
-
 from lvsctl.testbed.loads import BULK_NET, FARM_NET
 from lvsctl.testbed.netns import Lab
 

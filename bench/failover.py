@@ -35,7 +35,6 @@ from pathlib import Path
 
 # The director pair's launcher is still test support (see pyproject's import contracts).
 from lvsctl.testbed.director_pair import ADDRS, VIP, AddrWatch, DirectorPair
-
 from lvsctl.testbed.netns import Lab, Netns, in_netns, run
 from lvsctl.testbed.overlap import overlap
 

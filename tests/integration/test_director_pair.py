@@ -13,6 +13,7 @@ import socket
 import time
 
 import pytest
+
 from lvsctl.testbed.director_pair import (
     PEER_PORT,
     PYTHON,
@@ -21,7 +22,6 @@ from lvsctl.testbed.director_pair import (
     DirectorPair,
     cluster_yaml,
 )
-
 from lvsctl.testbed.fake_ipvs import FakeIpvs
 
 pytestmark = [pytest.mark.netns, pytest.mark.zookeeper]

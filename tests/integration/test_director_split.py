@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from lvsctl.testbed.director_pair import PYTHON, VIP, DirectorPair, process_state
 
 pytestmark = [pytest.mark.netns, pytest.mark.zookeeper]

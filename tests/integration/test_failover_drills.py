@@ -15,11 +15,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from lvsctl.testbed.director_pair import VIP
 
 from lvsctl.failover.drill import Drill, DrillRefused
 from lvsctl.failover.probe import Target
 from lvsctl.failover.report import DrillReport, write_html
+from lvsctl.testbed.director_pair import VIP
 from tests.support import chromium
 from tests.support.drill_pair import SERVICE_PORT, DrillPair, ReachablePair
 

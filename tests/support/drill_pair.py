@@ -10,12 +10,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lvsctl.testbed.director_pair import PEER_PORT, DirectorPair, cluster_yaml
-
 from lvsctl.core.config import parse_cluster
 from lvsctl.failover.access import timeline_record
 from lvsctl.failover.drill import DrillError, Expected
 from lvsctl.failover.timeline import Record
+from lvsctl.testbed.director_pair import PEER_PORT, DirectorPair, cluster_yaml
 from lvsctl.testbed.netns import Netns
 from lvsctl.testbed.netns_lab import NetnsLab
 
