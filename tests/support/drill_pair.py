@@ -1,4 +1,4 @@
-"""The director pair (director_lab.py) dressed for failover drills: a client host on the
+"""The test bed's director pair dressed for failover drills: a client host on the
 bridge probing the VIP, a small TCP service on each director answering on whatever VIP it
 holds, the pair's ``Directors`` (API in each namespace, records from ZooKeeper) and its
 ``NetnsLab`` (PIDs, nftables, kernel VIP watcher)."""

@@ -16,7 +16,7 @@ EXPECTED = Expected(("lb1", "lb2"), (VIP, VIP6), {"www": frozenset({"web1", "web
 
 
 def status(name: str, role: str, epoch: int, vips: list[str]) -> dict[str, Any]:
-    """A director's /status as director/daemon.py returns it (the keys the drill reads)."""
+    """A director's /status as the worker returns it (the keys the drill reads)."""
     return {
         "director": name, "cluster": "t", "role": role, "epoch": epoch, "since": 1.0,
         "zookeeper": "connected", "vips": vips,
