@@ -24,7 +24,9 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
+from lvsctl.core.errors import LvsctlError
 from lvsctl.core.node import Node
+from lvsctl.director.api_limits import BODY_LIMIT, Listening, listen
 
 
 class Director(Protocol):
@@ -102,7 +104,7 @@ def make_app(director: Director) -> web.Application:
         asyncio.get_running_loop().call_later(0.05, os.kill, director.drill_pid, signal.SIGSTOP)
         return web.json_response({"freezing": True, "seconds": seconds})
 
-    app = web.Application()
+    app = web.Application(client_max_size=BODY_LIMIT)
     app.add_routes([
         web.get("/status", status), web.get("/metrics", metrics),
         web.post("/stepdown", stepdown), web.post("/crash", crash), web.post("/freeze", freeze),
@@ -132,10 +134,20 @@ def _freeze_seconds(raw: str | None) -> float:
     return seconds
 
 
-async def start_api(director: Director) -> Any:
-    """Start listening; returns the runner (``await runner.cleanup()`` to stop)."""
-    runner = web.AppRunner(make_app(director), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, director.node.api.host, director.node.api.port)
-    await site.start()
-    return runner
+class ApiError(LvsctlError):
+    """The API cannot listen where the node file says."""
+
+
+async def start_api(director: Director) -> Listening:
+    """Start listening within the limits of director/api_limits.py; returns the server
+    (``address`` where it listens, ``await cleanup()`` to stop).
+
+    Raises ApiError (one line: the address and the system's reason) if it cannot listen.
+    """
+    api = director.node.api
+    try:
+        return await listen(make_app(director), api.host, api.port)
+    except OSError as exc:
+        # asyncio words the bind error at length: the system's own reason is enough.
+        why = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise ApiError(f"api.listen: cannot listen on {api.host}:{api.port}: {why}") from None

@@ -9,6 +9,7 @@ verifies the unit again as the role installed it, against the venv the role buil
 
 from __future__ import annotations
 
+import inspect
 import re
 import shutil
 import subprocess
@@ -99,6 +100,18 @@ def test_stop_timeout_outlasts_the_longest_stepdown() -> None:
     stop = directives(UNIT.read_text())["TimeoutStopSec"]
     assert len(stop) == 1 and stop[0].endswith("s")
     assert float(stop[0][:-1]) > longest_session
+
+
+def test_descriptor_limit_outlasts_the_api_and_the_checks_at_their_limits() -> None:
+    """A flood of API connections or a full probe load must meet the API's and the
+    scheduler's own limits before the process runs out of descriptors."""
+    from lvsctl.director.api_limits import MAX_CONNECTIONS
+    from lvsctl.healthcheck.scheduler import Scheduler
+
+    probes = inspect.signature(Scheduler).parameters["concurrency"].default
+    nofile = directives(UNIT.read_text())["LimitNOFILE"]
+    assert len(nofile) == 1
+    assert int(nofile[0]) >= 2 * MAX_CONNECTIONS + probes + 1024
 
 
 def conf_lines(path: Path) -> list[str]:
