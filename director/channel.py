@@ -15,7 +15,8 @@ the state snapshots sent periodically bring the reader up to date once it reads 
 Keeper -> worker: ``KeeperState`` (on change and periodically), ``LeaderRecord`` (a VIP action
 or leadership transition, for the records), ``Handover`` (become sync backup now, the keeper is
 stopping), ``ReloadNode`` (SIGHUP). Worker -> keeper: ``LeaderConfig`` (what leadership needs of
-the validated cluster file), ``StepdownRequest``, ``HandedOver``, ``Heartbeat``.
+the validated cluster file), ``StepdownRequest``, ``HandedOver``, ``Heartbeat``, ``WorkerFatal``
+(why it exits with EXIT_FATAL).
 """
 
 from __future__ import annotations
@@ -309,10 +310,25 @@ class Heartbeat:
         return cls(_int(f, "seq"))
 
 
+@dataclass(frozen=True)
+class WorkerFatal:
+    """Worker -> keeper: why it is about to exit with EXIT_FATAL (one line)."""
+
+    KIND: ClassVar[str] = "fatal"
+    reason: str
+
+    def to_fields(self) -> dict[str, Any]:
+        return {"reason": self.reason[:MAX_TEXT]}
+
+    @classmethod
+    def from_fields(cls, f: Mapping[str, Any]) -> WorkerFatal:
+        return cls(_str(f, "reason"))
+
+
 _DECODERS: dict[str, Callable[[Mapping[str, Any]], Any]] = {
     cls.KIND: cls.from_fields
     for cls in (KeeperState, LeaderRecord, Handover, ReloadNode, LeaderConfig, StepdownRequest,
-                HandedOver, Heartbeat)
+                HandedOver, Heartbeat, WorkerFatal)
 }
 
 

@@ -51,6 +51,7 @@ from lvsctl.director.channel import (
     ReloadNode,
     StepdownRequest,
     VipSpec,
+    WorkerFatal,
 )
 from lvsctl.director.election import Election, State, Transition
 from lvsctl.director.peer import Beat, PeerLink
@@ -147,6 +148,7 @@ class Keeper:
         self.held: set[VipSpec] = set()
         self.stopping = False
         self.fatal = ""
+        self._worker_fatal = ""  # the reason its worker gave (WorkerFatal) before exiting
         self.worker: WorkerProcess | None = None
         self.worker_starts = 0
         self._channel: Channel | None = None
@@ -334,6 +336,8 @@ class Keeper:
             self._spawn(self.stepdown())
         elif isinstance(message, HandedOver):
             self._handed_over.set()
+        elif isinstance(message, WorkerFatal):
+            self._worker_fatal = message.reason
         else:
             log.warning("unexpected message %s from the worker", type(message).__name__,
                         extra={"event": "channel_error"})
@@ -389,7 +393,8 @@ class Keeper:
         self._channel = None
         self.worker = None
         if code == EXIT_FATAL:
-            self.fatal = "the worker refused to run (see its log)"
+            self.fatal = f"the worker refused to run: {self._worker_fatal or 'see its log'}"
+            log.error("%s", self.fatal, extra={"event": "fatal", "reason": self.fatal})
             self.stopping = True
             return
         self._schedule_restart()

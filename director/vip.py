@@ -149,8 +149,11 @@ class KernelVips:
                                   next(self._seq))
         if not_after is not None and time.monotonic() > not_after:
             raise StaleLease(f"renewal of {vip.address} came too late; not sent")
-        self._nl.send(message)
-        code = _ack(self._nl.recv(65536))
+        try:
+            self._nl.send(message)
+            code = _ack(self._nl.recv(65536))
+        except OSError as exc:  # ENOBUFS and the like: a failed renewal, not a dead keeper
+            code = exc.errno or errno.EIO
         if code:
             raise KernelError(
                 f"cannot add VIP {vip.address} on {vip.interface}: {os.strerror(code)}",

@@ -28,8 +28,10 @@ from lvsctl.core.config import Loaded
 from lvsctl.core.errors import LvsctlError
 from lvsctl.core.model import Cluster, Health, HealthKey
 from lvsctl.core.node import Node
-from lvsctl.core.records import DirectorRecord, TransitionRecord
+from lvsctl.core.records import DirectorRecord, TransitionRecord, clip_reason
 from lvsctl.core.zk import ClusterConnection, ClusterStore, ConfigVersion
+from lvsctl.director import failsafe
+from lvsctl.director.admit import admit
 from lvsctl.director.channel import (
     EXIT_FATAL,
     Channel,
@@ -43,6 +45,7 @@ from lvsctl.director.channel import (
     ReloadNode,
     StepdownRequest,
     VipSpec,
+    WorkerFatal,
 )
 from lvsctl.healthcheck.scheduler import HealthChange
 
@@ -155,6 +158,7 @@ class Worker:
         self._state_changed = asyncio.Event()
         self._records: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._api: Any = None
+        self.api_address = ""  # published only once the API listens there
 
     @property
     def me(self) -> str:
@@ -224,17 +228,19 @@ class Worker:
             return
         try:
             loaded = decode_config(data, where)
-            loaded.cluster.director(self.me)
-        except KeyError:
-            self._reject(f"director {self.me} is not one of the cluster's directors")
-            return
+            admit(loaded, cluster=self.node.cluster, director=self.me,
+                  leader_config=leader_config)
         except LvsctlError as exc:
             self._reject("; ".join(exc.lines()))
+            return
+        except Exception as exc:  # nothing a znode holds may end the worker
+            self._reject(f"{where}: cannot read: {type(exc).__name__}: {exc}")
             return
         self.apply_config(loaded, data)
 
     def _reject(self, why: str) -> None:
         # Never apply what we cannot validate: the running config stays (STYLE.md 2).
+        why = clip_reason(why)
         self.config_error = why
         log.error("config rejected, keeping version %s: %s", self.config_version or "none", why,
                   extra={"event": "config_rejected", "reason": why})
@@ -246,18 +252,19 @@ class Worker:
         self.config_error = ""
         log.info("config %s applied", loaded.source, extra={"event": "config_applied",
                                                             "version": loaded.source})
-        if data is not None:
-            with contextlib.suppress(OSError):
-                self._config_cache().parent.mkdir(parents=True, exist_ok=True)
-                self._config_cache().write_bytes(data)
         self.send(leader_config(loaded.cluster, self.me, loaded.source))
         if self.health is not None:
-            self.health.replace(loaded.cluster)
+            failsafe.call("health checks", self.health.replace, loaded.cluster,
+                          version=loaded.source)
         if self._sync_active is None:
             self._sync_role(self.leader.role == "ACTIVE" and not self._handed_over,
                             self.leader.epoch)
         self._reconcile_at = 0.0
         self._wake.set()
+        if data is not None:  # cached last: only what was applied in full
+            with contextlib.suppress(OSError):
+                self._config_cache().parent.mkdir(parents=True, exist_ok=True)
+                self._config_cache().write_bytes(data)
 
     def load_cached_config(self) -> bool:
         """Start from the last config this director applied (ZooKeeper may be unreachable)."""
@@ -265,8 +272,9 @@ class Worker:
         try:
             data = path.read_bytes()
             loaded = decode_config(data, str(path))
-            loaded.cluster.director(self.me)
-        except (OSError, LvsctlError, KeyError):
+            admit(loaded, cluster=self.node.cluster, director=self.me,
+                  leader_config=leader_config)
+        except (OSError, LvsctlError):
             return False
         log.info("starting from the cached config %s", path, extra={"event": "config_cached"})
         self.apply_config(loaded)
@@ -348,7 +356,7 @@ class Worker:
             "config": {"version": self.config_version, "error": self.config_error},
             "services": services,
             "last_reconcile": self.last_reconcile,
-            "api": f"{self.node.api.host}:{self.node.api.port}",
+            "api": self.api_address,
             "transitions": self.transitions[-10:],
         }
 
@@ -394,13 +402,19 @@ class Worker:
 
     # -- the loop ----------------------------------------------------------------------------
 
+    def refuse_to_run(self, why: str, event: str) -> None:
+        """Stop with EXIT_FATAL (the keeper does not restart us), telling it why."""
+        log.error("%s", why, extra={"event": event})
+        self.fatal = why
+        self.send(WorkerFatal(why))
+        self.stopping.set()
+
     async def _watch(self) -> None:
         try:
-            await self.store.watch_config(self.on_config_data)
+            await self.store.watch_config(failsafe.callback("config watch",
+                                                            self.on_config_data))
         except LvsctlError as exc:
-            log.error("%s", exc, extra={"event": "zookeeper_insecure"})
-            self.fatal = str(exc)
-            self.stopping.set()
+            self.refuse_to_run(str(exc), "zookeeper_insecure")
 
     async def run(self) -> int:
         """Until the keeper goes: returns the exit code (EXIT_FATAL = do not restart)."""
@@ -410,24 +424,31 @@ class Worker:
         loop.add_signal_handler(signal.SIGHUP, lambda: None)
         loop.add_signal_handler(signal.SIGINT, lambda: None)
         loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
-        tasks = [asyncio.create_task(self._heartbeats(), name="heartbeats"),
-                 asyncio.create_task(self._write_records(), name="records")]
-        self.load_cached_config()
-        tasks.append(asyncio.create_task(self._watch(), name="config-watch"))
+        tasks = [asyncio.create_task(failsafe.supervised(name, part), name=name)
+                 for name, part in (("heartbeats", self._heartbeats),
+                                    ("records writer", self._write_records))]
+        failsafe.call("cached config", self.load_cached_config)
+        tasks.append(asyncio.create_task(failsafe.supervised("config watch", self._watch),
+                                         name="config-watch"))
         stopper = asyncio.create_task(self.stopping.wait())
         while not self.stopping.is_set() and self.cluster is None:
             await asyncio.wait({stopper}, timeout=0.1)
         if not self.stopping.is_set():
             assert self.cluster is not None
-            self.health = self.make_health(self.cluster, self._on_health_change)
+            self.health = self.make_health(
+                self.cluster, failsafe.callback("health change", self._on_health_change))
             await self.health.start()
             if self.start_api is not None:
                 try:
                     self._api = await self.start_api(self)
-                except OSError as exc:
-                    log.error("API not started: %s", exc, extra={"event": "api_error"})
+                except LvsctlError as exc:
+                    # Fatal: a director without the API its node file promises would run
+                    # unseen by the drills and probes that rely on it.
+                    self.refuse_to_run(str(exc), "api_error")
+                else:
+                    self.api_address = f"{self.node.api.host}:{self.node.api.port}"
         while not self.stopping.is_set():
-            self.reconcile_if_due()
+            failsafe.call("reconcile pass", self.reconcile_if_due)
             self._wake.clear()
             waker = asyncio.create_task(self._wake.wait())
             await asyncio.wait({stopper, waker}, timeout=0.5,

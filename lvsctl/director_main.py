@@ -265,6 +265,7 @@ def run_worker(node_path: str, *, channel_fd: int, insecure: bool,
         os.nice(WORKER_NICE)
     from lvsctl.core.node import load_node
     from lvsctl.core.zk import ClusterConnection
+    from lvsctl.director import failsafe
     from lvsctl.director.api import start_api
     from lvsctl.director.channel import Channel
     from lvsctl.director.dataplane import Dataplane
@@ -289,7 +290,8 @@ def run_worker(node_path: str, *, channel_fd: int, insecure: bool,
                 make_health=lambda cluster, on_change: Scheduler(cluster, checkers,
                                                                  on_change=on_change),
                 start_api=start_api, reload_node=lambda: load_node(node_path))
-            worker.attach(Channel(sock, on_message=worker.on_message,
+            worker.attach(Channel(sock, on_message=failsafe.callback("keeper message",
+                                                                    worker.on_message),
                                   on_close=worker.on_channel_closed,
                                   on_invalid=worker.on_invalid))
             return await worker.run()

@@ -40,6 +40,7 @@ from lvsctl.director.channel import (
     ReloadNode,
     StepdownRequest,
     VipSpec,
+    WorkerFatal,
 )
 from lvsctl.director.election import Election, Timing, Transition
 from lvsctl.director.keeper import Keeper, Supervision
@@ -507,3 +508,48 @@ def test_records_made_while_no_worker_runs_reach_the_next_one(
     asyncio.run(run_keeper(keeper, scenario))
     assert not any(r.reason == "verdict changed while renewing"
                    for r in launcher.started[0].records("vip_released"))
+
+
+def test_a_vip_the_kernel_will_not_renew_lapses_and_the_keeper_goes_on(
+        harness: Harness, client: KazooClient, events: Events) -> None:
+    """Fail safe: a renewal the kernel refuses is not retried into a held VIP; the lease
+    lapses, the keeper keeps running and holds the VIP again once the kernel takes it."""
+    launcher = Launcher(harness.config())
+    keeper = harness.keeper(client, launcher)
+    key = (VIP.address, VIP.interface)
+
+    async def scenario() -> None:
+        await until(lambda: holds(keeper, harness), "the VIP held")
+        harness.vips.interfaces = frozenset({"eth1"})  # eth0 gone: every renewal is ENODEV
+        vip = (Vip(VIP.address, VIP.interface),)
+        await until(lambda: not harness.vips.held(vip), "the lease lapsed")
+        assert "vip_error" in events.events
+        harness.vips.interfaces = frozenset({"eth0", "eth1"})
+        await until(lambda: holds(keeper, harness), "the VIP held again")
+
+    assert asyncio.run(run_keeper(keeper, scenario)) == 0
+    lapsed = harness.vips.log.index(("expired", *key))
+    # Nothing renewed it between its last renewal and its lapse; then it was added afresh.
+    assert harness.vips.log[lapsed + 1] == ("add", *key)
+
+
+def test_a_worker_that_refuses_to_run_says_why_through_the_keeper(
+        harness: Harness, client: KazooClient) -> None:
+    launcher = Launcher(harness.config())
+    keeper = harness.keeper(client, launcher)
+    why = "api.listen: cannot listen on 127.0.0.1:9180: Address already in use"
+
+    async def run() -> int:
+        task = asyncio.create_task(keeper.run())
+        await until(lambda: holds(keeper, harness), "the VIP held")
+        worker = launcher.worker
+        worker.send(WorkerFatal(why))
+        await asyncio.sleep(0.3)
+        assert worker.channel is not None
+        worker.channel.close()
+        worker.code = EXIT_FATAL
+        return await asyncio.wait_for(task, 30)
+
+    assert asyncio.run(run()) == 2
+    assert keeper.fatal == f"the worker refused to run: {why}"
+    assert harness.vips.expires == {}

@@ -130,7 +130,10 @@ class Running:
 
 
 async def start_worker(tmp: Path, store: MemoryStore, checkers: Checkers, *, drills: bool = False,
-                       drill_pid: int = 0, api: bool = False) -> Running:
+                       drill_pid: int = 0, api: bool = False,
+                       api_port: int | None = None) -> Running:
+    """The worker on ``store``; with ``api`` its API on a free port (waited for), with
+    ``api_port`` on that port (not waited for)."""
     keeper = Keeper()
     ours, theirs = socket.socketpair()
     keeper.channel = Channel(ours, on_message=keeper.got.append, on_close=lambda why: None)
@@ -142,10 +145,10 @@ async def start_worker(tmp: Path, store: MemoryStore, checkers: Checkers, *, dri
         return runner
 
     worker = Worker(
-        node(tmp, drills=drills), keeper_pid=drill_pid, store=store,
+        node(tmp, drills=drills, port=api_port or 0), keeper_pid=drill_pid, store=store,
         dataplane=Dataplane(FakeIpvs(tmp / "ipvs.json")),
         make_health=lambda cluster, on_change: Scheduler(cluster, checkers, on_change=on_change),
-        start_api=api_starter if api else None)
+        start_api=api_starter if api or api_port else None)
     worker.attach(Channel(theirs, on_message=worker.on_message,
                           on_close=worker.on_channel_closed, on_invalid=worker.on_invalid))
     running = Running(worker, keeper, asyncio.create_task(worker.run()))
