@@ -14,7 +14,6 @@ every command shows it.
 from __future__ import annotations
 
 import functools
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -36,7 +35,6 @@ from lvsctl.core.zk import (
 from lvsctl.output import warn
 
 F = TypeVar("F", bound=Callable[..., Any])
-_ROOT = re.compile(r"^(/[A-Za-z0-9_.-]+)+$")  # as the cluster file's zookeeper.root
 
 
 def _hosts(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[str, ...] | None:
@@ -63,8 +61,12 @@ def _name(ctx: click.Context, param: click.Parameter, value: str | None) -> str 
 
 
 def _root(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    if value is not None and not _ROOT.match(value):
-        raise click.BadParameter(f"{value!r} is not a ZooKeeper path such as /lvsctl")
+    # The cluster file's own rule for zookeeper.root (whole string, ZooKeeper's path rules).
+    if value is not None:
+        try:
+            schema._zk_root(value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from None
     return value
 
 

@@ -12,7 +12,7 @@ from lvsctl.core.errors import LvsctlError
 from lvsctl.output import echo_json, echo_table
 from lvsctl.testbed import vm
 
-_MEMORY = re.compile(r"^[1-9][0-9]*[MG]$")
+_MEMORY = re.compile(r"[1-9][0-9]*[MG]")
 
 
 class UsageError(LvsctlError):
@@ -107,7 +107,7 @@ def run_command(ctx: click.Context, memory: str, cpus: int, timeout: float,
 
         lvsctl vm run -- .venv/bin/python -m pytest -m kernel
     """
-    if not _MEMORY.match(memory):
+    if not _MEMORY.fullmatch(memory):
         raise UsageError(f"--memory {memory!r}: expected a size such as 512M or 2G")
     options = vm.VmOptions(
         memory=memory, cpus=cpus, timeout=timeout,

@@ -93,7 +93,7 @@ GUEST_MODULES = (
     "nf_tables",
     "sch_netem",
 )
-_NOT_SCHEDULERS = re.compile(r"^ip_vs_(ftp|pe_.*)$")
+_NOT_SCHEDULERS = re.compile(r"ip_vs_(ftp|pe_.*)")
 
 CTL_TAG = "lvsctl_ctl"
 ROOT_TAG = "hostroot"
@@ -170,7 +170,7 @@ def scheduler_modules(modules_dir: Path) -> list[str]:
     """Every IPVS scheduler module this kernel ships, by name (ip_vs_rr, ip_vs_wrr, ...)."""
     ipvs = modules_dir / "kernel" / "net" / "netfilter" / "ipvs"
     names = sorted(p.name.removesuffix(".ko") for p in ipvs.glob("ip_vs_*.ko"))
-    return [n for n in names if not _NOT_SCHEDULERS.match(n)]
+    return [n for n in names if not _NOT_SCHEDULERS.fullmatch(n)]
 
 
 def find_vmlinux(bzimage: bytes) -> bytes | None:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 from click.testing import CliRunner
 
@@ -122,3 +123,16 @@ def test_check_summary_names_every_check_type(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     (row,) = [s for s in json.loads(result.stdout)["services"] if s["name"] == "www"]
     assert row["check"] == "http,ping,tcp"
+
+
+@pytest.mark.parametrize(("root", "why"), [
+    ("/lvsctl\n", "may hold only letters"),
+    ("/lvsctl/../etc", "has a '..' segment"),
+    ("/zookeeper/x", "reserves for itself"),
+])
+def test_a_root_option_is_held_to_the_cluster_files_rule_as_a_whole_string(
+        root: str, why: str) -> None:
+    result = CliRunner().invoke(cli, ["status", "--zookeeper", "127.0.0.1:1", "--cluster", "t",
+                                      "--root", root])
+    assert result.exit_code == 2
+    assert why in result.output and "Traceback" not in result.output

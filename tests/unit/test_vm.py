@@ -234,6 +234,7 @@ def test_missing_qemu_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> Non
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--memory", "lots", "--", "true"], "--memory 'lots': expected a size"),
+    (["--memory", "512M\n", "--", "true"], "--memory '512M\\n': expected a size"),
     (["--env", "NOEQUALS", "--", "true"], "--env 'NOEQUALS': expected NAME=VALUE"),
 ])
 def test_cli_rejects_bad_options(args: list[str], message: str) -> None:
