@@ -2,8 +2,9 @@
 
 The same lab, watch and loads as ``bench/lease.py`` (see there), with issue 15's loads by
 default: real servers whose headers never end (``endless``) or trickle (``slow``), a misc check
-that prints without end (``chatty``), an API connection flood (``api``), a peer datagram flood
-(``peer``) and a large valid config push (``push``). The last line is
+that prints without end (``chatty``), an API connection flood (``api``), a slowloris on the API
+(``slowloris``: half-open connections trickling header bytes), a peer datagram flood (``peer``)
+and a large valid config push (``push``). The last line is
 ``longest renewal gap: N ms, lapses: K`` over the loads other than ``quiet``.
 
     sudo .venv/bin/python bench/hostile.py [--duration 20] [--loads ...] [--quick] [--json]

@@ -8,6 +8,7 @@ the other in one run, each measured over its own window after a quiet baseline:
 
 - ``quiet``: nothing but the base config (10 real servers checked over HTTP);
 - ``api``: many clients on the director's HTTP API at once, plus half-open connections;
+- ``slowloris``: half-open API connections that send one more header byte every second;
 - ``checks``: HTTP checks of ``--servers`` real servers (listeners in a real-server namespace),
   measured once the director has reconciled them (its log shows no IPVS change for 2 s);
 - ``push``: ``lvsctl config push`` of a large valid file (``--push-bytes``), repeated until
@@ -69,8 +70,8 @@ from lvsctl.testbed.renewals import RenewalWatch, subscribe, window_figures  # n
 
 ACTIVE = "lb1"
 LEASE_LOADS = ("quiet", "api", "checks", "push")
-HOSTILE_LOADS = ("quiet", "endless", "slow", "chatty", "api", "peer", "push")
-ALL_LOADS = ("quiet", "checks", "push", "api", "endless", "slow", "chatty", "peer")
+HOSTILE_LOADS = ("quiet", "endless", "slow", "chatty", "api", "slowloris", "peer", "push")
+ALL_LOADS = ("quiet", "checks", "push", "api", "endless", "slow", "chatty", "peer", "slowloris")
 BASE_SERVERS = 10
 APPLY_TIMEOUT = 60.0  # a large config on a busy machine: seconds, not minutes
 SETTLE = 2.0  # after a config change, before a window opens (first checks, reconcile)
@@ -287,6 +288,12 @@ class LeaseBench:
         assert self.lab is not None
         return self.traffic("api", "api-flood", [
             "--port", str(API_PORT), "--concurrency", str(self.args.api_clients),
+            "--half-open", str(self.args.half_open)], self.lab.netns(ACTIVE))
+
+    def load_slowloris(self) -> Window:
+        assert self.lab is not None
+        return self.traffic("slowloris", "api-flood", [
+            "--port", str(API_PORT), "--concurrency", "0", "--trickle", "1",
             "--half-open", str(self.args.half_open)], self.lab.netns(ACTIVE))
 
     def load_peer(self) -> Window:

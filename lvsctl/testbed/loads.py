@@ -13,6 +13,7 @@ answers thousands of real-server addresses (the directors route the range to tha
 
     python -m lvsctl.testbed.loads serve --duration 60          # ports 80 ok, 81 endless, 82 slow
     python -m lvsctl.testbed.loads api-flood --port 9180 --duration 20
+    python -m lvsctl.testbed.loads api-flood --port 9180 --concurrency 0 --trickle 1  # slowloris
     python -m lvsctl.testbed.loads peer-flood --address 192.0.2.2 --port 7946 --duration 20
 """
 
@@ -305,14 +306,17 @@ async def serve(duration: float, slow_interval: float = 0.1) -> dict[str, int]:
 
 
 async def api_flood(host: str, port: int, duration: float, concurrency: int, half_open: int,
-                    max_requests: int) -> dict[str, int]:
+                    max_requests: int, trickle: float = 0.0) -> dict[str, int]:
     """``concurrency`` clients asking GET /status and /metrics on fresh connections as fast as
-    answered, plus ``half_open`` connections that send half a request and then nothing;
-    at most ``max_requests`` requests in all."""
+    answered, plus ``half_open`` connections that send half a request and then nothing (with
+    ``trickle`` > 0, one more header byte every ``trickle`` s: a slowloris); at most
+    ``max_requests`` requests in all. ``closed_by_server`` counts the half-open connections
+    the server ended (``timed_out_408`` of them with a 408 answer)."""
     _raise_nofile(half_open + concurrency + 256)
-    counts = {"requests": 0, "answered": 0, "errors": 0, "half_open": 0, "half_open_refused": 0}
+    counts = {"requests": 0, "answered": 0, "errors": 0, "half_open": 0, "half_open_refused": 0,
+              "closed_by_server": 0, "timed_out_408": 0}
     deadline = time.monotonic() + duration
-    held: list[asyncio.StreamWriter] = []
+    holders: list[asyncio.Task[None]] = []
 
     async def client(n: int) -> None:
         path = b"/metrics" if n % 2 else b"/status"
@@ -328,14 +332,33 @@ async def api_flood(host: str, port: int, duration: float, concurrency: int, hal
                 counts["errors"] += 1
                 await asyncio.sleep(0.05)
 
-    async def hold_half_open() -> None:
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Keep one half-open connection until the deadline or until the server ends it."""
+        try:
+            while (left := deadline - time.monotonic()) > 0:
+                if trickle > 0:
+                    writer.write(b"X")
+                try:
+                    answer = await asyncio.wait_for(reader.read(4096),
+                                                    min(left, trickle) if trickle > 0 else left)
+                except TimeoutError:
+                    continue
+                counts["closed_by_server"] += 1
+                counts["timed_out_408"] += answer.startswith(b"HTTP/1.1 408 ")
+                return
+        except OSError:
+            counts["closed_by_server"] += 1
+        finally:
+            writer.close()
+
+    async def open_half() -> None:
         for _ in range(half_open):
             if time.monotonic() >= deadline:
                 return
             try:
-                _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 5)
-                writer.write(b"GET /status HTTP/1.1\r\nHost: x\r\n")  # no blank line: half
-                held.append(writer)
+                reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 5)
+                writer.write(b"GET /status HTTP/1.1\r\nHost: x\r\nX-Slow: ")  # no blank line
+                holders.append(asyncio.create_task(hold(reader, writer)))
                 counts["half_open"] += 1
             except (OSError, TimeoutError):
                 counts["half_open_refused"] += 1
@@ -343,14 +366,12 @@ async def api_flood(host: str, port: int, duration: float, concurrency: int, hal
 
     _emit({"ready": "api-flood"})
     stop = asyncio.create_task(_until(duration))
-    tasks = [asyncio.create_task(hold_half_open()),
+    tasks = [asyncio.create_task(open_half()),
              *(asyncio.create_task(client(n)) for n in range(concurrency))]
     await stop  # the clients end by the same deadline; SIGTERM ends them sooner
-    for task in tasks:
+    for task in [*tasks, *holders]:
         task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-    for writer in held:
-        writer.close()
+    await asyncio.gather(*tasks, *holders, return_exceptions=True)
     return counts
 
 
@@ -387,6 +408,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.choices["api-flood"].add_argument("--concurrency", type=int, default=64)
     sub.choices["api-flood"].add_argument("--half-open", type=int, default=300)
     sub.choices["api-flood"].add_argument("--max-requests", type=int, default=200000)
+    sub.choices["api-flood"].add_argument("--trickle", type=float, default=0.0,
+                                          help="seconds between header bytes (0: none)")
     sub.choices["peer-flood"].add_argument("--address", required=True)
     sub.choices["peer-flood"].add_argument("--port", type=int, required=True)
     sub.choices["peer-flood"].add_argument("--rate", type=int, default=20000)
@@ -397,10 +420,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.kind == "serve":
         result = asyncio.run(serve(args.duration))
     elif args.kind == "api-flood":
-        if not (0 < args.concurrency <= 1000 and 0 <= args.half_open <= 20000):
-            parser.error("--concurrency: 1..1000, --half-open: 0..20000")
+        if not (0 <= args.concurrency <= 1000 and 0 <= args.half_open <= 20000
+                and 0 <= args.trickle <= 60):
+            parser.error("--concurrency: 0..1000, --half-open: 0..20000, --trickle: 0..60")
         result = asyncio.run(api_flood(args.host, args.port, args.duration, args.concurrency,
-                                       args.half_open, args.max_requests))
+                                       args.half_open, args.max_requests, args.trickle))
     else:
         if not (0 < args.rate <= 200000 and 0 < args.size <= 65000):
             parser.error("--rate: 1..200000, --size: 1..65000")
