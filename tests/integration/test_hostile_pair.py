@@ -17,6 +17,7 @@ import json
 import re
 import signal
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,6 +30,8 @@ from lvsctl.testbed.director_pair import (
     ADDRS,
     API_PORT,
     PEER_PORT,
+    PYTHON,
+    ROOT,
     VIP,
     ZK_ADDR,
     DirectorPair,
@@ -195,6 +198,32 @@ def test_files_the_directors_cannot_run_are_refused_and_never_cached(hostile: Ho
     assert hostile.cache("lb1").read_bytes() == cached
     assert "\n" not in hostile.config("lb1")["error"]
     hostile.applied(hostile.push(hostile.base))
+    hostile.calm(since)
+
+
+def test_a_corrupt_config_znode_is_refused_and_replaced_only_on_request(
+        hostile: Hostile) -> None:
+    since = time.monotonic()
+    pair = hostile.pair
+    before = hostile.config("lb1")
+    # Deeply nested JSON where an lvsctl file should be (a foreign or broken writer).
+    pair.store_script("conn.client.set(store.paths.config, b'[' * 100000)")
+    for name in ADDRS:
+        pair.wait(lambda n=name: "does not hold an lvsctl cluster file" in hostile.config(n)[
+            "error"], 30, f"{name} to refuse the znode")
+        assert hostile.config(name)["version"] == before["version"]
+    assert "\n" not in hostile.config("lb1")["error"]
+    line = hostile.refused(hostile.base)  # a plain push does not overwrite it...
+    assert line.endswith("(to overwrite it: lvsctl config push --replace-unreadable FILE)")
+    path = pair.workdir / "cluster.yaml"
+    path.write_text(hostile.base)
+    proc = subprocess.run(  # ...this one does, and says so in the history
+        pair.ns["lb1"].argv([PYTHON, "-m", "lvsctl", "config", "push", str(path),
+                             "--replace-unreadable"]),
+        capture_output=True, text=True, timeout=60, cwd=str(ROOT))
+    made = re.search(r"pushed (\S+) as version (\d+) ", proc.stdout)
+    assert proc.returncode == 0 and made, proc.stderr
+    hostile.applied(f"{made.group(1)}@v{made.group(2)}")
     hostile.calm(since)
 
 
