@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import select
 import socket
 import subprocess
 import sys
@@ -119,8 +120,31 @@ def test_headers_that_never_end_are_cut_off_with_408(tmp_path: Path) -> None:
         assert get(port)[0] == 200  # the API still answers
 
 
+def test_a_body_that_trickles_is_cut_off(tmp_path: Path) -> None:
+    """A body slowloris: headers in time, then the body one byte now and then."""
+    limits = Limits(request_timeout=0.5, connection_limit=3.0)
+    with serving(tmp_path, limits) as (api, _director, _loop):
+        with socket.create_connection(("127.0.0.1", port_of(api)), timeout=20) as sock:
+            sock.sendall(b"POST /stepdown HTTP/1.1\r\nHost: x\r\n"
+                         b"Authorization: Bearer " + TOKEN.encode() + b"\r\n"
+                         b"Content-Length: 1000\r\n\r\n")
+            sent = 0
+            while sent < 1000:  # 100 s if nobody stops it
+                readable, _, _ = select.select([sock], [], [], 0.1)
+                if readable and not sock.recv(65536):
+                    break  # the server closed the connection
+                try:
+                    sock.sendall(b"x")
+                except OSError:
+                    break
+                sent += 1
+        assert sent < 1000
+        assert get(port_of(api))[0] == 200
+
+
 def test_connections_past_the_limit_get_503_and_the_api_recovers(tmp_path: Path) -> None:
-    with serving(tmp_path, Limits(max_connections=4)) as (api, _, _loop):
+    with serving(tmp_path, Limits(max_connections=4, header_timeout=120.0,
+                                  connection_limit=180.0)) as (api, _, _loop):
         port = port_of(api)
         held = []
         for _ in range(4):
