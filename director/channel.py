@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
 from lvsctl.core.errors import LvsctlError
+from lvsctl.core.schema import MAX_VIPS as MAX_CLUSTER_VIPS
 
 log = logging.getLogger("lvsctl.director.channel")
 
@@ -42,7 +43,7 @@ HEADER = struct.Struct("!I")
 MAX_MESSAGE = 64 * 1024  # one message; a LeaderConfig of MAX_VIPS VIPs needs about 20 KB
 WRITE_LIMIT = 256 * 1024  # unsent bytes kept for a peer that does not read; more is dropped
 READ_BUDGET = 64 * 1024  # read per turn of the loop at most (about 2,000 small messages)
-MAX_VIPS = 256
+MAX_VIPS = MAX_CLUSTER_VIPS  # as many as a cluster file may list
 MAX_TEXT = 1024
 # The kernel's rule for interface names (dev_valid_name): 1-15 bytes, no '/', ':' or space.
 IFNAME = re.compile(r"[^/:\s]{1,15}")

@@ -318,6 +318,9 @@ CheckFile = Annotated[
 ]
 # A real server has at most this many checks: each is a probe on every interval.
 MAX_CHECKS = 16
+# The VIPs a director holds: the keeper takes at most this many from its worker (the channel's
+# LeaderConfig), so a file with more would validate and then never run.
+MAX_VIPS = 256
 
 
 class RealServerFile(Strict):
@@ -436,7 +439,7 @@ class ClusterFile(Strict):
     cluster: Name
     zookeeper: ZooKeeperFile
     directors: list[DirectorFile] = Field(min_length=2, max_length=2)
-    vips: list[VipFile] = Field(min_length=1)
+    vips: list[VipFile] = Field(min_length=1, max_length=MAX_VIPS)
     services: list[ServiceFile] = Field(min_length=1)
     announce: AnnounceFile | None = None
     ipvs_timeouts: IpvsTimeoutsFile | None = Field(

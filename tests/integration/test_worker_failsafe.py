@@ -28,8 +28,7 @@ from tests.integration.test_worker import (
     until,
 )
 
-# More VIPs than the keeper takes (the channel's MAX_VIPS): a file validation accepts and
-# the director cannot run.
+# More VIPs than the keeper takes (the channel's MAX_VIPS): validation refuses it too.
 TOO_MANY_VIPS = CLUSTER.replace(
     "vips:\n", "vips:\n" + "".join(f"  - {{address: 198.51.100.{i}, interface: eth0}}\n"
                                    for i in range(1, 255))
@@ -84,8 +83,7 @@ def cache(tmp: Path) -> Path:
 
 
 @pytest.mark.parametrize(("text", "why"), [
-    (TOO_MANY_VIPS, "the keeper would refuse this file's VIP set: config: vips: expected a "
-                    "list of at most 256 items"),
+    (TOO_MANY_VIPS, "cluster.yaml@v2: vips: takes at most 256 item(s)"),
     (OTHER_CLUSTER, "cluster: the file is for cluster 'other', this director belongs to 't' "
                     "(the node file's cluster)"),
 ])

@@ -242,3 +242,18 @@ def test_a_huge_value_makes_a_short_line() -> None:
     (line,) = info.value.lines()
     assert line.startswith("c.yaml: vips[0].interface: 'xxxx")
     assert line.endswith(" more characters)") and len(line) < 400
+
+
+def test_no_more_vips_than_the_keeper_takes() -> None:
+    from lvsctl.director.channel import MAX_VIPS
+
+    def with_vips(count: int) -> str:
+        doc = mutate(MINIMAL, "vips", [*MINIMAL["vips"], *(
+            {"address": f"172.20.{i // 250}.{i % 250 + 1}", "interface": "eth0"}
+            for i in range(count - len(MINIMAL["vips"])))])
+        return yaml.safe_dump(doc)
+
+    assert len(parse_cluster(with_vips(MAX_VIPS), "c.yaml").cluster.vips) == MAX_VIPS
+    with pytest.raises(ConfigError) as info:
+        parse_cluster(with_vips(MAX_VIPS + 1), "c.yaml")
+    assert info.value.lines() == [f"c.yaml: vips: takes at most {MAX_VIPS} item(s)"]
