@@ -69,10 +69,14 @@ from kazoo.protocol.states import KazooState
 from lvsctl.core.errors import ElectionError
 from lvsctl.core.zk import ElectionQueue, Session
 from lvsctl.director.peer import Beat, Heard, PeerLink
+from lvsctl.director.promise import PromiseStore
 
 log = logging.getLogger("lvsctl.director.election")
 
 DELETE_TIMEOUT = 2.0  # a stepdown's delete waits this long; later, the next campaign retries
+# A promise is written to disk this far beyond what the beat being sent needs, so that a
+# director vouching for a while writes about once a second, not with every beat.
+PROMISE_AHEAD = 1.0
 
 
 class State(Enum):
@@ -198,6 +202,9 @@ class Election:
     monotonic: Callable[[], float] = time.monotonic
     wall: Callable[[], float] = time.time
     sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep
+    # Keeps our promise across a restart (director/promise.py); None: it is not kept, and
+    # this director never vouches for the other.
+    promises: PromiseStore | None = None
     state: State = field(init=False, default=State.CANDIDATE)
     epoch: int = field(init=False, default=0)
     since: float = field(init=False, default=0.0)
@@ -219,6 +226,7 @@ class Election:
     # Znodes we left (a stepdown) that are not deleted yet: ZooKeeper was unreachable, or the
     # delete timed out. Deleted first on every campaign, so a stepdown is never undone.
     _doomed: set[str] = field(init=False, default_factory=set)
+    _promised_on_disk: float = field(init=False, default=-math.inf)
 
     def __post_init__(self) -> None:
         # The queue's znodes (names, data, reads) belong to the store; this is the recipe.
@@ -241,7 +249,7 @@ class Election:
             return
         heard = self.peer.latest()
         vouch = (self.state is not State.ACTIVE and heard is not None
-                 and not heard.beat.zk_connected)
+                 and not heard.beat.zk_connected and self.promises is not None)
         # "Reaching ZooKeeper" means round trips are coming back, not merely that kazoo has
         # not noticed a dead connection yet (it takes 2/3 of the session timeout to notice).
         fresh = self.monotonic() - self._confirmed_sent <= 3 * self.timing.confirm_interval
@@ -378,10 +386,23 @@ class Election:
 
     def on_beat_sent(self, beat: Beat) -> Beat | None:
         """Called by the peer link just before each beat goes out: a vouching beat is a
-        promise, from its send time on our monotonic clock."""
-        if beat.vouch:
-            self.promise_until = max(self.promise_until, self.monotonic()
-                                     + self.timing.peer_dead_after + self.timing.hold_span)
+        promise, from its send time on our monotonic clock, written to disk before it goes
+        out (so a restarted director keeps it). Returns the beat without its vouch when the
+        promise cannot be written: a promise we could not keep is not made."""
+        if not beat.vouch:
+            return None
+        until = self.monotonic() + self.timing.peer_dead_after + self.timing.hold_span
+        if until > self._promised_on_disk:
+            try:
+                if self.promises is None:
+                    raise OSError("no promise store")
+                self.promises.save(until + PROMISE_AHEAD)
+            except OSError as exc:
+                log.error("not vouching: cannot record the promise: %s", exc,
+                          extra={"event": "promise_error"})
+                return replace(beat, vouch=False)
+            self._promised_on_disk = until + PROMISE_AHEAD
+        self.promise_until = max(self.promise_until, until)
         return None
 
     def on_peer_beat(self, beat: Any) -> None:
@@ -393,8 +414,28 @@ class Election:
 
     # -- lifecycle ----------------------------------------------------------------------------
 
+    def _load_promise(self) -> None:
+        """A promise made by an earlier run of this director still binds us."""
+        if self.promises is None:
+            return
+        now = self.monotonic()
+        try:
+            until = self.promises.load()
+        except ValueError as exc:
+            # Unreadable: assume the longest promise any beat could have made just now.
+            self.promise_until = now + self.timing.peer_dead_after + self.timing.hold_span
+            log.error("promise record unreadable (%s): assuming one for %.3f s", exc,
+                      self.promise_until - now, extra={"event": "promise_error"})
+            return
+        if until > now:
+            log.info("a promise made before our restart holds for %.3f s", until - now,
+                     extra={"event": "promise_restored", "remaining": until - now})
+            self.promise_until = max(self.promise_until, until)
+            self._promised_on_disk = max(self._promised_on_disk, until)
+
     async def start(self) -> None:
         self.timing.check()
+        self._load_promise()
         self._loop = asyncio.get_running_loop()
         self.since = self.wall()
         self.client.add_listener(self._listener)

@@ -207,6 +207,7 @@ class PeerLink(asyncio.DatagramProtocol):
                 await self._task
         if self._transport is not None:
             self._transport.close()
+            self._transport = None  # a later advertise() sends nothing
 
     def advertise(self, **changes: Any) -> None:
         """Change what we say about ourselves; sent at once if it changed."""

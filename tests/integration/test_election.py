@@ -10,6 +10,7 @@ import logging
 import math
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ from kazoo.client import KazooClient
 from lvsctl.core.zk import DIRECTOR_RECONNECT, ElectionQueue, SessionLog
 from lvsctl.director.election import Election, State, Timing, Transition
 from lvsctl.director.peer import PeerLink
+from lvsctl.director.promise import PromiseFile
 from tests.support.zookeeper import ZooKeeperServer
 
 pytestmark = pytest.mark.zookeeper
@@ -335,5 +337,90 @@ def test_a_stepdown_whose_delete_times_out_stays_in_the_election(
         assert queue == [e.node]
         await e.stop()
         await closed(client)
+
+    asyncio.run(run())
+
+
+def test_a_standby_restarted_inside_its_promise_keeps_it(
+        zookeeper_module: ZooKeeperServer, tmp_path: Path) -> None:
+    """Hole 5: lb2 vouched for lb1 (cut off from ZooKeeper, holding the VIPs on lb2's word),
+    then restarted and won at once: it waits out the promise its earlier run made."""
+    path = new_path()
+    store = tmp_path / "promise.json"
+
+    async def run() -> None:
+        holder = director_client(zookeeper_module.hosts)
+        await started(holder)
+        await asyncio.to_thread(ElectionQueue(holder, path).join, "lb1")
+        # lb1's peer link: ACTIVE, holding, and it cannot reach ZooKeeper.
+        lb1 = PeerLink("lb1", SECRET, ("127.0.0.1", 0), ("127.0.0.1", 9), interval=0.05)
+        await lb1.start()
+        lb1.advertise(state="ACTIVE", epoch=0, holding=True, zk_connected=False)
+
+        async def standby() -> tuple[Election, PeerLink, KazooClient]:
+            client = director_client(zookeeper_module.hosts)
+            await started(client)
+            link = PeerLink("lb2", SECRET, ("127.0.0.1", 0), lb1.address, interval=0.05,
+                            dead_after=1.0)
+            e = Election(client, path, "lb2", Timing(SESSION), peer=link,
+                         promises=PromiseFile(store))
+            link.on_beat, link.on_send = e.on_peer_beat, e.on_beat_sent
+            await link.start()
+            lb1.peer = link.address
+            await e.start()
+            return e, link, client
+
+        e2, link2, client2 = await standby()
+        await until(lambda: e2.state is State.STANDBY and link2.local.vouch, 10)
+        await until(lambda: e2.promise_until > e2.monotonic() and store.exists())
+        # lb2 crashes; lb1's session ends (its znode goes): the restarted lb2 wins at once.
+        await e2.stop()
+        await link2.stop()
+        await closed(client2)
+        await closed(holder)
+        e3, link3, client3 = await standby()
+        await until(lambda: e3.state is State.ACTIVE, 10)
+        assert e3.permission() == "wait"  # the earlier run's word binds it
+        restored = e3.promise_until
+        assert restored > e3.monotonic()
+        await until(lambda: e3.permission() == "zk", 10)  # and only until it ends
+        assert e3.monotonic() >= restored
+        await e3.stop()
+        await link3.stop()
+        await lb1.stop()
+        await closed(client3)
+
+    asyncio.run(run())
+
+
+def test_a_promise_that_cannot_be_recorded_is_not_made(
+        zookeeper_module: ZooKeeperServer, tmp_path: Path) -> None:
+    path = new_path()
+    blocked = tmp_path / "not-a-dir"
+    blocked.write_text("")
+
+    async def run() -> None:
+        holder = director_client(zookeeper_module.hosts)
+        client = director_client(zookeeper_module.hosts)
+        await started(holder, client)
+        await asyncio.to_thread(ElectionQueue(holder, path).join, "lb1")
+        lb1 = PeerLink("lb1", SECRET, ("127.0.0.1", 0), ("127.0.0.1", 9), interval=0.05)
+        await lb1.start()
+        lb1.advertise(state="ACTIVE", epoch=0, holding=True, zk_connected=False)
+        heard: list[bool] = []
+        lb1.on_beat = lambda beat: heard.append(beat.vouch)
+        link = PeerLink("lb2", SECRET, ("127.0.0.1", 0), lb1.address, interval=0.05)
+        e = Election(client, path, "lb2", Timing(SESSION), peer=link,
+                     promises=PromiseFile(blocked / "promise.json"))
+        link.on_beat, link.on_send = e.on_peer_beat, e.on_beat_sent
+        await link.start()
+        lb1.peer = link.address
+        await e.start()
+        await until(lambda: e.state is State.STANDBY and link.local.vouch and len(heard) > 20)
+        assert not any(heard)  # no vouch went out
+        await e.stop()
+        await link.stop()
+        await lb1.stop()
+        await closed(holder, client)
 
     asyncio.run(run())
