@@ -27,10 +27,17 @@ keeps the VIPs only on the peer link's word (fail-static when the whole ensemble
 
     peer beat fresh | peer vouches | peer claims ACTIVE or holds | may hold
     ----------------+--------------+----------------------------+---------
-    no              | -            | -                          | no  -> FENCED
-    yes             | no           | -                          | no  -> FENCED
-    yes             | yes          | yes                        | no  -> FENCED
+    no              | -            | -                          | no
+    yes             | no           | -                          | no
+    yes             | yes          | yes                        | no
     yes             | yes          | no                         | yes ("peer")
+
+"No" holds nothing but stays ACTIVE (a freeze, a slow round trip, a peer-link blip during a
+whole-ensemble outage: it holds again once confirmed or vouched for). It leaves the lead
+(FENCED, then rejoins with a new znode) only on proof that it no longer leads: its session
+lost, its znode gone or not its own, or a beat claiming ACTIVE with a higher epoch. A
+director restarted during a whole-ensemble outage has no session and so no lead: it holds
+nothing until ZooKeeper is back (the peer link never makes a director active).
 
 A director *vouches* (``Beat.vouch``) while it is not active and the other director's beats
 say it cannot reach ZooKeeper. Each vouching beat is a promise: the voucher will not take the
@@ -274,7 +281,7 @@ class Election:
         return deadline
 
     def permission(self) -> str | None:
-        """``hold_permission`` for now; fences (ACTIVE -> FENCED) when it says no."""
+        """``hold_permission`` for now; leaves the lead (ACTIVE -> FENCED) on a higher epoch."""
         self._advertise()
         peer = self.peer.latest() if self.peer is not None else None
         verdict = hold_permission(
@@ -286,12 +293,13 @@ class Election:
         if self.state is State.ACTIVE and self._peer_active_epoch > self.epoch:
             self._lose_lead(f"the other director is ACTIVE with epoch {self._peer_active_epoch}"
                             f" > ours ({self.epoch})")
-        elif verdict is None and self.state is State.ACTIVE and not self.zk_connected:
-            # Lapsed and cut off: our session may expire and the other director win, so we
-            # give the lead up. Lapsed but still connected (round trips merely slow) we stay
-            # ACTIVE holding nothing, and hold again once a round trip confirms us.
-            self._to(State.FENCED, "leadership no longer confirmed (lease ran out)")
-            self._restart_campaign_later()
+        # A lapse alone (no confirmation, no fresh vouch) is no reason to leave the lead:
+        # we stay ACTIVE holding nothing, and hold again once a round trip confirms us or a
+        # fresh vouch covers us (a freeze, a peer-link blip during a whole-ensemble outage).
+        # Our znode may still lead; if it does not, we learn it from ZooKeeper (session lost,
+        # znode gone) or from the other's beat (a higher epoch), and leave then. Meanwhile
+        # the other, should it win, never takes our beats for an acknowledgement
+        # (hold_permission: ACTIVE without its epoch) and waits out any promise it made.
         return verdict
 
     def _lose_lead(self, reason: str) -> None:
@@ -371,7 +379,7 @@ class Election:
         if self.zk_connected:
             self._on_session()
         if not self.zk_connected and self.state is State.ACTIVE:
-            self.permission()  # fences now if neither the lease nor the peer covers us
+            self.permission()  # the verdict for now, and our beats say we are cut off
         if zk_state == KazooState.LOST:
             self.confirmed_until = -math.inf
             self._cancel_campaign()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +21,7 @@ from lvsctl.core.zk import DIRECTOR_RECONNECT, ElectionQueue, SessionLog
 from lvsctl.director.election import Election, State, Timing, Transition
 from lvsctl.director.peer import PeerLink
 from lvsctl.director.promise import PromiseFile
+from tests.support.fake_vips import FakeClock
 from tests.support.zookeeper import ZooKeeperServer
 
 pytestmark = pytest.mark.zookeeper
@@ -105,11 +107,12 @@ def test_lease_runs_out_without_round_trips_and_fences(zookeeper_module):  # typ
         await until(lambda: e.permission() == "zk")
         zookeeper_module.pause()  # the server freezes: round trips stop coming back
         try:
-            await until(lambda: e.permission() is None and e.state is not State.ACTIVE, 6)
-            assert e.state in (State.FENCED, State.CANDIDATE)
+            await until(lambda: e.permission() is None, 6)  # holds nothing any more
         finally:
             zookeeper_module.resume()
-        await until(lambda: e.state is State.ACTIVE, 15)  # rejoined, and alone: leads again
+        # Its session lived on (or it rejoined after losing it): it leads again.
+        await until(lambda: e.permission() == "zk", 15)
+        assert e.state is State.ACTIVE
         await e.stop()
         await closed(client)
 
@@ -422,5 +425,49 @@ def test_a_promise_that_cannot_be_recorded_is_not_made(
         await link.stop()
         await lb1.stop()
         await closed(holder, client)
+
+    asyncio.run(run())
+
+
+def test_a_frozen_active_recovers_on_a_fresh_vouch_during_a_whole_ensemble_outage(
+        zookeeper: ZooKeeperServer) -> None:
+    """Liveness: ZooKeeper is down for everyone, the active holds on the standby's vouch;
+    frozen past the vouch's freshness, it holds nothing — and holds again on the next fresh
+    vouch, then on ZooKeeper's word with the same epoch once the ensemble is back."""
+    clock = FakeClock(time.monotonic)
+
+    async def run() -> None:
+        client = director_client(zookeeper.hosts)
+        await started(client)
+        lb2 = PeerLink("lb2", SECRET, ("127.0.0.1", 0), ("127.0.0.1", 9), interval=0.05)
+        await lb2.start()
+        link = PeerLink("lb1", SECRET, ("127.0.0.1", 0), lb2.address, interval=0.05,
+                        dead_after=1.0, monotonic=clock)
+        e = Election(client, new_path(), "lb1", Timing(SESSION), peer=link, monotonic=clock)
+        link.on_beat, link.on_send = e.on_peer_beat, e.on_beat_sent
+        await link.start()
+        lb2.peer = link.address
+        await e.start()
+        await until(lambda: e.permission() == "zk")
+        epoch = e.epoch
+        # The standby cannot reach ZooKeeper either, and vouches for lb1.
+        lb2.advertise(state="STANDBY", epoch=epoch + 1, zk_connected=False, vouch=True)
+        await asyncio.to_thread(zookeeper.stop)
+        try:
+            await until(lambda: not e.zk_connected, 10)
+            await until(lambda: e.permission() == "peer", 10)
+            clock.jump(2.0)  # frozen: the last vouch is stale
+            assert e.permission() is None
+            await until(lambda: e.permission() == "peer", 5)  # the next one covers it again
+            assert e.state is State.ACTIVE and e.epoch == epoch
+        finally:
+            await asyncio.to_thread(zookeeper.start)
+        lb2.advertise(vouch=False, zk_connected=True)
+        await until(lambda: e.permission() == "zk", 20)
+        assert e.epoch == epoch  # the same session, the same znode: the lead never moved
+        await e.stop()
+        await link.stop()
+        await lb2.stop()
+        await closed(client)
 
     asyncio.run(run())
