@@ -316,22 +316,36 @@ def test_a_stepdown_while_zookeeper_is_down_is_carried_out_on_reconnect(
     asyncio.run(run())
 
 
+def stopped(server: ZooKeeperServer) -> bool:
+    """Has SIGSTOP taken effect (every thread of the server stopped)?"""
+    assert server.pid is not None
+    try:
+        return all((t / "stat").read_text().rsplit(")", 1)[1].split()[0] in ("T", "t")
+                   for t in Path(f"/proc/{server.pid}/task").iterdir())
+    except FileNotFoundError:  # a thread exited while we looked: look again
+        return False
+
+
 def test_a_stepdown_whose_delete_times_out_stays_in_the_election(
         zookeeper: ZooKeeperServer) -> None:
     """Liveness: a delete that does not come back within its timeout neither escapes the
     stepdown (an API 504) nor leaves the director out of the election."""
     path = new_path()
+    # kazoo notices a silent server after 2/3 of the session: later than the delete's timeout.
+    session = 6.0
 
     async def run() -> None:
-        client = director_client(zookeeper.hosts)
+        client = director_client(zookeeper.hosts, timeout=session)
         await started(client)
-        e = Election(client, path, "lb1", Timing(SESSION))
+        e = Election(client, path, "lb1", Timing(session))
         await e.start()
         await until(lambda: e.permission() == "zk")
         first = e.epoch
         zookeeper.pause()  # connected, but nothing answers: the delete times out
         try:
+            await until(lambda: stopped(zookeeper))
             await asyncio.wait_for(e.stepdown(), 10)
+            await asyncio.sleep(0.5)
         finally:
             zookeeper.resume()
         await until(lambda: e.state is State.ACTIVE, 20)
@@ -381,11 +395,16 @@ def test_a_standby_restarted_inside_its_promise_keeps_it(
         await link2.stop()
         await closed(client2)
         await closed(holder)
+        saved = PromiseFile(store).load()
+        # lb1 now says it reaches ZooKeeper: the new run has no reason to vouch (and promise)
+        # anew; only the earlier run's promise can hold it back.
+        lb1.advertise(zk_connected=True)
         e3, link3, client3 = await standby()
         await until(lambda: e3.state is State.ACTIVE, 10)
         assert e3.permission() == "wait"  # the earlier run's word binds it
         restored = e3.promise_until
-        assert restored > e3.monotonic()
+        assert restored == saved and restored > e3.monotonic()
+        assert not link3.local.vouch
         await until(lambda: e3.permission() == "zk", 10)  # and only until it ends
         assert e3.monotonic() >= restored
         await e3.stop()
