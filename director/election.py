@@ -144,6 +144,19 @@ class Timing:
                 f"{self.lifetime}s: it must exceed {self.shortest_session:g}s")
 
 
+def promise_acked(now: float, *, epoch: int, peer: Heard | None, timing: Timing) -> bool:
+    """Does the other's fresh word void our promise for good? It holds nothing and either is
+    not active (it cannot become active again while we lead: only a new znode, behind ours,
+    would make it so) or has seen us ACTIVE with ``epoch`` (then it never holds again with
+    its lower epoch). Pure."""
+    return (
+        peer is not None
+        and now - peer.at <= timing.peer_dead_after
+        and not peer.beat.holding
+        and (peer.beat.state != State.ACTIVE.value or peer.beat.ack_epoch >= epoch)
+    )
+
+
 def hold_permission(
     now: float,
     *,
@@ -164,15 +177,7 @@ def hold_permission(
     """
     if state is not State.ACTIVE or peer_active_epoch > epoch:
         return None
-    # The promise is void once the other says, freshly, that it holds nothing and either is
-    # not active (it cannot become active again while we lead) or has seen our epoch.
-    acked = (
-        peer is not None
-        and now - peer.at <= timing.peer_dead_after
-        and not peer.beat.holding
-        and (peer.beat.state != State.ACTIVE.value or peer.beat.ack_epoch >= epoch)
-    )
-    if now < promise_until and not acked:
+    if now < promise_until and not promise_acked(now, epoch=epoch, peer=peer, timing=timing):
         return "wait"
     if now + timing.hold_span <= confirmed_until:
         return "zk"
@@ -284,8 +289,16 @@ class Election:
         """``hold_permission`` for now; leaves the lead (ACTIVE -> FENCED) on a higher epoch."""
         self._advertise()
         peer = self.peer.latest() if self.peer is not None else None
+        now = self.monotonic()
+        if (self.state is State.ACTIVE and now < self.promise_until
+                and promise_acked(now, epoch=self.epoch, peer=peer, timing=self.timing)):
+            # Voided for good (promise_acked): were it re-judged on every pass, the other's
+            # silence (it stopped, it was stepping down) would bring the wait back.
+            log.info("our promise is void: the other director holds nothing and cannot lead",
+                     extra={"event": "promise_void", "epoch": self.epoch})
+            self.promise_until = -math.inf
         verdict = hold_permission(
-            self.monotonic(), state=self.state, epoch=self.epoch,
+            now, state=self.state, epoch=self.epoch,
             confirmed_until=self.confirmed_until, peer=peer,
             promise_until=self.promise_until, timing=self.timing,
             peer_active_epoch=self._peer_active_epoch,
