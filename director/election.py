@@ -9,10 +9,14 @@ The leader may hold the VIPs only while its leadership is *confirmed* (DESIGN.md
 rules"). Every ``confirm_interval`` we make one linearizable round trip: a ``sync`` and, queued
 right behind it on the same session, an ``exists`` of **our own** znode. It confirms only if
 the znode is there and its ``ephemeralOwner`` is our session (a deleted or recreated znode is
-no leadership: Curator's CURATOR-696). ZooKeeper answers one session's requests in order and
-the sync goes through the ensemble's leader, so the reply proves that the ensemble saw our
-session alive at or after the sync's send time ``t`` (a follower cut off from the leader could
-otherwise answer from a stale view for ``syncLimit x tickTime``). The ensemble expires a
+no leadership: Curator's CURATOR-696). The next confirmation notices it; renewals made before
+that still live their ``hold_span``, so a znode deleted by someone else (an operator) can
+still overlap the next leader by up to ``confirm_interval`` + a round trip + ``hold_span``:
+the rule assumes that only its owner or the session's expiry removes a queue entry.
+ZooKeeper answers one session's requests in order and the sync goes through the ensemble's
+leader, so the reply proves that the ensemble saw our session alive at or after the sync's
+send time ``t`` (a follower cut off from the leader could otherwise answer from a stale view
+for ``syncLimit x tickTime``). The ensemble expires a
 session no sooner than ``S`` after it last heard from it, ``S`` the **negotiated** timeout
 (the server clamps the requested one; we read what it granted), so our znode stays — and the
 other director cannot win — until ``t + S`` at least. Both clocks are our own monotonic clock;
