@@ -494,3 +494,42 @@ def test_a_frozen_active_recovers_on_a_fresh_vouch_during_a_whole_ensemble_outag
         await closed(client)
 
     asyncio.run(run())
+
+
+def test_a_new_leader_waits_while_the_older_one_says_it_still_holds(
+        zookeeper_module: ZooKeeperServer) -> None:
+    """Hole 1, the window until the old leader notices: its znode deleted by an operator,
+    it still holds (its renewals live on); the new leader holds only once it let go."""
+    path = new_path()
+
+    async def run() -> None:
+        clients = [director_client(zookeeper_module.hosts) for _ in range(3)]
+        await started(*clients)
+        link1 = PeerLink("lb1", SECRET, ("127.0.0.1", 0), ("127.0.0.1", 9), interval=0.05)
+        link2 = PeerLink("lb2", SECRET, ("127.0.0.1", 0), ("127.0.0.1", 9), interval=0.05)
+        await link1.start()
+        await link2.start()
+        link1.peer, link2.peer = link2.address, link1.address
+        e1 = Election(clients[0], path, "lb1", Timing(SESSION), peer=link1)
+        e2 = Election(clients[1], path, "lb2", Timing(SESSION), peer=link2)
+        link1.on_beat, link2.on_beat = e1.on_peer_beat, e2.on_peer_beat
+        await e1.start()
+        await until(lambda: e1.permission() == "zk")
+        e1.advertise_holding(True)  # as its keeper does while it holds the VIPs
+        await e2.start()
+        await until(lambda: e2.state is State.STANDBY)
+        assert e1.node is not None
+        await asyncio.to_thread(clients[2].delete, f"{path}/{e1.node}")
+        await until(lambda: e2.state is State.ACTIVE, 10)
+        assert e2.permission() == "wait"  # lb1's beats: a lower epoch, still holding
+        await until(lambda: e1.state is not State.ACTIVE, 10)
+        assert e2.permission() == "wait"  # it left the lead; its VIPs are not gone yet
+        e1.advertise_holding(False)  # its keeper released them on the transition
+        await until(lambda: e2.permission() == "zk", 5)
+        await e1.stop()
+        await e2.stop()
+        await link1.stop()
+        await link2.stop()
+        await closed(*clients)
+
+    asyncio.run(run())

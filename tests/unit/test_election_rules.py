@@ -44,8 +44,8 @@ def test_the_kernel_lateness_bound_is_a_second_and_more() -> None:
 
 
 def peer(now: float, *, age: float = 0.0, vouch: bool = True, state: str = "STANDBY",
-         holding: bool = False, ack: int = 0) -> Heard:
-    return Heard(Beat("lb2", state, 3, True, holding, ack, 1, vouch), now - age)
+         holding: bool = False, ack: int = 0, epoch: int = 3) -> Heard:
+    return Heard(Beat("lb2", state, epoch, True, holding, ack, 1, vouch), now - age)
 
 
 NOW = 100.0
@@ -65,8 +65,12 @@ NOW = 100.0
         ("zk gone, peer beat stale", State.ACTIVE, NOW, peer(NOW, age=1.1), -math.inf, None),
         ("zk gone, peer claims active", State.ACTIVE, NOW, peer(NOW, state="ACTIVE"),
          -math.inf, None),
-        ("zk gone, peer holds a VIP", State.ACTIVE, NOW, peer(NOW, holding=True),
-         -math.inf, None),
+        ("zk gone, an older leader (epoch 3) still holds", State.ACTIVE, NOW,
+         peer(NOW, holding=True), -math.inf, "wait"),
+        ("confirmed, but an older leader says it still holds", State.ACTIVE, NOW + 5,
+         peer(NOW, holding=True, vouch=False, state="ACTIVE"), -math.inf, "wait"),
+        ("... until that word is stale", State.ACTIVE, NOW + 5,
+         peer(NOW, holding=True, vouch=False, state="ACTIVE", age=1.1), -math.inf, "zk"),
         ("new leader inside its promise", State.ACTIVE, NOW + 5, peer(NOW, holding=True),
          NOW + 1, "wait"),
         ("new leader, the old one acknowledged our epoch", State.ACTIVE, NOW + 5,
@@ -93,6 +97,8 @@ def test_hold_permission(case, state, confirmed_until, heard, promise_until, exp
     [
         ("a higher epoch claimed ACTIVE outranks zk", 8, NOW + 5, None, None),
         ("... and the peer's vouch", 8, NOW, peer(NOW), None),
+        ("a later leader's beat saying it holds is no reason to wait", 0, NOW + 5,
+         peer(NOW, holding=True, epoch=9), "zk"),
         ("our own epoch claimed by the other is no demotion", 7, NOW + 5, None, "zk"),
         ("a lower epoch neither", 6, NOW + 5, None, "zk"),
     ],
