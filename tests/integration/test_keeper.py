@@ -28,6 +28,7 @@ from kazoo.client import KazooClient
 from lvsctl.core.errors import ConfigError, ConfigIssue
 from lvsctl.core.model import Announce, Vip, ZooKeeperSettings
 from lvsctl.core.node import Api, Node
+from lvsctl.core.zk import SessionLog
 from lvsctl.director.channel import (
     EXIT_FATAL,
     Channel,
@@ -51,7 +52,7 @@ from tests.support.zookeeper import ZooKeeperServer
 
 pytestmark = pytest.mark.zookeeper
 
-SESSION = 2.5
+SESSION = 3.0
 VIP = VipSpec("192.0.2.10", "eth0")
 VIP6 = VipSpec("2001:db8::10", "eth0")
 
@@ -211,7 +212,8 @@ def harness(zookeeper_module: ZooKeeperServer, tmp_path: Path) -> Iterator[Harne
 
 @pytest.fixture
 def client(zookeeper_module: ZooKeeperServer) -> Iterator[KazooClient]:
-    zk = KazooClient(hosts=zookeeper_module.hosts, timeout=SESSION)
+    zk = KazooClient(hosts=zookeeper_module.hosts, timeout=SESSION,
+                     logger=SessionLog(logging.getLogger("kazoo")))  # as make_client
     zk.start(timeout=15)
     try:
         yield zk
@@ -553,3 +555,28 @@ def test_a_worker_that_refuses_to_run_says_why_through_the_keeper(
     assert asyncio.run(run()) == 2
     assert keeper.fatal == f"the worker refused to run: {why}"
     assert harness.vips.expires == {}
+
+
+def test_a_zookeeper_granting_too_short_a_session_stops_the_keeper(tmp_path: Path) -> None:
+    """The server's maxSessionTimeout (2 s) is below what the rule needs: refuse to run."""
+    capped = ZooKeeperServer(max_session_ms=2000)
+    capped.start()
+    try:
+        harness = Harness(capped, tmp_path)
+        zk = KazooClient(hosts=capped.hosts, timeout=SESSION,
+                         logger=SessionLog(logging.getLogger("kazoo")))
+        zk.start(timeout=15)
+        launcher = Launcher(harness.config())
+        keeper = harness.keeper(zk, launcher)
+
+        async def run() -> int:
+            return await asyncio.wait_for(keeper.run(), 30)
+
+        assert asyncio.run(run()) == 2
+        assert "maxSessionTimeout" in keeper.fatal
+        assert harness.vips.log == []  # never held anything
+        zk.stop()
+        zk.close()
+        harness.sink.close()
+    finally:
+        capped.close()
