@@ -14,6 +14,7 @@ import random
 import sys
 import time
 
+from lvsctl.testbed.sim.known import KNOWN
 from lvsctl.testbed.sim.schedule import RandomChooser, Schedule, draw_schedule
 from lvsctl.testbed.sim.world import SimulationError, Stats, Violation, run_schedule
 
@@ -21,6 +22,38 @@ from lvsctl.testbed.sim.world import SimulationError, Stats, Violation, run_sche
 def schedule_at(seed: int, index: int) -> Schedule:
     """Schedule ``index`` of the run seeded ``seed``."""
     return draw_schedule(RandomChooser(random.Random(f"{seed}:{index}")))
+
+
+def fixes_merged() -> bool:
+    """Whether this checkout has the safety fixes of issue 14 (their public signs: the
+    negotiated session, echoed peer freshness, the real kernel lateness, the persisted
+    promise)."""
+    import importlib.util
+
+    from lvsctl.core import zk
+    from lvsctl.director.election import Timing
+    from lvsctl.director.peer import Beat
+
+    return (hasattr(zk, "Session") and "echo" in Beat.__dataclass_fields__
+            and Timing(session_timeout=10.0).kernel_slack >= 1.0
+            and importlib.util.find_spec("lvsctl.director.promise") is not None)
+
+
+def replay_known(name: str) -> int:
+    if name not in KNOWN:
+        for known, (why, _schedule) in KNOWN.items():
+            print(f"{known}: {why}")
+        return 0 if name == "list" else 2
+    why, schedule = KNOWN[name]
+    print(f"{name}: {why}\n{schedule.describe()}")
+    try:
+        stats = run_schedule(schedule)
+    except Violation as exc:
+        print(f"broke the invariant:\n{exc}")
+        return 1
+    print(f"held: no violation in {stats.simulated:g} simulated seconds "
+          f"(a VIP held {stats.held:.1f} s of them)")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,7 +65,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--only", type=int, default=None, help="replay one schedule index")
     parser.add_argument("--stop-at-first", action="store_true")
+    parser.add_argument("--fixes-merged", action="store_true",
+                        help="exit 0 when the safety fixes of issue 14 are in this checkout")
+    parser.add_argument("--known", metavar="NAME", default=None,
+                        help="replay a named schedule (lvsctl/testbed/sim/known.py); 'list'")
     args = parser.parse_args(argv)
+    if args.fixes_merged:
+        return 0 if fixes_merged() else 1
+    if args.known is not None:
+        return replay_known(args.known)
 
     total = Stats(schedules=0)
     violations: list[tuple[int, str]] = []
@@ -65,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{time.monotonic() - started:.0f} s", flush=True)
     elapsed = time.monotonic() - started
     print(f"schedules {total.schedules}, simulated hours {total.simulated / 3600:.2f}, "
+          f"VIP held {100 * total.held / max(total.simulated, 1e-9):.0f}% of the time, "
           f"violations {len(violations)}, wall {elapsed:.0f} s, seed {args.seed}")
     for index, first in violations[:20]:
         print(f"  schedule {index}: {first}")

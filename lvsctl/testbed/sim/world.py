@@ -154,11 +154,13 @@ class Stats:
     schedules: int = 0
     simulated: float = 0.0  # seconds
     steps: int = 0
+    held: float = 0.0  # simulated seconds during which a director held the first VIP
 
     def add(self, other: Stats) -> None:
         self.schedules += other.schedules
         self.simulated += other.simulated
         self.steps += other.steps
+        self.held += other.held
 
 
 class _LogTap(logging.Handler):
@@ -202,6 +204,7 @@ class World:
         self._tmp = tempfile.mkdtemp(prefix="lvsctl-sim-")
         self._tap = _LogTap(self)
         self._stopping: set[str] = set()
+        self._holding_since: float | None = None
         for i, name in enumerate(S.DIRECTORS):
             kernel = HostKernel(name, self.agenda, random.Random(self.rng.random()),
                                 late_max=schedule.kernel_late, late_bias=schedule.late_bias,
@@ -238,6 +241,9 @@ class World:
             for fault in self.schedule.faults:
                 self.agenda.at(fault.at, functools.partial(self.apply, fault))
             self.run_until(self.schedule.duration)
+            if self._holding_since is not None:
+                self.stats.held += self.agenda.now - self._holding_since
+                self._holding_since = None
         finally:
             for process in self.processes.values():
                 process.alive = False
@@ -307,6 +313,13 @@ class World:
 
     def check(self) -> None:
         """The invariant: at most one (host, interface) holds each VIP address."""
+        # Availability, so that a run in which nobody ever holds a VIP is seen for what it is.
+        holding = any(h.kernel.holds(VIPS[0].address) for h in self.hosts)
+        if self._holding_since is not None and not holding:
+            self.stats.held += self.agenda.now - self._holding_since
+            self._holding_since = None
+        elif self._holding_since is None and holding:
+            self._holding_since = self.agenda.now
         addresses = {spec.address for spec in VIPS}
         for address in sorted(addresses):
             holders = [(h.name, i) for h in self.hosts for i in h.kernel.holds(address)]
@@ -344,7 +357,7 @@ class World:
         process.loop.set_exception_handler(lambda loop, ctx: self._loop_error(process, ctx))
         node = self.node(host)
         client = SimKazooClient(self.zk, process, timeout=node.zookeeper.session_timeout,
-                                retry=RetryPolicy())
+                                retry=RetryPolicy(), logger=client_logger())
         if self.schedule.first_server is not None:
             client._next_host = self.schedule.first_server[host.index]
         process.client = client
@@ -499,6 +512,16 @@ class World:
             self.log(f"{process.name} resumed")
             lag = process.world.rng.uniform(0.0, KAZOO_LAG)
             self.agenda.after(lag, process.flush)
+
+
+def client_logger() -> Any:
+    """The logger lvsctl.core.zk.make_client gives a director's client (the store may read
+    what kazoo logs through it, e.g. the negotiated session timeout)."""
+    from lvsctl.core import zk
+
+    logger = logging.getLogger("lvsctl.core.zk.kazoo")
+    adapter = getattr(zk, "SessionLog", None)
+    return adapter(logger) if adapter is not None else logger
 
 
 def build_keeper(world: World, process: Process, node: Node) -> Keeper:

@@ -3,8 +3,8 @@
 Only what lvsctl's election and lease code use, with ZooKeeper's rules for it (held to the real
 server by tests/simulation/test_zookeeper_contract.py):
 
-- a tree of znodes with ephemeral and sequential creates (the suffix is the parent's
-  ``cversion``, ten digits), ``exists``/``get``/``get_children`` with one-shot watches,
+- a tree of znodes with ephemeral and sequential creates (the suffix counts the parent's
+  creates, ten digits), ``exists``/``get``/``get_children`` with one-shot watches,
   ``delete``, ``set``, ``sync``; the errors kazoo raises (NoNodeError, NodeExistsError,
   NotEmptyError, BadVersionError, ConnectionLoss, SessionExpiredError);
 - sessions negotiated to ``[min_session, max_session]`` (default 2 and 20 ticks), expired by
@@ -41,6 +41,7 @@ from kazoo.exceptions import (
     BadVersionError,
     ConnectionClosedError,
     ConnectionLoss,
+    NoChildrenForEphemeralsError,
     NodeExistsError,
     NoNodeError,
     NotEmptyError,
@@ -66,6 +67,7 @@ class ZNode:
     version: int = 0
     cversion: int = 0
     pzxid: int = 0
+    sequence: int = 0  # the next sequential child's suffix: counts creates only
     children: set[str] = field(default_factory=set)
 
     def stat(self) -> ZnodeStat:
@@ -110,6 +112,7 @@ class Tree:
             parent = self.nodes[_parent(txn.path)]
             parent.children.add(_name(txn.path))
             parent.cversion += 1
+            parent.sequence += 1
             parent.pzxid = txn.zxid
             self.nodes[txn.path] = ZNode(txn.data, txn.owner, txn.zxid, txn.zxid, txn.at,
                                          pzxid=txn.zxid)
@@ -338,6 +341,20 @@ class SimZooKeeper:
                 server.watches.clear()
 
     # -- sessions ------------------------------------------------------------------------------
+
+    def run_until(self, ready: Callable[[], bool], limit: float = 60.0) -> None:
+        """Run the ensemble's events (and the clients') until ``ready()`` or ``limit``
+        simulated seconds passed: for tests that drive a client directly."""
+        end = self.agenda.now + limit
+        while not ready():
+            event = self.agenda.pop_due()
+            if event is not None:
+                event.fn()
+                continue
+            upcoming = self.agenda.next_time()
+            if upcoming is None or upcoming > end:
+                raise TimeoutError(f"not ready after {limit:g} simulated seconds")
+            self.agenda.now = upcoming
 
     def negotiate(self, requested: float) -> float:
         return min(max(requested, self.min_session), self.max_session)
@@ -609,9 +626,9 @@ class SimZooKeeper:
             if parent is None:
                 raise NoNodeError()
             if parent.owner:
-                raise NoNodeError()  # ZooKeeper: ephemerals cannot have children
+                raise NoChildrenForEphemeralsError()
             if sequence:
-                path = f"{path}{parent.cversion:010d}"
+                path = f"{path}{parent.sequence:010d}"
             if path in tree.nodes:
                 raise NodeExistsError()
             self._commit(Txn(self.zxid + 1, "create", path, data, sid if ephemeral else 0, now))
@@ -734,8 +751,9 @@ class SimKazooClient:
     """A kazoo-like client in a simulated process (see the module docstring)."""
 
     def __init__(self, zk: SimZooKeeper, host: ClientHost, *, timeout: float,
-                 retry: RetryPolicy = RetryPolicy(), logger: logging.Logger | None = None,
-                 drive: Callable[[Callable[[], bool]], None] | None = None) -> None:
+                 retry: RetryPolicy = RetryPolicy(), logger: Any = None,
+                 drive: Callable[[Callable[[], bool]], None] | None = None,
+                 client_id: tuple[int, bytes] | None = None) -> None:
         self.zk = zk
         self.host = host
         self.requested_timeout = timeout
@@ -745,8 +763,8 @@ class SimKazooClient:
         self.logger = logger or logging.getLogger("lvsctl.testbed.sim.kazoo")
         self._drive = drive or (lambda ready: None)
         self.state = KazooState.LOST
-        self.session_id: int | None = None
-        self.passwd = b"\x00" * 16
+        self.session_id: int | None = client_id[0] if client_id else None
+        self.passwd = client_id[1] if client_id else b"\x00" * 16
         self.last_zxid = 0
         self.hosts = list(range(len(zk.servers)))
         self._listeners: list[Callable[[str], Any]] = []
