@@ -107,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.monotonic() - started
     print(f"schedules {total.schedules}, simulated hours {total.simulated / 3600:.2f}, "
           f"VIP held {100 * total.held / max(total.simulated, 1e-9):.0f}% of the time, "
-          f"violations {len(violations)}, wall {elapsed:.0f} s, seed {args.seed}")
+          f"violations {len(violations)}, transient double holds {total.transient}, "
+          f"wall {elapsed:.0f} s, seed {args.seed}")
     for index, first in violations[:20]:
         print(f"  schedule {index}: {first}")
     return 1 if violations else 0
