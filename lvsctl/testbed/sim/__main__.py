@@ -14,7 +14,7 @@ import random
 import sys
 import time
 
-from lvsctl.testbed.sim.known import KNOWN
+from lvsctl.testbed.sim.known import KNOWN, OPEN
 from lvsctl.testbed.sim.schedule import RandomChooser, Schedule, draw_schedule
 from lvsctl.testbed.sim.world import SimulationError, Stats, Violation, run_schedule
 
@@ -40,11 +40,12 @@ def fixes_merged() -> bool:
 
 
 def replay_known(name: str) -> int:
-    if name not in KNOWN:
-        for known, (why, _schedule) in KNOWN.items():
-            print(f"{known}: {why}")
+    cases = {**KNOWN, **OPEN}
+    if name not in cases:
+        for known, (why, _schedule) in cases.items():
+            print(f"{known}{' (open)' if known in OPEN else ''}: {why}")
         return 0 if name == "list" else 2
-    why, schedule = KNOWN[name]
+    why, schedule = cases[name]
     print(f"{name}: {why}\n{schedule.describe()}")
     try:
         stats = run_schedule(schedule)

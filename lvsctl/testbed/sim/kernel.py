@@ -84,14 +84,15 @@ class SimVips:
     """``KernelVips`` on a simulated kernel (director/vip.py's VipTable).
 
     ``hook(point)`` runs at "renew_before_check", "renew_before_send" and
-    "renew_after_send": where the world freezes the process when a schedule says so.
+    "renew_after_send": where the world freezes or kills the process when a schedule says so.
     """
 
     def __init__(self, kernel: HostKernel, monotonic: Callable[[], float],
-                 hook: Callable[[str], None]) -> None:
+                 hook: Callable[[str], None], alive: Callable[[], bool] = lambda: True) -> None:
         self.kernel = kernel
         self.monotonic = monotonic
         self.hook = hook
+        self.alive = alive  # a process killed inside a step does nothing more
 
     def acquire(self, vip: Vip, lease: Lease, not_after: float | None = None) -> None:
         self.renew(vip, lease, not_after)
@@ -103,11 +104,12 @@ class SimVips:
         if not_after is not None and self.monotonic() > not_after:
             raise StaleLease(f"renewal of {vip.address} came too late; not sent")
         self.hook("renew_before_send")
-        self.kernel.replace(vip.address, vip.interface, lease.lifetime)
+        if self.alive():
+            self.kernel.replace(vip.address, vip.interface, lease.lifetime)
         self.hook("renew_after_send")
 
     def release(self, vip: Vip) -> bool:
-        if vip.interface not in self.kernel.interfaces:
+        if vip.interface not in self.kernel.interfaces or not self.alive():
             return False
         return self.kernel.delete(vip.address, vip.interface)
 

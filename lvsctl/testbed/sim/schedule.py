@@ -14,9 +14,10 @@ T = TypeVar("T")
 DIRECTORS = ("lb1", "lb2")
 
 # Fault kinds; ``target`` is a director's name, a server's index (as text), "active" (the
-# director ACTIVE at that moment) or "active-server" (the server it is connected to).
+# director ACTIVE at that moment), "standby" (the other one, while one is ACTIVE) or
+# "active-server" (the server the active's client is connected to).
 FREEZE = "freeze"  # SIGSTOP for ``duration`` at the next ``point`` ("" = at once)
-CRASH = "crash"  # kill -9, restarted after ``duration``
+CRASH = "crash"  # kill -9 (at the next ``point``, "" = at once), restarted after ``duration``
 RESTART = "restart"  # SIGTERM (graceful stop), started again ``duration`` after it exits
 ZK_CUT = "zk_cut"  # the director's host cannot reach any ZooKeeper server
 ISOLATE = "isolate"  # a ZooKeeper server cut off from the other servers
@@ -105,10 +106,12 @@ class RandomChooser:
 def draw_fault(ch: Chooser, duration: float) -> Fault:
     kind = ch.pick(FAULT_KINDS)
     at = ch.real(2.0, duration - 4.0)
-    director = ch.pick(("active", *DIRECTORS))
+    director = ch.pick(("active", "standby", *DIRECTORS))
     if kind == FREEZE:
         return Fault(at, kind, director, ch.real(0.05, 6.0), ch.pick(FREEZE_POINTS))
-    if kind in (CRASH, RESTART):
+    if kind == CRASH:
+        return Fault(at, kind, director, ch.real(0.1, 5.0), ch.pick(FREEZE_POINTS))
+    if kind == RESTART:
         return Fault(at, kind, director, ch.real(0.1, 5.0))
     if kind == ZK_CUT:
         return Fault(at, kind, director, ch.real(0.2, 8.0))

@@ -103,7 +103,7 @@ class Process:
     frozen_until: float = field(init=False, default=-1.0)
     inline: bool = field(init=False, default=False)
     deferred: list[Callable[[], None]] = field(init=False, default_factory=list)
-    armed: list[tuple[str, float]] = field(init=False, default_factory=list)  # (point, secs)
+    armed: list[tuple[str, str, float]] = field(init=False, default_factory=list)
     transports: list[SimDatagramTransport] = field(init=False, default_factory=list)
 
     @property
@@ -133,11 +133,15 @@ class Process:
                 fn()
 
     def hook(self, point: str) -> None:
-        """A freeze point inside the VIP table's renewal."""
-        for i, (armed_point, seconds) in enumerate(self.armed):
+        """A point inside the VIP table's renewal where a fault may be armed: a freeze (for
+        ``seconds``) or a crash (restarted ``seconds`` later)."""
+        for i, (kind, armed_point, seconds) in enumerate(self.armed):
             if armed_point == point:
                 del self.armed[i]
-                self.world.freeze_inline(self, seconds)
+                if kind == S.CRASH:
+                    self.world.crash(self, seconds)
+                else:
+                    self.world.freeze_inline(self, seconds)
                 return
 
     def endpoint(self, protocol: asyncio.DatagramProtocol,
@@ -440,6 +444,10 @@ class World:
     def _director(self, target: str) -> Process | None:
         if target == "active":
             return self.active()
+        if target == "standby":
+            active = self.active()
+            others = [p for p in self.processes.values() if p.alive and p is not active]
+            return others[0] if active is not None and others else None
         return self.processes.get(target)
 
     def _server(self, target: str) -> int | None:
@@ -458,18 +466,12 @@ class World:
                 self.log(f"fault skipped (no such director): {fault.describe()}")
                 return
             self.log(f"fault {fault.describe()} on {process.name}")
-            if kind == S.FREEZE:
-                if fault.point:
-                    process.armed.append((fault.point, fault.duration))
-                else:
-                    self.freeze(process, fault.duration)
+            if kind in (S.FREEZE, S.CRASH) and fault.point:
+                process.armed.append((kind, fault.point, fault.duration))
+            elif kind == S.FREEZE:
+                self.freeze(process, fault.duration)
             elif kind == S.CRASH:
-                process.alive = False
-                process.client.kill()
-                for transport in process.transports:
-                    transport.close()
-                host = process.host
-                self.agenda.after(fault.duration, lambda: self.start_director(host))
+                self.crash(process, fault.duration)
             elif kind == S.RESTART:
                 self._stopping.add(process.name)
                 if process.keeper is not None:
@@ -512,6 +514,16 @@ class World:
                 if process.alive and process.keeper is not None:
                     keeper, config = process.keeper, self.config(process.host)
                     process.run(functools.partial(keeper.on_config, config))
+
+    def crash(self, process: Process, downtime: float) -> None:
+        """kill -9: the process stops at once (its sockets close, its session lives on until
+        it expires, its kernel's addresses until their lifetimes end); restarted later."""
+        self.log(f"{process.name} crashed")
+        process.alive = False
+        process.client.kill()
+        for transport in process.transports:
+            transport.close()
+        self.agenda.after(downtime, functools.partial(self.start_director, process.host))
 
     def _cut(self, host: str, seconds: float) -> None:
         for i in range(self.schedule.servers):
@@ -598,7 +610,7 @@ def build_keeper(world: World, process: Process, node: Node) -> Keeper:
                         timing, peer=peer, on_transition=on_transition, monotonic=monotonic,
                         wall=wall, **extra)
 
-    vips = SimVips(host.kernel, monotonic, process.hook)
+    vips = SimVips(host.kernel, monotonic, process.hook, alive=lambda: process.alive)
     keeper = Keeper(node, vips=vips, announcer=_announce, launcher=NoWorker(),
                     make_peer=make_peer, make_election=make_election,
                     zk_connected=lambda: bool(client.connected),
