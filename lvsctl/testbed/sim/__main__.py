@@ -13,15 +13,16 @@ import argparse
 import random
 import sys
 import time
+from collections.abc import Sequence
 
 from lvsctl.testbed.sim.known import KNOWN, OPEN
-from lvsctl.testbed.sim.schedule import RandomChooser, Schedule, draw_schedule
+from lvsctl.testbed.sim.schedule import FAULT_KINDS, RandomChooser, Schedule, draw_schedule
 from lvsctl.testbed.sim.world import SimulationError, Stats, Violation, run_schedule
 
 
-def schedule_at(seed: int, index: int) -> Schedule:
+def schedule_at(seed: int, index: int, kinds: Sequence[str] = FAULT_KINDS) -> Schedule:
     """Schedule ``index`` of the run seeded ``seed``."""
-    return draw_schedule(RandomChooser(random.Random(f"{seed}:{index}")))
+    return draw_schedule(RandomChooser(random.Random(f"{seed}:{index}")), kinds=kinds)
 
 
 def fixes_merged() -> bool:
@@ -66,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--only", type=int, default=None, help="replay one schedule index")
     parser.add_argument("--stop-at-first", action="store_true")
+    parser.add_argument("--exclude", action="append", default=[], choices=FAULT_KINDS,
+                        help="draw no fault of this kind (repeatable)")
     parser.add_argument("--fixes-merged", action="store_true",
                         help="exit 0 when the safety fixes of issue 14 are in this checkout")
     parser.add_argument("--known", metavar="NAME", default=None,
@@ -76,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.known is not None:
         return replay_known(args.known)
 
+    kinds = [k for k in FAULT_KINDS if k not in args.exclude]
     total = Stats(schedules=0)
     violations: list[tuple[int, str]] = []
     started = time.monotonic()
@@ -86,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
             break
         if deadline is not None and time.monotonic() >= deadline:
             break
-        schedule = schedule_at(args.seed, index)
+        schedule = schedule_at(args.seed, index, kinds)
         try:
             total.add(run_schedule(schedule))
         except Violation as exc:
@@ -106,10 +110,11 @@ def main(argv: list[str] | None = None) -> int:
                   f"hours, {len(violations)} violations, "
                   f"{time.monotonic() - started:.0f} s", flush=True)
     elapsed = time.monotonic() - started
+    excluded = f", without {'/'.join(args.exclude)}" if args.exclude else ""
     print(f"schedules {total.schedules}, simulated hours {total.simulated / 3600:.2f}, "
           f"VIP held {100 * total.held / max(total.simulated, 1e-9):.0f}% of the time, "
           f"violations {len(violations)}, transient double holds {total.transient}, "
-          f"wall {elapsed:.0f} s, seed {args.seed}")
+          f"wall {elapsed:.0f} s, seed {args.seed}{excluded}")
     for index, first in violations[:20]:
         print(f"  schedule {index}: {first}")
     return 1 if violations else 0

@@ -103,8 +103,8 @@ class RandomChooser:
         return options[self.rng.randrange(len(options))]
 
 
-def draw_fault(ch: Chooser, duration: float) -> Fault:
-    kind = ch.pick(FAULT_KINDS)
+def draw_fault(ch: Chooser, duration: float, kinds: Sequence[str] = FAULT_KINDS) -> Fault:
+    kind = ch.pick(kinds)
     at = ch.real(2.0, duration - 4.0)
     director = ch.pick(("active", "standby", *DIRECTORS))
     if kind == FREEZE:
@@ -125,13 +125,15 @@ def draw_fault(ch: Chooser, duration: float) -> Fault:
     return Fault(at, kind, "")  # DELETE_LEADER, MOVE_VIP
 
 
-def draw_schedule(ch: Chooser, *, duration: float = 30.0, max_faults: int = 6) -> Schedule:
+def draw_schedule(ch: Chooser, *, duration: float = 30.0, max_faults: int = 6,
+                  kinds: Sequence[str] = FAULT_KINDS) -> Schedule:
     """A schedule: a setting in which the directors can run, and up to ``max_faults`` faults
-    (the first two seconds free of them, so that a leader is settled)."""
+    of ``kinds`` (the first two seconds free of them, so that a leader is settled)."""
     session = ch.pick((3.0, 4.0, 5.0))
     clamp = ch.pick((None, None, 2.4, 3.0, 4.0))
     count = ch.integer(1, max_faults)
-    faults = sorted((draw_fault(ch, duration) for _ in range(count)), key=lambda f: f.at)
+    faults = sorted((draw_fault(ch, duration, kinds) for _ in range(count)),
+                    key=lambda f: f.at)
     return Schedule(
         seed=ch.integer(0, 2**31),
         duration=duration,
