@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from lvsctl.testbed.sim.known import KNOWN, OPEN
+from lvsctl.testbed.sim.known import KNOWN
 from lvsctl.testbed.sim.schedule import FAULT_KINDS, RandomChooser, Schedule, draw_schedule
 from lvsctl.testbed.sim.world import SimulationError, Stats, Violation, run_schedule
 
@@ -41,12 +41,11 @@ def fixes_merged() -> bool:
 
 
 def replay_known(name: str) -> int:
-    cases = {**KNOWN, **OPEN}
-    if name not in cases:
-        for known, (why, _schedule) in cases.items():
-            print(f"{known}{' (open)' if known in OPEN else ''}: {why}")
+    if name not in KNOWN:
+        for known, (why, _schedule) in KNOWN.items():
+            print(f"{known}: {why}")
         return 0 if name == "list" else 2
-    why, schedule = cases[name]
+    why, schedule = KNOWN[name]
     print(f"{name}: {why}\n{schedule.describe()}")
     try:
         stats = run_schedule(schedule)
@@ -114,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"schedules {total.schedules}, simulated hours {total.simulated / 3600:.2f}, "
           f"VIP held {100 * total.held / max(total.simulated, 1e-9):.0f}% of the time, "
           f"violations {len(violations)}, transient double holds {total.transient}, "
+          f"tolerated after an external znode delete {total.tolerated}, "
           f"wall {elapsed:.0f} s, seed {args.seed}{excluded}")
     for index, first in violations[:20]:
         print(f"  schedule {index}: {first}")

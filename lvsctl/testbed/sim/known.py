@@ -62,17 +62,3 @@ KNOWN: dict[str, tuple[str, S.Schedule]] = {
     ),
 }
 
-
-# Schedules that still break the invariant with the safety fixes as they stand: open findings,
-# replayable with --known, not part of the test suite.
-OPEN: dict[str, tuple[str, S.Schedule]] = {
-    "leader_znode_deleted_slow_peer": (
-        "an operator deletes the leader's znode; the standby wins and takes the VIPs at once, "
-        "while the old leader learns it lost the lead only from its next confirmation or from "
-        "the winner's first beat (50-100 ms on this link): both hold meanwhile. Zero overlap "
-        "needs the winner to wait for the other's word that it holds nothing (or for the "
-        "longest lease it may still renew)",
-        S.Schedule(seed=1, duration=12.0, peer_delay=(0.05, 0.1),
-                   faults=(F(3.0, S.DELETE_LEADER),)),
-    ),
-}
