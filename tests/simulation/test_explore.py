@@ -1,7 +1,7 @@
 """Schedules explored by hypothesis (derandomized: the same examples on every run), the
-invariant checked at every step of each. The CI budget is ``LVSCTL_SIM_EXAMPLES`` examples
-(default 40, about a minute here: 20 simulated minutes); ``python -m lvsctl.testbed.sim
---minutes M`` is the long run.
+invariant checked whenever simulated time moves on in each. The CI budget is
+``LVSCTL_SIM_EXAMPLES`` examples (default 30: 15 simulated minutes, about 10 s of CPU, 60-90 s
+on this shared machine); ``python -m lvsctl.testbed.sim --minutes M`` is the long run.
 
 Marked ``needs_safety_fix``: before the safety fixes of issue 14 it finds their holes."""
 
@@ -19,7 +19,7 @@ from lvsctl.testbed.sim.schedule import draw_schedule
 from lvsctl.testbed.sim.world import run_schedule
 
 T = TypeVar("T")
-EXAMPLES = int(os.environ.get("LVSCTL_SIM_EXAMPLES", "40"))
+EXAMPLES = int(os.environ.get("LVSCTL_SIM_EXAMPLES", "30"))
 # Shrinking a failure can take many minutes (each example simulates 30 s): off in CI, where
 # the failing schedule is printed whole; LVSCTL_SIM_SHRINK=1 turns it on.
 PHASES = [Phase.explicit, Phase.reuse, Phase.generate]
@@ -51,5 +51,6 @@ class DrawChooser:
 def test_no_schedule_puts_a_vip_on_both_directors(data: st.DataObject) -> None:
     schedule = draw_schedule(DrawChooser(data))
     stats = run_schedule(schedule)  # raises Violation, with the run's story, on a breach
-    # The first two seconds are free of faults: a leader holds the VIPs by then.
-    assert stats.held > 0, "nobody ever held a VIP: the run proves nothing"
+    # The first two seconds are free of faults: a leader holds the VIPs by then, unless the
+    # directors refuse to run in this setting (a maxSessionTimeout too short for the rule).
+    assert stats.held > 0 or stats.refusals > 0, "nobody held a VIP: the run proves nothing"

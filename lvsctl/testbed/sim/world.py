@@ -19,11 +19,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import logging
 import os
 import random
 import shutil
 import tempfile
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -166,6 +168,7 @@ class Stats:
     held: float = 0.0  # simulated seconds during which a director held the first VIP
     transient: int = 0  # double holds that lasted no simulated time (see World.check)
     tolerated: int = 0  # double holds within the bound after an external znode delete
+    refusals: int = 0  # director runs that ended in an error or a non-zero exit
 
     def add(self, other: Stats) -> None:
         self.schedules += other.schedules
@@ -174,6 +177,7 @@ class Stats:
         self.held += other.held
         self.transient += other.transient
         self.tolerated += other.tolerated
+        self.refusals += other.refusals
 
 
 class _LogTap(logging.Handler):
@@ -264,14 +268,20 @@ class World:
                 self.stats.held += self.agenda.now - self._holding_since
                 self._holding_since = None
         finally:
-            for process in self.processes.values():
-                process.alive = False
-                process.client.kill()  # what is left of a coroutine must not reach the client
-                for task in asyncio.all_tasks(process.loop):
-                    task.cancel()
-                with contextlib.suppress(Exception):
-                    process.loop.step()
-                process.loop.close()
+            with warnings.catch_warnings():
+                # Coroutines of killed processes were never finished (nor, some, started):
+                # that is what a kill is, not a bug worth a warning.
+                warnings.simplefilter("ignore", RuntimeWarning)
+                for process in self.processes.values():
+                    process.alive = False
+                    process.client.kill()  # what is left of a coroutine must not reach it
+                    for task in asyncio.all_tasks(process.loop):
+                        task.cancel()
+                    with contextlib.suppress(Exception):
+                        process.loop.step()
+                    process.loop.close()
+                self.processes.clear()
+                gc.collect()
             for lg, level, propagate in saved:
                 lg.removeHandler(self._tap)
                 lg.setLevel(level)
@@ -452,6 +462,8 @@ class World:
             raise SimulationError(f"{process.name} failed: {error!r}") from error
         code = task.result() if task is not None and error is None else None
         self.log(f"{process.name} exited ({error or f'code {code}'})")
+        if error is not None or code:
+            self.stats.refusals += 1  # a director that would not run (e.g. the session timeout)
         if process.name not in self._stopping:
             self.agenda.after(RESTART_BACKOFF, functools.partial(self.start_director, process.host))
 
