@@ -110,6 +110,7 @@ class Process:
     deferred: list[Callable[[], None]] = field(init=False, default_factory=list)
     armed: list[tuple[str, str, float]] = field(init=False, default_factory=list)
     transports: list[SimDatagramTransport] = field(init=False, default_factory=list)
+    froze_in_call: bool = field(init=False, default=False)
 
     @property
     def name(self) -> str:
@@ -139,13 +140,22 @@ class Process:
 
     def hook(self, point: str) -> None:
         """A point inside the VIP table's renewal where a fault may be armed: a freeze (for
-        ``seconds``) or a crash (restarted ``seconds`` later)."""
+        ``seconds``) or a crash (restarted ``seconds`` later).
+
+        At most one freeze per renewal call: a second stop between the send and the re-check
+        after it would stretch the double hold that a stale send causes by its own length,
+        which no code can prevent (DESIGN.md bounds it by the call, not by time); a second
+        armed freeze waits for a later call.
+        """
+        if point == "renew_before_check":
+            self.froze_in_call = False
         for i, (kind, armed_point, seconds) in enumerate(self.armed):
-            if armed_point == point:
+            if armed_point == point and (kind == S.CRASH or not self.froze_in_call):
                 del self.armed[i]
                 if kind == S.CRASH:
                     self.world.crash(self, seconds)
                 else:
+                    self.froze_in_call = True
                     self.world.freeze_inline(self, seconds)
                 return
 
