@@ -22,10 +22,12 @@ KNOWN: dict[str, tuple[str, S.Schedule]] = {
                            F(4.0, S.PEER_CUT, "", 3.0))),
     ),
     "isolated_follower_reads": (
-        "2. the active's server is cut off from the ensemble (syncLimit x tick = 4 s): it keeps "
-        "answering the active's reads while the leader expires the active's session after 3 s",
+        "2. the active's server is cut off from the ensemble (syncLimit x tick = 4 s) and the "
+        "peer link is down: the server keeps answering the active's reads while the leader "
+        "expires the active's session after 3 s and the standby takes over",
         S.Schedule(seed=1, duration=15.0, sync_limit=20, first_server=(1, 2),
-                   faults=(F(3.0, S.ISOLATE, "active-server", 8.0),)),
+                   faults=(F(3.0, S.ISOLATE, "active-server", 8.0),
+                           F(3.0, S.PEER_CUT, "", 8.0))),
     ),
     "negotiated_timeout_ignored": (
         "3. the node asks for 5 s, the servers grant 3 s: the active, cut off from ZooKeeper and "

@@ -610,7 +610,9 @@ class World:
 
 
 def _promise_file() -> Any:
-    """director/promise.py's PromiseFile where the checkout has it (the safety fixes)."""
+    """director/promise.py's PromiseFile where the checkout has it (since the safety fixes;
+    looked up, so that the simulation still runs on the code before them and shows their
+    holes)."""
     try:
         from lvsctl.director import promise  # type: ignore[attr-defined, unused-ignore]
     except ImportError:
