@@ -13,6 +13,7 @@ import argparse
 import random
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 
 from lvsctl.testbed.sim.known import KNOWN
@@ -73,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--known", metavar="NAME", default=None,
                         help="replay a named schedule (lvsctl/testbed/sim/known.py); 'list'")
     args = parser.parse_args(argv)
+    # Coroutines of killed simulated processes are never finished: that is what a kill is.
+    warnings.filterwarnings("ignore", r"coroutine .* was never awaited", RuntimeWarning)
     if args.fixes_merged:
         return 0 if fixes_merged() else 1
     if args.known is not None:
