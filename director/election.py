@@ -364,6 +364,10 @@ class Election:
                             extra={"event": "session_negotiated", "timeout": session.timeout})
             self.session = session
             self.timing = replace(self.timing, session_timeout=session.timeout)
+            # A reconnect may renegotiate a shorter timeout (the server's limits changed in
+            # a rolling restart): what we confirmed before counts with the shorter one only.
+            self.confirmed_until = min(self.confirmed_until, self._confirmed_sent
+                                       + session.timeout - self.timing.margin)
         try:
             self.timing.check()
         except ElectionError as exc:
