@@ -1,9 +1,7 @@
 """Schedules explored by hypothesis (derandomized: the same examples on every run), the
 invariant checked whenever simulated time moves on in each. The CI budget is
 ``LVSCTL_SIM_EXAMPLES`` examples (default 30: 15 simulated minutes, about 10 s of CPU, 60-90 s
-on this shared machine); ``python -m lvsctl.testbed.sim --minutes M`` is the long run.
-
-Marked ``needs_safety_fix``: before the safety fixes of issue 14 it finds their holes."""
+on this shared machine); ``python -m lvsctl.testbed.sim --minutes M`` is the long run."""
 
 from __future__ import annotations
 
@@ -11,7 +9,6 @@ import os
 from collections.abc import Sequence
 from typing import TypeVar
 
-import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
@@ -43,7 +40,6 @@ class DrawChooser:
         return self.data.draw(st.sampled_from(options))
 
 
-@pytest.mark.needs_safety_fix
 @settings(max_examples=EXAMPLES, derandomize=True, database=None, deadline=None,
           phases=PHASES,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

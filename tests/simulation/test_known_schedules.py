@@ -1,6 +1,5 @@
-"""The named schedules of lvsctl/testbed/sim/known.py, one per hole of issue 14: each broke
-the invariant before the safety fixes and must hold now. Marked ``needs_safety_fix``:
-scripts/test deselects them while the fixes are not merged (it probes for them)."""
+"""The named schedules of lvsctl/testbed/sim/known.py, one per hole that was found in the
+leadership rules: each broke the invariant before its fix and must hold now."""
 
 from __future__ import annotations
 
@@ -8,8 +7,6 @@ import pytest
 
 from lvsctl.testbed.sim.known import KNOWN
 from lvsctl.testbed.sim.world import run_schedule
-
-pytestmark = pytest.mark.needs_safety_fix
 
 
 @pytest.mark.parametrize("name", sorted(KNOWN))

@@ -26,21 +26,6 @@ def schedule_at(seed: int, index: int, kinds: Sequence[str] = FAULT_KINDS) -> Sc
     return draw_schedule(RandomChooser(random.Random(f"{seed}:{index}")), kinds=kinds)
 
 
-def fixes_merged() -> bool:
-    """Whether this checkout has the safety fixes of issue 14 (their public signs: the
-    negotiated session, echoed peer freshness, the real kernel lateness, the persisted
-    promise)."""
-    import importlib.util
-
-    from lvsctl.core import zk
-    from lvsctl.director.election import Timing
-    from lvsctl.director.peer import Beat
-
-    return (hasattr(zk, "Session") and "echo" in Beat.__dataclass_fields__
-            and Timing(session_timeout=10.0).kernel_slack >= 1.0
-            and importlib.util.find_spec("lvsctl.director.promise") is not None)
-
-
 def replay_known(name: str) -> int:
     if name not in KNOWN:
         for known, (why, _schedule) in KNOWN.items():
@@ -69,15 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stop-at-first", action="store_true")
     parser.add_argument("--exclude", action="append", default=[], choices=FAULT_KINDS,
                         help="draw no fault of this kind (repeatable)")
-    parser.add_argument("--fixes-merged", action="store_true",
-                        help="exit 0 when the safety fixes of issue 14 are in this checkout")
     parser.add_argument("--known", metavar="NAME", default=None,
                         help="replay a named schedule (lvsctl/testbed/sim/known.py); 'list'")
     args = parser.parse_args(argv)
     # Coroutines of killed simulated processes are never finished: that is what a kill is.
     warnings.filterwarnings("ignore", r"coroutine .* was never awaited", RuntimeWarning)
-    if args.fixes_merged:
-        return 0 if fixes_merged() else 1
     if args.known is not None:
         return replay_known(args.known)
 

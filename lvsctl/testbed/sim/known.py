@@ -1,5 +1,5 @@
-"""Named schedules: each breaks the invariant on the code before the safety fixes (issue 14),
-one hole each, and must hold on the fixed code. Replay one with
+"""Named schedules: each found a hole in the leadership rules (the invariant broke on the code
+before its fix), one hole each, and must hold now. Replay one with
 ``python -m lvsctl.testbed.sim --known NAME``.
 
 Faults name their director by role ("active", "standby") as it is when they strike: which

@@ -34,10 +34,12 @@ from typing import Any
 from lvsctl.core.errors import LvsctlError
 from lvsctl.core.model import Announce, Vip, ZooKeeperSettings
 from lvsctl.core.node import Api, Node
+from lvsctl.core.zk import SessionLog
 from lvsctl.director.channel import LeaderConfig, VipSpec
 from lvsctl.director.election import Election, State, Timing, Transition
 from lvsctl.director.keeper import Keeper, Supervision
 from lvsctl.director.peer import PeerLink
+from lvsctl.director.promise import PromiseFile
 from lvsctl.testbed.sim import schedule as S
 from lvsctl.testbed.sim.clock import Agenda
 from lvsctl.testbed.sim.kernel import HostKernel, SimVips
@@ -609,25 +611,10 @@ class World:
             self.agenda.after(lag, process.flush)
 
 
-def _promise_file() -> Any:
-    """director/promise.py's PromiseFile where the checkout has it (since the safety fixes;
-    looked up, so that the simulation still runs on the code before them and shows their
-    holes)."""
-    try:
-        from lvsctl.director import promise  # type: ignore[attr-defined, unused-ignore]
-    except ImportError:
-        return None
-    return getattr(promise, "PromiseFile", None)
-
-
-def client_logger() -> Any:
-    """The logger lvsctl.core.zk.make_client gives a director's client (the store may read
-    what kazoo logs through it, e.g. the negotiated session timeout)."""
-    from lvsctl.core import zk
-
-    logger = logging.getLogger("lvsctl.core.zk.kazoo")
-    adapter = getattr(zk, "SessionLog", None)
-    return adapter(logger) if adapter is not None else logger
+def client_logger() -> SessionLog:
+    """The logger lvsctl.core.zk.make_client gives a director's client (the store reads the
+    negotiated session timeout from what kazoo logs through it)."""
+    return SessionLog(logging.getLogger("lvsctl.core.zk.kazoo"))
 
 
 def build_keeper(world: World, process: Process, node: Node) -> Keeper:
@@ -652,16 +639,13 @@ def build_keeper(world: World, process: Process, node: Node) -> Keeper:
                         dead_after=timing.peer_dead_after, monotonic=monotonic,
                         wall_ns=wall_ns)
 
-    extra: dict[str, Any] = {}
-    promise_file = _promise_file()
-    if promise_file is not None:
-        # The standby's promise survives a restart in the node's state_dir.
-        extra["promises"] = promise_file(Path(node.state_dir) / "promise.json")
+    # The standby's promise survives a restart in the node's state_dir.
+    promises = PromiseFile(Path(node.state_dir) / "promise.json")
 
     def make_election(peer: PeerLink, on_transition: Callable[[Transition], None]) -> Election:
         return Election(client, f"{node.cluster_path}/election", node.director,  # type: ignore[arg-type, unused-ignore]
                         timing, peer=peer, on_transition=on_transition, monotonic=monotonic,
-                        wall=wall, **extra)
+                        wall=wall, promises=promises)
 
     vips = SimVips(host.kernel, monotonic, process.hook, alive=lambda: process.alive)
     keeper = Keeper(node, vips=vips, announcer=_announce, launcher=NoWorker(),
