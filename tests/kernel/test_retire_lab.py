@@ -1,0 +1,140 @@
+"""Acceptance on the real kernel, in the whole lab (built once for this module): a service
+that leaves the cluster file is retired on both directors — drained (its busy real server at
+weight 0, no new connections), then deleted — and a long-lived connection through it keeps
+working until the drain deadline of the last file that had the service.
+
+Times are bounds to wait within, never assertions on speed: the VM's CPU is emulated.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lvsctl.core.config import load_cluster, parse_cluster
+from lvsctl.core.zk import ConfigStore, Target, open_cluster
+from lvsctl.testbed.lab import build, plan, results
+from lvsctl.testbed.netns import in_netns
+from lvsctl.testbed.vm import kernel_has_ipvs
+
+pytestmark = pytest.mark.kernel
+
+DRAIN = 30  # seconds: echo-nat's drain_timeout in the file that still has it
+ECHO_KEY = f"TCP {plan.ECHO.vip}:{plan.ECHO.port} rr"
+
+
+@pytest.fixture(scope="module")
+def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[build.Lab]:
+    if not kernel_has_ipvs():
+        pytest.fail("this kernel has no IPVS: run with scripts/test (it uses the kernel VM)",
+                    pytrace=False)
+    the_lab = build.Lab.create(Path(tmp_path_factory.mktemp("lab")), print)
+    started = time.monotonic()
+    try:
+        with results.timed_steps(print) as step:
+            the_lab.up(step)
+        print(f"lab up in {time.monotonic() - started:.0f} s")
+        yield the_lab
+    finally:
+        the_lab.down()
+
+
+def _push(lab: build.Lab, text: str) -> None:
+    """``text`` as the cluster's next version (validated, compare-and-set), from lb1's ns."""
+    loaded = parse_cluster(text, "cluster.yaml")
+    target = Target(loaded.cluster.zookeeper, loaded.cluster.name, base_dir=lab.workdir)
+
+    def push() -> None:
+        with open_cluster(target, connect_timeout=15) as conn:
+            ConfigStore(conn).push(loaded.text, source=loaded.source)
+
+    in_netns(lab.ns("lb1"), push)
+
+
+def _echo(sock: socket.socket, text: bytes) -> bytes:
+    sock.sendall(text)
+    got = b""
+    deadline = time.monotonic() + 30
+    while len(got) < len(text) and time.monotonic() < deadline:
+        chunk = sock.recv(len(text) - len(got))
+        if not chunk:
+            break
+        got += chunk
+    return got
+
+
+def _managed_timeout(lab: build.Lab, director: str) -> float | None:
+    """echo-nat's drain timeout in ``director``'s managed-services state file, if listed."""
+    name = load_cluster(str(lab.workdir / "cluster.yaml")).cluster.name
+    try:
+        record = json.loads((lab.workdir / director / f"{name}.managed.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return next((float(s["drain_timeout"]) for s in record["services"]
+                 if s["name"] == plan.ECHO.name), None)
+
+
+def _echo_dests(lab: build.Lab, director: str) -> set[str] | None:
+    """echo-nat's real servers as ``ipvsadm -Ln`` lists them; None once it is gone."""
+    return plan.ipvsadm_services(lab.ipvsadm(director)).get(ECHO_KEY)
+
+
+def test_a_service_left_out_is_drained_then_deleted_on_both_directors(
+        running: build.Lab) -> None:
+    def logs() -> str:
+        return "\n".join(f"--- {n}\n{running.log_tail(n, 20)}" for n in plan.DIRECTORS)
+
+    text = (running.workdir / "cluster.yaml").read_text()
+    echo_at = text.index(f"  - name: {plan.ECHO.name}\n")
+    head, echo_block = text[:echo_at], text[echo_at:]
+    with_deadline = head + echo_block.replace(
+        "    realservers:\n", f"    drain_timeout: {DRAIN}s\n    realservers:\n", 1)
+    _push(running, with_deadline)
+    for director in plan.DIRECTORS:
+        took = build.wait_until(lambda d=director: _managed_timeout(running, d) == DRAIN, 120, 0.5)
+        assert took is not None, f"{director} never recorded echo-nat as managed\n{logs()}"
+
+    sock = in_netns(running.ns("client"), lambda: socket.create_connection(
+        (plan.ECHO.vip, plan.ECHO.port), timeout=10))
+    try:
+        assert _echo(sock, b"before\n") == b"before\n"
+        active = running.active()
+        assert active is not None
+        seen: dict[str, dict[str, float]] = {d: {} for d in plan.DIRECTORS}
+        pushed = time.monotonic()
+        _push(running, head)  # echo-nat was the file's last service: the file without it
+
+        def look() -> bool:
+            now = time.monotonic() - pushed
+            for director in plan.DIRECTORS:
+                dests = _echo_dests(running, director)
+                if dests is None:
+                    seen[director].setdefault("gone", now)
+                elif dests and all(d.endswith(" 0") for d in dests):
+                    seen[director].setdefault("drained", now)
+            return seen[active].get("drained") is not None
+
+        assert build.wait_until(look, 120, 0.5) is not None, \
+            f"the active {active} never drained echo-nat: {seen}\n{logs()}"
+        # Draining: no new connection reaches it (the service has no weight left), and the
+        # open one still carries data, until the drain deadline.
+        time.sleep(DRAIN * 0.6)
+        assert _echo_dests(running, active) is not None, \
+            f"{active} deleted echo-nat before its drain deadline: {seen}"
+        assert _echo(sock, b"during\n") == b"during\n"
+        assert build.wait_until(lambda: look() and all("gone" in s for s in seen.values()),
+                                DRAIN + 150, 0.5) is not None, \
+            f"echo-nat not deleted on both directors: {seen}\n{logs()}"
+        # The deadline runs from the first pass that saw the dest at weight 0.
+        assert seen[active]["gone"] - seen[active]["drained"] >= DRAIN - 1, seen
+        print(f"seconds after the push: {seen}")
+    finally:
+        sock.close()
+    # The other services are untouched: each still answers.
+    for svc in plan.SERVICES:
+        assert set(running.fetch(svc.vip, 4)) <= {rs for rs, _ in svc.realservers}
