@@ -47,6 +47,7 @@ from lvsctl.director.ipvs import IpvsTable
 from lvsctl.director.ipvs_rules import SyncState, done_errno, reason
 from lvsctl.director.ipvs_timeouts import sync_timeouts, timeouts_text
 from lvsctl.director.managed import ManagedBook, retired_services
+from lvsctl.director.plan_view import view_document
 from lvsctl.director.reconcile import (
     AddDest,
     AddService,
@@ -289,6 +290,16 @@ class Dataplane:
             "skipped": counts[Outcome.SKIPPED],
         }
         return self.last
+
+    def view(self, *, director: str, role: str, epoch: int, version: str,
+             health: Mapping[HealthKey, Health]) -> dict[str, Any]:
+        """What ``GET /ipvs`` serves (director/plan_view.py): the table observed now, the
+        managed services, ``health`` and the last quorum verdicts, from which the next pass
+        plans. Raises KernelError when the table cannot be read."""
+        return view_document(director=director, role=role, epoch=epoch, version=version,
+                             observed=self.table.observe(stats=False),
+                             managed=self.managed.as_json(), health=health,
+                             quorum_held=self.quorum_held)
 
     @staticmethod
     def _log(result: OpResult, epoch: int, role: str) -> None:
