@@ -227,3 +227,27 @@ def test_plan_cluster_retires_only_managed_services() -> None:
     fake.set_conns(APP, APP1, 1)
     assert plan_cluster(fake, without_app(), managed=managed(WWW, APP)).ops[0] == \
         DrainDest(APP, APP1, with_app_timeout(1).services[1].forwarding)
+
+
+def test_the_ipvs_view_round_trips() -> None:
+    from lvsctl.core.model import Health
+    from lvsctl.director.plan_view import parse_view
+
+    fake = FakeIpvs()
+    plane = Dataplane(fake)
+    plane.reconcile(cluster_of(MINIMAL), {}, epoch=1, role="ACTIVE")
+    fake.set_conns(APP, APP1, 2, 1)
+    health = {("www", "web1"): Health(False), ("www", "web2"): Health(True, 3)}
+    doc = plane.view(director="lb1", role="ACTIVE", epoch=9, version="c.yaml@v3", health=health)
+    view = parse_view(json.dumps(doc).encode(), "/ipvs")
+    assert (view.director, view.role, view.epoch, view.config_version) == (
+        "lb1", "ACTIVE", 9, "c.yaml@v3")
+    observed = fake.observe(stats=False)
+    assert view.observed.keys() == observed.keys()
+    assert view.observed[APP].dests[APP1].conns == 3
+    assert view.observed[WWW].spec == observed[WWW].spec
+    assert view.health == health
+    assert set(view.managed) == {WWW, APP} and view.quorum_held == {WWW: True, APP: True}
+    bad = {**doc, "services": [{**doc["services"][0], "scheduler": "x" * 17}]}
+    with pytest.raises(RecordError, match="scheduler"):
+        parse_view(json.dumps(bad).encode(), "/ipvs")
