@@ -130,7 +130,11 @@ def _active_view(store: ClusterStore, cluster: Cluster) -> tuple[DirectorView, s
     if resp.status != 200:
         raise LvsctlError(f"director {leader.director}'s API at {api} answered {resp.status}: "
                           f"{data[:200].decode(errors='replace').strip()}")
-    return parse_view(data, f"http://{api}/ipvs"), api
+    view = parse_view(data, f"http://{api}/ipvs")
+    if view.director != leader.director:  # e.g. a loopback address reached another director
+        raise LvsctlError(f"the API at {api} is director {view.director}'s, not the active "
+                          f"{leader.director}'s")
+    return view, api
 
 
 def _against_version(store: ClusterStore, cluster: Cluster, why: str) -> PushPlan:

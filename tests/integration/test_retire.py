@@ -63,9 +63,9 @@ def table(pair: DirectorPair, name: str) -> set[ServiceKey]:
     return set(FakeIpvs(pair.ipvs_file(name)).observe())
 
 
-def lvsctl(pair: DirectorPair, *args: str) -> subprocess.CompletedProcess[str]:
-    """``lvsctl ARGS`` in lb1's namespace (where lb1's API listens on 127.0.0.1)."""
-    proc = subprocess.run(pair.ns["lb1"].argv([PYTHON, "-m", "lvsctl", *args]),
+def lvsctl(pair: DirectorPair, *args: str, where: str = "lb1") -> subprocess.CompletedProcess[str]:
+    """``lvsctl ARGS`` in ``where``'s namespace (where its API listens on 127.0.0.1)."""
+    proc = subprocess.run(pair.ns[where].argv([PYTHON, "-m", "lvsctl", *args]),
                           capture_output=True, text=True, timeout=60, cwd=str(ROOT))
     assert proc.returncode == 0, proc.stderr
     return proc
@@ -135,3 +135,30 @@ def test_retired_after_a_restart_without_state_file_and_across_rollbacks(
     lvsctl(pair, "config", "rollback", str(with_app_version + 1), "--node", node)
     for name in ("lb1", "lb2"):
         pair.wait(lambda n=name: APP not in table(pair, n), 20, f"app retired from {name}")
+
+
+def test_after_a_failover_the_new_active_plans_and_both_retire(pair: DirectorPair) -> None:
+    for name in ("lb1", "lb2"):
+        pair.wait(lambda n=name: APP in table(pair, n), 20, f"app in {name}'s table")
+    status, body = pair.post("lb1", "stepdown")
+    assert status == 200, body
+    pair.wait_holder("lb2", 20)
+    pair.wait(lambda: (pair.status("lb2") or {}).get("role") == "ACTIVE", 20, "lb2 active")
+    path = pair.workdir / "without-app.yaml"
+    path.write_text(without_app(pair))
+    # From lb1's namespace the API on loopback is lb1's, not the active's: said, and the plan
+    # is made against the current version instead (connections unknown: drains).
+    node = str(pair.node_file("lb1"))
+    elsewhere = json.loads(lvsctl(pair, "config", "diff", "--plan", "--json", "--node", node,
+                                  str(path)).stdout)["plan"]
+    assert elsewhere["basis"]["kind"] == "version"
+    assert "is director lb1's, not the active lb2's" in elsewhere["basis"]["why"]
+    assert [op["op"] for op in elsewhere["ops"]] == ["drain_dest", "drain_dest"]
+    logged = len(pair.log("lb2"))
+    pushed = json.loads(lvsctl(pair, "config", "push", "--plan", "--json", str(path),
+                               where="lb2").stdout)["plan"]
+    assert (pushed["basis"]["kind"], pushed["basis"]["director"]) == ("director", "lb2")
+    for name in ("lb1", "lb2"):
+        pair.wait(lambda n=name: APP not in table(pair, n), 20, f"app gone from {name}")
+    assert [op["text"] for op in ipvs_ops(pair, "lb2", logged)] == [
+        op["text"] for op in pushed["ops"]]
