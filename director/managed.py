@@ -221,6 +221,14 @@ class ManagedBook:
 
     def _save(self, strict: bool) -> None:
         record = record_of(self.director, self.services, self.wall())
+        try:
+            record.to_bytes()  # too large for a record: neither copy can hold it
+        except RecordError as exc:
+            if strict:
+                raise
+            log.error("managed services not recorded: %s", exc,
+                      extra={"event": "managed_error"})
+            return
         if self.path is not None:
             try:
                 write_state_file(self.path, record)
