@@ -26,12 +26,12 @@ Znode layout, under ``<root>/<cluster>`` (``root`` is ``zookeeper.root``, defaul
                                     the election queue (ElectionQueue; the Election recipe in
                                     director/election.py drives it): ephemeral sequential, data
                                     a Candidate; the lowest leads and its sequence is the epoch
-        directors/<name>            each running director's DirectorRecord (ephemeral)
-        transitions/t_<0000000042>  the pair's log: one TransitionRecord each, the last 200
-        overrides/                  reserved: maintenance overrides (realserver drain)
         managed/<name>              the services each director manages in its own IPVS table
                                     (ManagedRecord, persistent): what it retires when they
                                     leave the cluster file
+        directors/<name>            each running director's DirectorRecord (ephemeral)
+        transitions/t_<0000000042>  the pair's log: one TransitionRecord each, the last 200
+        overrides/                  reserved: maintenance overrides (realserver drain)
 
 ``config`` and its history entry are written in one multi-op transaction guarded by the
 ``config`` znode's version (compare-and-set), so two concurrent pushes cannot both win and the
