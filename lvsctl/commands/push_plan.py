@@ -110,7 +110,7 @@ def _active_view(store: ClusterStore, cluster: Cluster) -> tuple[DirectorView, s
         raise LvsctlError(f"director {leader.director} publishes no API address")
     host, _, port = record.api.rpartition(":")
     host = host.strip("[]")
-    if host and ipaddress.ip_address(host).is_unspecified:
+    if _unspecified(host):
         # It listens everywhere: reach it at its own address from the cluster file.
         try:
             host = cluster.director(leader.director).address
@@ -135,6 +135,13 @@ def _active_view(store: ClusterStore, cluster: Cluster) -> tuple[DirectorView, s
         raise LvsctlError(f"the API at {api} is director {view.director}'s, not the active "
                           f"{leader.director}'s")
     return view, api
+
+
+def _unspecified(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return False  # a host name: reached as it is
 
 
 def _against_version(store: ClusterStore, cluster: Cluster, why: str) -> PushPlan:
