@@ -40,7 +40,9 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[build.Lab]:
     started = time.monotonic()
     try:
         with results.timed_steps(print) as step:
-            the_lab.up(step)
+            # The VM's emulated CPUs are shared with every other VM on the host: a director
+            # may take minutes to come up when the host is busy.
+            the_lab.up(step, active_timeout=600)
         print(f"lab up in {time.monotonic() - started:.0f} s")
         yield the_lab
     finally:
