@@ -1,4 +1,5 @@
-"""The director's HTTP endpoint: ``/status`` and ``/metrics`` for anyone who can reach it,
+"""The director's HTTP endpoint: ``/status``, ``/metrics`` and ``/ipvs`` (the observed table
+and what the next pass plans from, for ``config push --plan``) for anyone who can reach it,
 and authenticated actions (``POST /stepdown``; ``/crash`` and ``/freeze`` for drills).
 
 It listens where the node file's ``api.listen`` says (localhost by default). Actions need
@@ -39,6 +40,8 @@ class Director(Protocol):
 
     async def stepdown(self) -> None: ...
 
+    def ipvs(self) -> dict[str, Any]: ...
+
 
 def _token(path: str | None) -> bytes | None:
     if path is None:
@@ -75,6 +78,12 @@ def make_app(director: Director) -> web.Application:
         ]
         return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
 
+    async def ipvs(_: web.Request) -> web.Response:
+        try:
+            return web.json_response(director.ipvs())
+        except LvsctlError as exc:
+            return web.json_response({"error": str(exc)}, status=503)
+
     def guard(request: web.Request, drill: bool = False) -> None:
         if not authorized(request, _token(director.node.api.token_file)):
             raise web.HTTPUnauthorized(text="a valid bearer token is required\n")
@@ -108,6 +117,7 @@ def make_app(director: Director) -> web.Application:
     app.add_routes([
         web.get("/status", status), web.get("/metrics", metrics),
         web.post("/stepdown", stepdown), web.post("/crash", crash), web.post("/freeze", freeze),
+        web.get("/ipvs", ipvs),
     ])
     return app
 

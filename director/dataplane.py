@@ -5,7 +5,9 @@ connection-sync daemon in the role leadership gives (active = master, else backu
 Both directors reconcile (the standby's table is kept warm, DESIGN.md "Data flow"); the kernel
 is observed on every pass and a failed observation plans no deletes (reconcile.plan). A
 director that starts adopts the table it finds: nothing is flushed, only what the plan says is
-changed.
+changed. Each director remembers the services it manages (director/managed.py): one that
+leaves the cluster file is retired (its dests drained, then deleted, then the service), one it
+never managed is never touched.
 
 **A refused op** (the one rule, for the daemon and the CLI alike):
 
@@ -40,9 +42,12 @@ from typing import Any, NamedTuple
 
 from lvsctl.core.errors import KernelError
 from lvsctl.core.model import Cluster, Health, HealthKey, ServiceKey
+from lvsctl.core.records import ManagedService
 from lvsctl.director.ipvs import IpvsTable
 from lvsctl.director.ipvs_rules import SyncState, done_errno, reason
 from lvsctl.director.ipvs_timeouts import sync_timeouts, timeouts_text
+from lvsctl.director.managed import ManagedBook, retired_services
+from lvsctl.director.plan_view import view_document
 from lvsctl.director.reconcile import (
     AddDest,
     AddService,
@@ -136,13 +141,22 @@ def plan_pass(table: IpvsTable, desired: DesiredTable, drain_state: DrainState, 
     return Planned(observed, drain, plan(desired, observed, drain, now, retired=retired))
 
 
-def plan_cluster(table: IpvsTable, cluster: Cluster, *, now: float | None = None) -> Planned:
+def plan_cluster(table: IpvsTable, cluster: Cluster, *, now: float | None = None,
+                 managed: Mapping[ServiceKey, ManagedService] | None = None) -> Planned:
     """The plan ``lvsctl ipvs plan`` shows for ``cluster``: with no health results every real
     server counts as healthy (``desired_table``'s warm-start rule), so the plan is what the
     file says; the drain state comes from the kernel alone (a busy draining dest waits until
-    it is idle). Raises KernelError when the table cannot be read."""
+    it is idle). The ``managed`` services the file no longer names are retired. Raises
+    KernelError when the table cannot be read."""
     now = time.monotonic() if now is None else now
-    return plan_pass(table, desired_table(cluster, {}), {}, now, blind=False)
+    desired = desired_table(cluster, {})
+    return plan_pass(table, desired, {}, now, blind=False,
+                     retired=retired_services(managed or {}, desired))
+
+
+def service_names(cluster: Cluster) -> dict[ServiceKey, str]:
+    """Each service's name in the cluster file, by key (kept with the managed set)."""
+    return {s.key: s.name for s in cluster.services}
 
 
 # The phase of each kind of op: services added or edited, then dests, then services deleted.
@@ -224,20 +238,30 @@ class Dataplane:
     last: dict[str, Any] = field(default_factory=dict)
     # Each service's last quorum verdict: quorum_hysteresis needs the previous pass's.
     quorum_held: dict[ServiceKey, bool] = field(default_factory=dict)
+    # The services this director manages (retired when they leave the file); in memory
+    # only unless the daemon gives it a state file and its ZooKeeper record.
+    managed: ManagedBook = field(default_factory=ManagedBook)
 
     def reconcile(self, cluster: Cluster, health: Mapping[HealthKey, Health], *,
                   epoch: int, role: str) -> dict[str, Any]:
         """One pass: observe, plan, apply (the refused-op rule above). Returns (and keeps) a
         summary for /status: wall, epoch, role, observed, planned, applied, errors (one line
-        per refused or skipped op), services, and the count of each outcome (already, refused,
-        skipped)."""
+        per refused or skipped op), services, retiring (the retired services the kernel still
+        holds), and the count of each outcome (already, refused, skipped).
+
+        The managed set is recorded before any op is applied (director/managed.py)."""
         desired = desired_table(cluster, health, quorum_held=self.quorum_held)
         self.quorum_held = quorum_verdicts(desired)
-        planned = plan_pass(self.table, desired, self.drain_state, self.monotonic())
+        retired = self.managed.retired(desired)
+        planned = plan_pass(self.table, desired, self.drain_state, self.monotonic(),
+                            retired=retired)
         if planned.observe_error is not None:
             log.error("cannot read the IPVS table: %s", planned.observe_error,
                       extra={"event": "ipvs_error", "epoch": epoch, "role": role})
         self.drain_state = planned.drain_state
+        self.managed.update(desired, planned.observed, service_names(cluster))
+        retiring = sorted(str(k) for k in retired
+                          if planned.observed is not None and k in planned.observed)
 
         def report(batch: list[OpResult]) -> None:
             for result in batch:
@@ -261,11 +285,21 @@ class Dataplane:
             "observed": planned.observed is not None, "planned": len(planned.ops),
             "applied": counts[Outcome.APPLIED],
             "errors": errors,
-            "services": len(desired),
+            "services": len(desired), "retiring": retiring,
             "already": counts[Outcome.ALREADY], "refused": counts[Outcome.REFUSED],
             "skipped": counts[Outcome.SKIPPED],
         }
         return self.last
+
+    def view(self, *, director: str, role: str, epoch: int, version: str,
+             health: Mapping[HealthKey, Health]) -> dict[str, Any]:
+        """What ``GET /ipvs`` serves (director/plan_view.py): the table observed now, the
+        managed services, ``health`` and the last quorum verdicts, from which the next pass
+        plans. Raises KernelError when the table cannot be read."""
+        return view_document(director=director, role=role, epoch=epoch, version=version,
+                             observed=self.table.observe(stats=False),
+                             managed=self.managed.as_json(), health=health,
+                             quorum_held=self.quorum_held)
 
     @staticmethod
     def _log(result: OpResult, epoch: int, role: str) -> None:
@@ -298,4 +332,5 @@ class Dataplane:
             "interface": interface, "sync_id": sync_id})
 
     def close(self) -> None:
+        self.managed.close()
         self.table.close()

@@ -126,7 +126,7 @@ class AddService:
     spec: ServiceSpec
 
     def __str__(self) -> str:
-        return f"add service {self.key} {_spec_text(self.spec)}"
+        return f"add service {self.key} {spec_text(self.spec)}"
 
 
 @dataclass(frozen=True)
@@ -135,7 +135,7 @@ class EditService:
     spec: ServiceSpec
 
     def __str__(self) -> str:
-        return f"edit service {self.key} {_spec_text(self.spec)}"
+        return f"edit service {self.key} {spec_text(self.spec)}"
 
 
 @dataclass(frozen=True)
@@ -153,7 +153,7 @@ class AddDest:
     spec: DestSpec
 
     def __str__(self) -> str:
-        return f"add dest {self.service} -> {self.key} {_dest_text(self.spec)}"
+        return f"add dest {self.service} -> {self.key} {dest_text(self.spec)}"
 
 
 @dataclass(frozen=True)
@@ -163,7 +163,7 @@ class EditDest:
     spec: DestSpec
 
     def __str__(self) -> str:
-        return f"edit dest {self.service} -> {self.key} {_dest_text(self.spec)}"
+        return f"edit dest {self.service} -> {self.key} {dest_text(self.spec)}"
 
 
 @dataclass(frozen=True)
@@ -194,7 +194,7 @@ class DelDest:
 Op = AddService | EditService | DelService | AddDest | EditDest | DrainDest | DelDest
 
 
-def _spec_text(spec: ServiceSpec) -> str:
+def spec_text(spec: ServiceSpec) -> str:
     text = f"scheduler {spec.scheduler}"
     if spec.flags:
         text += f" flags {','.join(sorted(spec.flags))}"
@@ -203,7 +203,7 @@ def _spec_text(spec: ServiceSpec) -> str:
     return text
 
 
-def _dest_text(spec: DestSpec) -> str:
+def dest_text(spec: DestSpec) -> str:
     return f"{spec.forwarding.label} weight {spec.weight}"
 
 

@@ -81,6 +81,9 @@ class Dataplane(Protocol):
 
     def sync_role(self, active: bool, interface: str, sync_id: int, *, epoch: int) -> None: ...
 
+    def view(self, *, director: str, role: str, epoch: int, version: str,
+             health: Mapping[HealthKey, Health]) -> dict[str, Any]: ...
+
     def close(self) -> None: ...
 
 
@@ -359,6 +362,14 @@ class Worker:
             "api": self.api_address,
             "transitions": self.transitions[-10:],
         }
+
+    def ipvs(self) -> dict[str, Any]:
+        """What ``GET /ipvs`` serves: the table as observed now and what the next pass plans
+        from (director/plan_view.py). Raises LvsctlError when the table cannot be read."""
+        return self.dataplane.view(
+            director=self.me, role=self.leader.role, epoch=self.leader.epoch,
+            version=self.config_version,
+            health=self.health.snapshot() if self.health is not None else {})
 
     # -- the API's actions ---------------------------------------------------------------------
 

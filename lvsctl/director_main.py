@@ -273,6 +273,7 @@ def run_worker(node_path: str, *, channel_fd: int, insecure: bool,
     from lvsctl.director.api import start_api
     from lvsctl.director.channel import Channel
     from lvsctl.director.dataplane import Dataplane
+    from lvsctl.director.managed import ManagedBook, ZkManaged, state_file
     from lvsctl.director.worker import Worker, ZkStore
     from lvsctl.healthcheck.checkers import Checkers
     from lvsctl.healthcheck.scheduler import Scheduler
@@ -284,7 +285,12 @@ def run_worker(node_path: str, *, channel_fd: int, insecure: bool,
     target, credentials, client = _connect(node, insecure)
     store = ZkStore(client, ClusterConnection(target, client, credentials))
     # The kernel's table is adopted as it is: only what the plan says changes (no flush).
-    dataplane = Dataplane(make_table(node), monotonic=time.monotonic)
+    # The services it manages: its state file, and its record in ZooKeeper (read back when
+    # the file is lost), so what leaves the cluster file is retired after a restart too.
+    managed = ManagedBook(node.director, state_file(node.state_dir, node.cluster),
+                          ZkManaged(store.store, node.director))
+    managed.load()
+    dataplane = Dataplane(make_table(node), monotonic=time.monotonic, managed=managed)
 
     async def main() -> int:
         # Both directors run the checks (a warm standby knows the real servers' health).

@@ -20,6 +20,7 @@ from lvsctl.commands.common import (
     insecure_option,
     zookeeper_options,
 )
+from lvsctl.commands.push_plan import echo_plan, plan_push
 from lvsctl.core.config import load_cluster, parse_cluster, read_file_text
 from lvsctl.core.errors import ConfigError, ZooKeeperError
 from lvsctl.core.model import Cluster, Service
@@ -137,12 +138,13 @@ def _current(store: ConfigStore) -> ConfigVersion:
     return current
 
 
-def _report_push(result: PushResult, conn: ClusterConnection, as_json: bool) -> None:
+def _report_push(result: PushResult, conn: ClusterConnection, as_json: bool,
+                 extra: dict[str, Any] | None = None) -> None:
     made = result.version
     hosts, path = conn.target.hosts, conn.paths.config
     if as_json:
         echo_json({"changed": result.changed, "cluster": conn.paths.cluster,
-                   "zookeeper": hosts, "znode": path, **made.meta()})
+                   "zookeeper": hosts, "znode": path, **made.meta(), **(extra or {})})
         return
     if not result.changed:
         click.echo(f"unchanged: version {made.version} already holds this text "
@@ -170,14 +172,16 @@ _replace_unreadable_option = click.option(
 @_replace_unreadable_option
 @insecure_option
 @connect_timeout_option
+@click.option("--plan", "show_plan", is_flag=True,
+              help="First print what the directors will change in IPVS (see diff --plan).")
 @_json_option
 def push_command(file: str, expect_version: int | None, keep: int, replace_unreadable: bool,
-                 insecure: bool, connect_timeout: float, as_json: bool) -> None:
+                 insecure: bool, connect_timeout: float, show_plan: bool, as_json: bool) -> None:
     """Validate FILE, then write it to the ZooKeeper its 'zookeeper' section names.
 
     The write is a compare-and-set: if another push lands first, this one fails and
     nothing is written. An invalid file, or one larger than a push can carry, never reaches
-    ZooKeeper.
+    ZooKeeper. With --plan the IPVS changes are planned (and printed) before the write.
     """
     text = read_file_text(file)
     check_push_size(len(text.encode()), file)  # before validating: a huge file is slow to
@@ -191,10 +195,14 @@ def push_command(file: str, expect_version: int | None, keep: int, replace_unrea
         if conn.credentials is None:
             warn(f"no ZooKeeper credentials (--insecure): {conn.paths.base} is open to "
                  "every ZooKeeper client")
+        planned = plan_push(conn, cluster) if show_plan else None
+        if planned is not None and not as_json:
+            echo_plan(planned)
         store = ConfigStore(conn, keep=keep)
         result = store.push(loaded.text, expect_version, source=loaded.source,
                             replace_unreadable=replace_unreadable)
-        _report_push(result, conn, as_json)
+        _report_push(result, conn, as_json,
+                     None if planned is None else {"plan": planned.as_json()})
 
 
 @config_group.command("show")
@@ -217,9 +225,16 @@ def show_command(zk: ZkOptions, version: int | None, as_json: bool) -> None:
 @click.argument("file", type=click.Path(dir_okay=False))
 @zookeeper_options
 @click.option("--exit-code", is_flag=True, help="Exit 1 when there are differences.")
+@click.option("--plan", "show_plan", is_flag=True,
+              help="Show what the directors would change in IPVS instead: planned against the "
+                   "active director's table (its API), else the current version's.")
 @_json_option
-def diff_command(file: str, zk: ZkOptions, exit_code: bool, as_json: bool) -> None:
+def diff_command(file: str, zk: ZkOptions, exit_code: bool, show_plan: bool,
+                 as_json: bool) -> None:
     """Show how FILE differs from the cluster file ZooKeeper holds (a unified diff)."""
+    if show_plan:
+        _diff_plan(file, zk, exit_code, as_json)
+        return
     text = read_file_text(file)
     with zk.connect() as conn:
         current = _current(ConfigStore(conn))
@@ -236,6 +251,20 @@ def diff_command(file: str, zk: ZkOptions, exit_code: bool, as_json: bool) -> No
     else:
         click.echo(f"no differences: {file} equals version {current.version}")
     if lines and exit_code:
+        raise SystemExit(1)
+
+
+def _diff_plan(file: str, zk: ZkOptions, exit_code: bool, as_json: bool) -> None:
+    loaded = load_cluster(file)
+    for issue in loaded.warnings:
+        warn(issue.line(loaded.source))
+    with zk.connect() as conn:
+        planned = plan_push(conn, loaded.cluster)
+    if as_json:
+        echo_json({"file": file, "plan": planned.as_json()})
+    else:
+        echo_plan(planned)
+    if planned.ops and exit_code:
         raise SystemExit(1)
 
 

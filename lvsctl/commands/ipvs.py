@@ -1,7 +1,16 @@
-"""``lvsctl ipvs``: show and save the kernel's IPVS table, plan and apply a cluster file to it."""
+"""``lvsctl ipvs``: show and save the kernel's IPVS table, plan and apply a cluster file to it.
+
+``apply`` remembers the services it put in a table in a state file of its own
+(``<state-dir>/<cluster>.ipvs[@NETNS].managed.json``, the director's format): a service that
+a later file no longer names is retired (drained, then deleted) like a removed real server, and
+a service it never applied is never touched. ``plan`` reads the same file.
+"""
 
 from __future__ import annotations
 
+import re
+import time
+from pathlib import Path
 from typing import Any
 
 import click
@@ -9,7 +18,14 @@ import click
 from lvsctl.core.config import Loaded, load_cluster
 from lvsctl.core.errors import KernelError
 from lvsctl.core.model import Family, ServiceKey
-from lvsctl.director.dataplane import OpResult, Outcome, apply_ops, count, plan_cluster
+from lvsctl.director.dataplane import (
+    OpResult,
+    Outcome,
+    apply_ops,
+    count,
+    plan_cluster,
+    service_names,
+)
 from lvsctl.director.ipvs_kernel import KernelIpvs
 from lvsctl.director.ipvs_rules import FWD_NAMES
 from lvsctl.director.ipvs_text import (
@@ -25,7 +41,14 @@ from lvsctl.director.ipvs_timeouts import (
     timeouts_json,
     timeouts_text,
 )
-from lvsctl.director.reconcile import ObservedService, op_dict
+from lvsctl.director.managed import (
+    next_managed,
+    read_state_file,
+    record_of,
+    state_file,
+    write_state_file,
+)
+from lvsctl.director.reconcile import ObservedService, desired_table, op_dict
 from lvsctl.output import echo_json, warn
 
 
@@ -108,15 +131,36 @@ def _load(file: str) -> Loaded:
     return loaded
 
 
+DEFAULT_STATE_DIR = "/var/lib/lvsctl"
+_state_dir_option = click.option(
+    "--state-dir", type=click.Path(file_okay=False), default=DEFAULT_STATE_DIR,
+    show_default=True, help="Where apply keeps the services it manages (retired when they "
+                            "leave the file).")
+_NETNS_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+def _managed_file(ctx: click.Context, state_dir: str, cluster: str) -> Path:
+    """The state file of the services ``apply`` manages in this table (one per namespace)."""
+    netns = (ctx.find_object(dict) or {}).get("netns")
+    if netns is None:
+        return state_file(state_dir, cluster, "ipvs.managed")
+    if not _NETNS_NAME.fullmatch(netns) or netns in (".", ".."):
+        raise click.BadParameter(f"expected a namespace name ({_NETNS_NAME.pattern}), got "
+                                 f"{netns!r}", param_hint="--netns")
+    return state_file(state_dir, cluster, f"ipvs@{netns}.managed")
+
+
 @ipvs_group.command("plan")
 @click.argument("file", type=click.Path(dir_okay=False))
+@_state_dir_option
 @click.option("--json", "as_json", is_flag=True, help="Print the ops as JSON.")
 @click.pass_context
-def plan_command(ctx: click.Context, file: str, as_json: bool) -> None:
+def plan_command(ctx: click.Context, file: str, state_dir: str, as_json: bool) -> None:
     """Show what `apply FILE` would change in the live table; change nothing."""
     loaded = _load(file)
+    managed = read_state_file(_managed_file(ctx, state_dir, loaded.cluster.name))
     with _open(ctx) as ipvs:
-        ops = plan_cluster(ipvs, loaded.cluster).ops
+        ops = plan_cluster(ipvs, loaded.cluster, managed=managed).ops
     if as_json:
         echo_json({"file": file, "ops": [op_dict(op) for op in ops]})
         return
@@ -130,19 +174,25 @@ def plan_command(ctx: click.Context, file: str, as_json: bool) -> None:
 
 @ipvs_group.command("apply")
 @click.argument("file", type=click.Path(dir_okay=False))
+@_state_dir_option
 @click.option("--json", "as_json", is_flag=True,
               help="Print each op's outcome as JSON at the end (progress goes to stderr).")
 @click.pass_context
-def apply_command(ctx: click.Context, file: str, as_json: bool) -> None:
+def apply_command(ctx: click.Context, file: str, state_dir: str, as_json: bool) -> None:
     """Reconcile the live table with FILE once, printing each op as it is applied.
 
-    Only the file's services are touched. A real server no longer in the file is drained
-    (weight 0) and deleted once idle; run apply again later to finish a drain. An op the
+    Only the file's services, and those an earlier apply made that the file no longer names,
+    are touched. A real server no longer in the file, and every real server of such a retired
+    service, is drained (weight 0) and deleted once idle, then the retired service; run apply
+    again later to finish a drain. The services apply manages are kept in
+    STATE_DIR/CLUSTER.ipvs.managed.json, written before the table is changed. An op the
     kernel refuses is printed with its reason and the others go on, except those that depend
     on it (the real servers of a service that could not be added), which are skipped; then
     apply exits 1. The file's ipvs_timeouts are set too (like ipvsadm --set).
     """
     loaded = _load(file)
+    path = _managed_file(ctx, state_dir, loaded.cluster.name)
+    managed = read_state_file(path)
 
     def progress(batch: list[OpResult]) -> None:
         for result in batch:
@@ -153,7 +203,12 @@ def apply_command(ctx: click.Context, file: str, as_json: bool) -> None:
         sent = sync_timeouts(ipvs, loaded.cluster.ipvs_timeouts)
         if sent is not None:
             click.echo(f"set IPVS timeouts {timeouts_text(sent)}", err=as_json)
-        ops = plan_cluster(ipvs, loaded.cluster).ops
+        planned = plan_cluster(ipvs, loaded.cluster, managed=managed)
+        ops = planned.ops
+        after = next_managed(managed, desired_table(loaded.cluster, {}), planned.observed,
+                             service_names(loaded.cluster))
+        if after != managed:  # before the table changes: a service added is never forgotten
+            write_state_file(path, record_of("", after, time.time()))
         results = apply_ops(ipvs, ops, on_batch=progress) if ops else []
     counts = count(results)
     failed = counts[Outcome.REFUSED] + counts[Outcome.SKIPPED]

@@ -9,6 +9,7 @@ skipped instead of failing the whole read.
     DirectorRecord     directors/<name>     what a running director publishes (its /status)
     TransitionRecord   transitions/t_<N>    one event in the pair's log (and in a status)
     Candidate          election/<..>__n_<N> who owns an election znode
+    ManagedRecord      managed/<name>       the services a director manages (and retires)
 """
 
 from __future__ import annotations
@@ -20,12 +21,15 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from lvsctl.core.errors import ZooKeeperError
+from lvsctl.core.model import Family, Protocol, ServiceKey
 
 # ZooKeeper refuses a znode over jute.maxbuffer (1 MiB by default); a director's status with
 # thousands of real servers stays well below this. A transition is one small event.
 MAX_DIRECTOR_BYTES = 1_000_000
 MAX_TRANSITION_BYTES = 16_384
 MAX_CANDIDATE_BYTES = 1_024
+# A managed service is about 120 bytes: far more services than a pushed file can name.
+MAX_MANAGED_BYTES = 1_000_000
 # A transition's reason may quote a rejected config's issues: long, but never unbounded.
 MAX_REASON_CHARS = 2_000
 
@@ -439,6 +443,84 @@ class Candidate:
     def from_bytes(cls, data: bytes, where: str) -> Candidate:
         raw = decode_json(data, where, MAX_CANDIDATE_BYTES)
         return cls(Fields(raw, where).text("director"))
+
+
+# -- managed services ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ManagedService:
+    """A virtual service a director manages: its key, its name in the last cluster file that
+    had it, and that file's drain timeout (what retiring it waits for at most)."""
+
+    key: ServiceKey
+    name: str = ""
+    drain_timeout: float = 60.0
+
+    def to_json(self) -> dict[str, Any]:
+        key = self.key
+        return {"name": self.name, "family": "ipv6" if key.family is Family.INET6 else "ipv4",
+                "protocol": None if key.protocol is None else key.protocol.label,
+                "address": key.address, "port": key.port, "fwmark": key.fwmark,
+                "drain_timeout": self.drain_timeout}
+
+    @classmethod
+    def from_json(cls, raw: Any, where: str) -> ManagedService:
+        """Decode one entry. Raises RecordError naming the key that is wrong."""
+        f = Fields(raw, where)
+        family = {"ipv4": Family.INET, "ipv6": Family.INET6}.get(f.text("family"))
+        if family is None:
+            raise RecordError(f"{where}.family: expected ipv4 or ipv6")
+        fwmark, port = f.integer("fwmark", 0), f.integer("port", 0)
+        timeout = f.number("drain_timeout")
+        if not 0 <= timeout <= 86_400:
+            raise RecordError(f"{where}.drain_timeout: expected 0 to 86400 seconds")
+        if fwmark:
+            if not 0 < fwmark < 2**32:
+                raise RecordError(f"{where}.fwmark: expected 1 to {2**32 - 1}")
+            return cls(ServiceKey.mark(family, fwmark), f.text("name", ""), timeout)
+        protocol, address = f.text("protocol"), f.text("address")
+        try:
+            key = ServiceKey.inet(Protocol.parse(protocol), address, port)
+        except (KeyError, ValueError):
+            raise RecordError(f"{where}: not a service: {protocol!r} {address!r}") from None
+        if key.family is not family or not 0 <= port < 65_536:
+            raise RecordError(f"{where}: not a service of family {family.name}: "
+                              f"{address!r} port {port}")
+        return cls(key, f.text("name", ""), timeout)
+
+
+@dataclass(frozen=True)
+class ManagedRecord:
+    """What ``managed/<director>`` holds: every service that director put in its own IPVS
+    table and has not yet deleted, so a service that leaves the cluster file is retired
+    (drained, then deleted) after a restart, a failover or a rollback too. ``wall``: when it
+    was written (seconds since 1970)."""
+
+    director: str
+    services: tuple[ManagedService, ...] = ()
+    wall: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"director": self.director, "wall": self.wall,
+                "services": [s.to_json() for s in self.services]}
+
+    @classmethod
+    def from_json(cls, raw: Any, where: str = "managed record") -> ManagedRecord:
+        """Decode a record. Raises RecordError naming the key that is wrong."""
+        f = Fields(raw, where)
+        return cls(f.text("director"),
+                   tuple(ManagedService.from_json(s.raw, s.where) for s in f.objects("services")),
+                   f.wall_or_none("wall") or 0.0)
+
+    def to_bytes(self) -> bytes:
+        """The znode (or state file) data. Raises RecordError when over MAX_MANAGED_BYTES."""
+        return _encode_json(self.to_json(), f"managed record of {self.director}",
+                            MAX_MANAGED_BYTES)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, where: str) -> ManagedRecord:
+        return cls.from_json(decode_json(data, where, MAX_MANAGED_BYTES), where)
 
 
 # -- what a reader got ------------------------------------------------------------------------

@@ -26,6 +26,9 @@ Znode layout, under ``<root>/<cluster>`` (``root`` is ``zookeeper.root``, defaul
                                     the election queue (ElectionQueue; the Election recipe in
                                     director/election.py drives it): ephemeral sequential, data
                                     a Candidate; the lowest leads and its sequence is the epoch
+        managed/<name>              the services each director manages in its own IPVS table
+                                    (ManagedRecord, persistent): what it retires when they
+                                    leave the cluster file
         directors/<name>            each running director's DirectorRecord (ephemeral)
         transitions/t_<0000000042>  the pair's log: one TransitionRecord each, the last 200
         overrides/                  reserved: maintenance overrides (realserver drain)
@@ -82,6 +85,7 @@ from lvsctl.core.records import (
     Candidate,
     DirectorRecord,
     Fields,
+    ManagedRecord,
     Read,
     RecordError,
     Skipped,
@@ -171,6 +175,14 @@ class Paths:
 
     def transition_entry(self, seq: int) -> str:
         return f"{self.transitions}/{_TRANSITION_PREFIX}{seq:010d}"
+
+    @property
+    def managed(self) -> str:
+        return f"{self.base}/managed"
+
+    def managed_entry(self, name: str) -> str:
+        """A director's managed record. Raises RecordError when ``name`` cannot name a znode."""
+        return f"{self.managed}/{self.director(name).rsplit('/', 1)[1]}"
 
     @property
     def overrides(self) -> str:
@@ -1085,6 +1097,37 @@ class ClusterStore:
                 continue
             records.append(record)
         return Read(tuple(records), tuple(skipped))
+
+    # managed services
+
+    def publish_managed(self, record: ManagedRecord) -> None:
+        """Create or replace ``managed/<record.director>`` (persistent: it outlives the
+        director's session). Only that director writes it. Raises RecordError (too large),
+        ZooKeeperError."""
+        path = self.paths.managed_entry(record.director)
+        data = record.to_bytes()
+        client = self.conn.client
+        with self.conn.errors("writing", path):
+            self.conn.ensure(self.paths.managed)
+            try:
+                client.set(path, data)
+            except NoNodeError:
+                try:
+                    client.create(path, data, acl=self.conn.acl)
+                except NodeExistsError:
+                    client.set(path, data)
+
+    def managed(self, name: str) -> ManagedRecord | None:
+        """A director's managed record; None when it wrote none. Raises RecordError when the
+        znode holds something else (or another director's record)."""
+        path = self.paths.managed_entry(name)
+        data = self._get(path)
+        if data is None:
+            return None
+        record = ManagedRecord.from_bytes(data, path)
+        if record.director != name:
+            raise RecordError(f"{path}: the record is of director {record.director}")
+        return record
 
     # transitions
 
