@@ -1,4 +1,5 @@
-"""The director's HTTP endpoint: ``/status`` and ``/metrics`` for anyone who can reach it,
+"""The director's HTTP endpoint: ``/status``, ``/metrics`` and ``/realservers`` (every real
+server's override, weights and the kernel's connection counts) for anyone who can reach it,
 and authenticated actions (``POST /stepdown``; ``/crash`` and ``/freeze`` for drills).
 
 It listens where the node file's ``api.listen`` says (localhost by default). Actions need
@@ -35,6 +36,8 @@ class Director(Protocol):
 
     def status(self) -> dict[str, Any]: ...
 
+    def realservers(self) -> dict[str, Any]: ...
+
     async def stepdown(self) -> None: ...
 
 
@@ -59,6 +62,9 @@ def authorized(request: web.Request, token: bytes | None) -> bool:
 def make_app(director: Director) -> web.Application:
     async def status(_: web.Request) -> web.Response:
         return web.json_response(director.status())
+
+    async def realservers(_: web.Request) -> web.Response:
+        return web.json_response(director.realservers())
 
     async def metrics(_: web.Request) -> web.Response:
         st = director.status()
@@ -105,6 +111,7 @@ def make_app(director: Director) -> web.Application:
     app = web.Application()
     app.add_routes([
         web.get("/status", status), web.get("/metrics", metrics),
+        web.get("/realservers", realservers),
         web.post("/stepdown", stepdown), web.post("/crash", crash), web.post("/freeze", freeze),
     ])
     return app

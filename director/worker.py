@@ -26,9 +26,9 @@ from kazoo.recipe.watchers import DataWatch
 
 from lvsctl.core.config import Loaded
 from lvsctl.core.errors import LvsctlError
-from lvsctl.core.model import Cluster, Health, HealthKey
+from lvsctl.core.model import Cluster, Health, HealthKey, ServiceKey
 from lvsctl.core.node import Node
-from lvsctl.core.records import DirectorRecord, TransitionRecord
+from lvsctl.core.records import DirectorRecord, Overrides, RecordError, TransitionRecord
 from lvsctl.core.zk import ClusterConnection, ClusterStore, ConfigVersion
 from lvsctl.director.channel import (
     EXIT_FATAL,
@@ -44,6 +44,9 @@ from lvsctl.director.channel import (
     StepdownRequest,
     VipSpec,
 )
+from lvsctl.director.hooks import Event, Hooks
+from lvsctl.director.ipvs import IpvsTable
+from lvsctl.director.maintenance import effective, realserver_rows
 from lvsctl.healthcheck.scheduler import HealthChange
 
 log = logging.getLogger("lvsctl.director")
@@ -64,6 +67,9 @@ class Store(Protocol):
         """Once connected, refuse an open root, then call ``on_data`` (on this loop) with
         the config znode's data now and on every change. Raises LvsctlError (insecure)."""
 
+    async def watch_overrides(self, on_data: Callable[[bytes | None], None]) -> None:
+        """As ``watch_config``, for the maintenance overrides' znode."""
+
     def persist(self, entry: Mapping[str, Any], status: Mapping[str, Any]) -> None:
         """Write one record and this director's status (blocking: runs in a thread)."""
 
@@ -72,6 +78,9 @@ class Store(Protocol):
 
 class Dataplane(Protocol):
     """director/dataplane.py's ``Dataplane``, as the worker uses it."""
+
+    table: IpvsTable
+    quorum_held: dict[ServiceKey, bool]
 
     def reconcile(self, cluster: Cluster, health: Mapping[HealthKey, Health], *,
                   epoch: int, role: str) -> dict[str, Any]: ...
@@ -155,6 +164,9 @@ class Worker:
         self._state_changed = asyncio.Event()
         self._records: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._api: Any = None
+        self.overrides = Overrides()
+        self.overrides_error = ""
+        self.hooks = Hooks()
 
     @property
     def me(self) -> str:
@@ -199,6 +211,8 @@ class Worker:
         if (old.role, old.epoch) != (state.role, state.epoch):
             self._reconcile_at = 0.0
             self._wake.set()
+        if old.role != state.role and state.role in ("ACTIVE", "STANDBY", "FENCED"):
+            self.notify(f"director_{state.role.lower()}")
         self._sync_role(state.role == "ACTIVE" and not self._handed_over, state.epoch)
         if not state.have_config and self.cluster is not None:
             self.send(leader_config(self.cluster, self.me, self.config_version))
@@ -239,6 +253,7 @@ class Worker:
         log.error("config rejected, keeping version %s: %s", self.config_version or "none", why,
                   extra={"event": "config_rejected", "reason": why})
         self.record({"event": "config_rejected", "reason": why})
+        self.notify("config_rejected", reason=why)
 
     def apply_config(self, loaded: Loaded, data: bytes | None = None) -> None:
         self.cluster = loaded.cluster
@@ -253,6 +268,8 @@ class Worker:
         self.send(leader_config(loaded.cluster, self.me, loaded.source))
         if self.health is not None:
             self.health.replace(loaded.cluster)
+        self.hooks.configure(loaded.cluster.notify)
+        self.notify("config_accepted")
         if self._sync_active is None:
             self._sync_role(self.leader.role == "ACTIVE" and not self._handed_over,
                             self.leader.epoch)
@@ -283,6 +300,77 @@ class Worker:
             return
         self.node = node
         log.info("node file reloaded (worker)", extra={"event": "worker_node_reloaded"})
+
+    # -- maintenance overrides (director/maintenance.py applies them) ------------------------
+
+    def _overrides_cache(self) -> Path:
+        return Path(self.node.state_dir) / f"{self.node.cluster}.overrides.json"
+
+    def on_overrides_data(self, data: bytes | None, cache: str = "") -> None:
+        """The overrides znode's data (None: absent, no overrides), or (``cache`` names it)
+        the local cache's."""
+        where = cache or f"{self.node.cluster_path}/overrides"
+        try:
+            overrides = Overrides.from_bytes(data or b"", where)
+        except RecordError as exc:
+            # As with the config: what cannot be read is not applied, the last one stays.
+            self.overrides_error = str(exc)
+            log.error("overrides not applied: %s", exc, extra={"event": "overrides_rejected"})
+            return
+        self.overrides_error = ""
+        if overrides != self.overrides:
+            log.info("overrides: %s", ", ".join(
+                o.realserver if o.service is None else f"{o.service}/{o.realserver}"
+                for o in overrides.items) or "none",
+                extra={"event": "overrides_applied", "overrides": len(overrides.items)})
+        self.overrides = overrides
+        if not cache:
+            with contextlib.suppress(OSError):
+                self._overrides_cache().parent.mkdir(parents=True, exist_ok=True)
+                self._overrides_cache().write_bytes(overrides.to_bytes())
+        self._reconcile_at = 0.0
+        self._wake.set()
+
+    def load_cached_overrides(self) -> None:
+        """Start from the overrides last seen (ZooKeeper may be unreachable)."""
+        path = self._overrides_cache()
+        with contextlib.suppress(OSError):
+            self.on_overrides_data(path.read_bytes(), cache=str(path))
+
+    def realservers(self) -> dict[str, Any]:
+        """Every real server with its override, weights and the kernel's connection counts
+        (``GET /realservers``); ``observed`` False when the table could not be read."""
+        if self.cluster is None:
+            return {"director": self.me, "role": self.leader.role, "realservers": []}
+        health = self.health.snapshot() if self.health is not None else {}
+        try:
+            observed = self.dataplane.table.observe(stats=False)
+            error = ""
+        except LvsctlError as exc:
+            observed, error = None, str(exc)
+        return {"director": self.me, "role": self.leader.role, "epoch": self.leader.epoch,
+                "error": error,
+                "realservers": realserver_rows(self.cluster, health, self.overrides, observed,
+                                               self.dataplane.quorum_held)}
+
+    # -- notify hooks (director/hooks.py runs them) -----------------------------------------
+
+    def notify(self, event: str, *, service: str = "", realserver: str = "",
+               reason: str = "") -> None:
+        self.hooks.emit(Event(
+            event, self.me, self.node.cluster, self.leader.role, self.leader.epoch,
+            self.wall(), self.hooks.next_seq(), service, realserver, reason,
+            self.config_version))
+
+    def _notify_quorum(self, before: Mapping[ServiceKey, bool],
+                       after: Mapping[ServiceKey, bool]) -> None:
+        if self.cluster is None:
+            return
+        for svc in self.cluster.services:
+            # No verdict yet counts as held, as the planner judges a starting director.
+            was, now = before.get(svc.key, True), after.get(svc.key, True)
+            if was != now:
+                self.notify("quorum_regained" if now else "quorum_lost", service=svc.name)
 
     # -- records for status and drills -------------------------------------------------------
 
@@ -316,6 +404,10 @@ class Worker:
                         "healthy": change.health.healthy, "reason": change.health.reason})
         self.record({"event": "health", "service": service, "realserver": realserver,
                      "healthy": change.health.healthy, "reason": change.health.reason})
+        was = change.previous
+        if change.health.healthy != (was is None or was.healthy):
+            self.notify("realserver_up" if change.health.healthy else "realserver_down",
+                        service=service, realserver=realserver, reason=change.health.reason)
         self._reconcile_at = 0.0
         self._wake.set()
 
@@ -329,10 +421,12 @@ class Worker:
                 rows = []
                 for rs in svc.realservers:
                     h = health.get((svc.name, rs.name))
+                    held = self.overrides.find(svc.name, rs.name)
                     rows.append({
                         "name": rs.name, "address": str(rs.key), "weight": rs.weight,
                         "health": None if h is None else {
                             "healthy": h.healthy, "weight": h.weight, "reason": h.reason},
+                        "override": None if held is None else held.to_json(),
                     })
                 services.append({
                     "name": svc.name, "service": str(svc.key), "forwarding": svc.forwarding.label,
@@ -350,6 +444,9 @@ class Worker:
             "last_reconcile": self.last_reconcile,
             "api": f"{self.node.api.host}:{self.node.api.port}",
             "transitions": self.transitions[-10:],
+            "overrides": {"items": [o.to_json() for o in self.overrides.items],
+                          "error": self.overrides_error},
+            "hooks": self.hooks.counts(),
         }
 
     # -- the API's actions ---------------------------------------------------------------------
@@ -385,18 +482,23 @@ class Worker:
             return
         self._reconcile_at = now + RECONCILE_INTERVAL
         health = self.health.snapshot() if self.health is not None else {}
+        # Drained real servers are held at weight 0 before the planner sees the cluster.
+        cluster, health = effective(self.cluster, health, self.overrides)
+        quorum_before = dict(self.dataplane.quorum_held)
         try:
             self.last_reconcile = self.dataplane.reconcile(
-                self.cluster, health, epoch=self.leader.epoch, role=self.leader.role)
+                cluster, health, epoch=self.leader.epoch, role=self.leader.role)
         except LvsctlError as exc:
             log.error("reconcile failed: %s", exc, extra={"event": "ipvs_error",
                                                           "epoch": self.leader.epoch})
+        self._notify_quorum(quorum_before, self.dataplane.quorum_held)
 
     # -- the loop ----------------------------------------------------------------------------
 
     async def _watch(self) -> None:
         try:
             await self.store.watch_config(self.on_config_data)
+            await self.store.watch_overrides(self.on_overrides_data)
         except LvsctlError as exc:
             log.error("%s", exc, extra={"event": "zookeeper_insecure"})
             self.fatal = str(exc)
@@ -412,6 +514,7 @@ class Worker:
         loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
         tasks = [asyncio.create_task(self._heartbeats(), name="heartbeats"),
                  asyncio.create_task(self._write_records(), name="records")]
+        self.load_cached_overrides()
         self.load_cached_config()
         tasks.append(asyncio.create_task(self._watch(), name="config-watch"))
         stopper = asyncio.create_task(self.stopping.wait())
@@ -450,6 +553,8 @@ class Worker:
         if self._api is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._api.cleanup(), 2.0)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.hooks.close(), 5.0)
         self.dataplane.close()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.store.close(), 3.0)
@@ -486,6 +591,14 @@ class ZkStore:
         # The raw bytes: the worker decodes and validates them on its own loop and caches
         # exactly what it applied.
         await asyncio.to_thread(DataWatch, self.client, self.store.paths.config, changed)
+
+    async def watch_overrides(self, on_data: Callable[[bytes | None], None]) -> None:
+        loop = asyncio.get_running_loop()
+
+        def changed(data: bytes | None, _stat: Any, *_: Any) -> None:
+            loop.call_soon_threadsafe(on_data, data)
+
+        await asyncio.to_thread(DataWatch, self.client, self.store.paths.overrides, changed)
 
     def persist(self, entry: Mapping[str, Any], status: Mapping[str, Any]) -> None:
         self.store.append_transition(TransitionRecord.from_json(dict(entry)),
