@@ -318,12 +318,15 @@ class Worker:
             log.error("overrides not applied: %s", exc, extra={"event": "overrides_rejected"})
             return
         self.overrides_error = ""
-        if overrides != self.overrides:
-            log.info("overrides: %s", ", ".join(
-                o.realserver if o.service is None else f"{o.service}/{o.realserver}"
-                for o in overrides.items) or "none",
-                extra={"event": "overrides_applied", "overrides": len(overrides.items)})
+        changed = overrides != self.overrides
         self.overrides = overrides
+        if changed:
+            drained = ", ".join(o.realserver if o.service is None
+                                else f"{o.service}/{o.realserver}" for o in overrides.items)
+            log.info("overrides: drained %s", drained or "none",
+                     extra={"event": "overrides_applied", "overrides": len(overrides.items)})
+            # A record also publishes this director's status, which now shows the drains.
+            self.record({"event": "overrides_applied", "reason": f"drained: {drained or 'none'}"})
         if not cache:
             with contextlib.suppress(OSError):
                 self._overrides_cache().parent.mkdir(parents=True, exist_ok=True)

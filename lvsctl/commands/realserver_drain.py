@@ -96,6 +96,8 @@ def active_rows(conn: ClusterConnection, cluster: Cluster) -> tuple[str, dict[st
         return None
     if not isinstance(data, dict) or not isinstance(data.get("realservers"), list):
         return None
+    if data.get("director") != leader.director:
+        return None  # the address reached another director (an API on localhost, say)
     return leader.director, data
 
 
