@@ -256,6 +256,9 @@ class Worker:
         self.notify("config_rejected", reason=why)
 
     def apply_config(self, loaded: Loaded, data: bytes | None = None) -> None:
+        # Once per version: the cached copy a worker starts from and the same version from
+        # ZooKeeper are one acceptance.
+        fresh = loaded.source != self.config_version
         self.cluster = loaded.cluster
         self.config_version = loaded.source
         self.config_error = ""
@@ -269,7 +272,8 @@ class Worker:
         if self.health is not None:
             self.health.replace(loaded.cluster)
         self.hooks.configure(loaded.cluster.notify)
-        self.notify("config_accepted")
+        if fresh:
+            self.notify("config_accepted")
         if self._sync_active is None:
             self._sync_role(self.leader.role == "ACTIVE" and not self._handed_over,
                             self.leader.epoch)
