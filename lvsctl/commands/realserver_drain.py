@@ -24,9 +24,9 @@ from lvsctl.core.errors import LvsctlError
 from lvsctl.core.model import Cluster
 from lvsctl.core.records import MAX_OVERRIDE_REASON, MAX_OVERRIDE_WHO, Override, Overrides
 from lvsctl.core.zk import ClusterConnection, ClusterStore, default_who
-from lvsctl.director.maintenance import realserver_rows
+from lvsctl.director.maintenance import realserver_rows, unknown_names
 from lvsctl.failover.access import api_url
-from lvsctl.output import echo_json, echo_table
+from lvsctl.output import echo_json, echo_table, warn
 
 API_TIMEOUT = 5.0
 POLL_EVERY = 1.0
@@ -211,7 +211,12 @@ def enable_command(zk: ZkOptions, name: str, service: str | None) -> None:
     with zk.connect() as conn:
         store = ClusterStore(conn)
         cluster = _cluster(store)
-        _services_of(cluster, name, service)
+        try:
+            _services_of(cluster, name, service)
+        except DrainError:
+            # A drain left by a push that removed the server can still be ended.
+            if not any(service in (None, o.service) for o in store.overrides().of(name)):
+                raise
         found: list[Override] = []
 
         def change(current: Overrides) -> Overrides:
@@ -242,9 +247,14 @@ def list_command(zk: ZkOptions, as_json: bool) -> None:
             source, rows = seen[0], list(seen[1]["realservers"])
         else:
             source, rows = None, store_rows(conn, cluster, overrides)
+    stale = unknown_names(cluster, overrides)
     if as_json:
-        echo_json({"cluster": cluster.name, "director": source, "realservers": rows})
+        echo_json({"cluster": cluster.name, "director": source, "realservers": rows,
+                   "stale_overrides": stale})
         return
+    for name in stale:
+        # Left by a push that removed the server: harmless, but an enable tidies it away.
+        warn(f"a drain names {name}, which the cluster file no longer has")
     click.echo(f"cluster {cluster.name}: " + (f"as {source} (active) sees it" if source else
                                                "no director answers: ZooKeeper's view, no "
                                                "kernel figures"))

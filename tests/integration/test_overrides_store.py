@@ -129,3 +129,15 @@ def test_cli_errors_are_one_line_and_write_nothing(target: Target,
     result = run(target, "realserver", "enable", "web1")
     assert result.exit_code == 0 and "web1 enabled" in result.output
     assert ClusterStore(conn).overrides() == Overrides()
+
+    # A drain whose server a later push removed: listed as stale, and enable still ends it.
+    assert run(target, "realserver", "drain", "web2").exit_code == 0
+    doc = copy.deepcopy(MINIMAL)
+    del doc["services"][0]["realservers"][1]
+    ClusterStore(conn).config.push(yaml.safe_dump(doc), source="c.yaml")
+    result = run(target, "realserver", "list")
+    assert "a drain names web2, which the cluster file no longer has" in result.output
+    assert run(target, "realserver", "drain", "web2").exit_code == 1
+    result = run(target, "realserver", "enable", "web2")
+    assert result.exit_code == 0 and "web2 enabled" in result.output, result.output
+    assert ClusterStore(conn).overrides() == Overrides()
