@@ -405,7 +405,8 @@ class Lab:
 
     # -- the whole thing ---------------------------------------------------------------------
 
-    def up(self, step: Callable[[str], contextlib.AbstractContextManager[None]]) -> str:
+    def up(self, step: Callable[[str], contextlib.AbstractContextManager[None]],
+           active_timeout: float = 300) -> str:
         with step("network namespaces, bridges and addresses"):
             self.build_network()
         # ZooKeeper (a JVM) starts while the real servers are set up: both take long in the VM.
@@ -420,7 +421,7 @@ class Lab:
         with step("directors started (lvsctl director run, kernel IPVS), one active"):
             for name in DIRECTORS:
                 self.start_director(name)
-            active = self.wait_active(timeout=300)
+            active = self.wait_active(timeout=active_timeout)
         return active
 
     def down(self, keep_logs: bool = False) -> list[str]:
