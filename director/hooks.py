@@ -25,12 +25,12 @@ import contextlib
 import logging
 import os
 import signal
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from lvsctl.core.model import NotifyHook
+from lvsctl.core.model import Health, NotifyHook, Service, ServiceKey
 
 log = logging.getLogger("lvsctl.director.hooks")
 
@@ -241,3 +241,27 @@ class Hooks:
         for task in list(self._stopping):
             with contextlib.suppress(Exception):
                 await task
+
+
+# -- which changes are events (pure: the worker calls these) ----------------------------------
+
+
+def health_event(previous: Health | None, now: Health) -> str | None:
+    """``realserver_up``/``realserver_down`` for a health change, or None (a weight change,
+    or a server found up at start: only a server that was down comes up)."""
+    was_up = previous is None or previous.healthy
+    if now.healthy == was_up:
+        return None
+    return "realserver_up" if now.healthy else "realserver_down"
+
+
+def quorum_events(services: Iterable[Service], before: Mapping[ServiceKey, bool],
+                  after: Mapping[ServiceKey, bool]) -> list[tuple[str, str]]:
+    """``(event, service name)`` for each service whose quorum verdict changed between two
+    passes; no verdict yet counts as held, as the planner judges a starting director."""
+    out = []
+    for svc in services:
+        was, now = before.get(svc.key, True), after.get(svc.key, True)
+        if was != now:
+            out.append(("quorum_regained" if now else "quorum_lost", svc.name))
+    return out

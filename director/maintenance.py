@@ -9,12 +9,14 @@ overrides live in ZooKeeper, lvsctl.core.zk, and in the worker's local cache).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from lvsctl.core.model import Cluster, Health, HealthKey, RealServer, Service
-from lvsctl.core.records import Override, Overrides
+from lvsctl.core.records import Override, Overrides, RecordError
 from lvsctl.director.reconcile import ObservedTable, desired_table
 
 
@@ -56,6 +58,46 @@ def effective(cluster: Cluster, health: Mapping[HealthKey, Health],
             out_health[key] = Health(False, None, drain_reason(held))
         services.append(replace(svc, realservers=tuple(rows)) if changed else svc)
     return replace(cluster, services=tuple(services)), out_health
+
+
+class OverrideState:
+    """The overrides a worker applies: the last good ones from ZooKeeper (at start, from its
+    local cache: ZooKeeper may be unreachable), and why the last data was refused."""
+
+    def __init__(self, cache: Path) -> None:
+        self.cache = cache
+        self.current = Overrides()
+        self.error = ""
+
+    def take(self, data: bytes | None, where: str, *, cached: bool = False) -> bool:
+        """Apply the znode's data (None: absent, no overrides); True when the overrides
+        changed. Data that is not an Overrides record is refused (``error`` says why) and
+        the last good ones stay, as with the config. What ZooKeeper gave is cached."""
+        try:
+            new = Overrides.from_bytes(data or b"", where)
+        except RecordError as exc:
+            self.error = str(exc)
+            return False
+        self.error = ""
+        changed, self.current = new != self.current, new
+        if not cached:
+            with contextlib.suppress(OSError):
+                self.cache.parent.mkdir(parents=True, exist_ok=True)
+                self.cache.write_bytes(new.to_bytes())
+        return changed
+
+    def load(self) -> bool:
+        """Start from the cached overrides; True when there were some to apply."""
+        try:
+            data = self.cache.read_bytes()
+        except OSError:
+            return False
+        return self.take(data, str(self.cache), cached=True)
+
+    def names(self) -> str:
+        """The drained servers as one line: ``web1, www/web2`` (or ``none``)."""
+        return ", ".join(o.realserver if o.service is None else f"{o.service}/{o.realserver}"
+                         for o in self.current.items) or "none"
 
 
 def drain_reason(override: Override) -> str:

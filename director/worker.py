@@ -28,7 +28,7 @@ from lvsctl.core.config import Loaded
 from lvsctl.core.errors import LvsctlError
 from lvsctl.core.model import Cluster, Health, HealthKey, ServiceKey
 from lvsctl.core.node import Node
-from lvsctl.core.records import DirectorRecord, Overrides, RecordError, TransitionRecord
+from lvsctl.core.records import DirectorRecord, TransitionRecord
 from lvsctl.core.zk import ClusterConnection, ClusterStore, ConfigVersion
 from lvsctl.director.channel import (
     EXIT_FATAL,
@@ -44,9 +44,9 @@ from lvsctl.director.channel import (
     StepdownRequest,
     VipSpec,
 )
-from lvsctl.director.hooks import Event, Hooks
+from lvsctl.director.hooks import Event, Hooks, health_event, quorum_events
 from lvsctl.director.ipvs import IpvsTable
-from lvsctl.director.maintenance import effective, realserver_rows
+from lvsctl.director.maintenance import OverrideState, effective, realserver_rows
 from lvsctl.healthcheck.scheduler import HealthChange
 
 log = logging.getLogger("lvsctl.director")
@@ -164,8 +164,7 @@ class Worker:
         self._state_changed = asyncio.Event()
         self._records: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._api: Any = None
-        self.overrides = Overrides()
-        self.overrides_error = ""
+        self.overrides = OverrideState(Path(node.state_dir) / f"{node.cluster}.overrides.json")
         self.hooks = Hooks()
 
     @property
@@ -307,42 +306,21 @@ class Worker:
 
     # -- maintenance overrides (director/maintenance.py applies them) ------------------------
 
-    def _overrides_cache(self) -> Path:
-        return Path(self.node.state_dir) / f"{self.node.cluster}.overrides.json"
+    def on_overrides_data(self, data: bytes | None) -> None:
+        """The overrides znode's data (None: absent, no overrides)."""
+        self._overrides_taken(self.overrides.take(data, f"{self.node.cluster_path}/overrides"))
 
-    def on_overrides_data(self, data: bytes | None, cache: str = "") -> None:
-        """The overrides znode's data (None: absent, no overrides), or (``cache`` names it)
-        the local cache's."""
-        where = cache or f"{self.node.cluster_path}/overrides"
-        try:
-            overrides = Overrides.from_bytes(data or b"", where)
-        except RecordError as exc:
-            # As with the config: what cannot be read is not applied, the last one stays.
-            self.overrides_error = str(exc)
-            log.error("overrides not applied: %s", exc, extra={"event": "overrides_rejected"})
-            return
-        self.overrides_error = ""
-        changed = overrides != self.overrides
-        self.overrides = overrides
+    def _overrides_taken(self, changed: bool) -> None:
+        if self.overrides.error:
+            log.error("overrides not applied: %s", self.overrides.error,
+                      extra={"event": "overrides_rejected"})
         if changed:
-            drained = ", ".join(o.realserver if o.service is None
-                                else f"{o.service}/{o.realserver}" for o in overrides.items)
-            log.info("overrides: drained %s", drained or "none",
-                     extra={"event": "overrides_applied", "overrides": len(overrides.items)})
+            drained = self.overrides.names()
+            log.info("overrides: drained %s", drained, extra={"event": "overrides_applied"})
             # A record also publishes this director's status, which now shows the drains.
-            self.record({"event": "overrides_applied", "reason": f"drained: {drained or 'none'}"})
-        if not cache:
-            with contextlib.suppress(OSError):
-                self._overrides_cache().parent.mkdir(parents=True, exist_ok=True)
-                self._overrides_cache().write_bytes(overrides.to_bytes())
+            self.record({"event": "overrides_applied", "reason": f"drained: {drained}"})
         self._reconcile_at = 0.0
         self._wake.set()
-
-    def load_cached_overrides(self) -> None:
-        """Start from the overrides last seen (ZooKeeper may be unreachable)."""
-        path = self._overrides_cache()
-        with contextlib.suppress(OSError):
-            self.on_overrides_data(path.read_bytes(), cache=str(path))
 
     def realservers(self) -> dict[str, Any]:
         """Every real server with its override, weights and the kernel's connection counts
@@ -357,8 +335,8 @@ class Worker:
             observed, error = None, str(exc)
         return {"director": self.me, "role": self.leader.role, "epoch": self.leader.epoch,
                 "error": error,
-                "realservers": realserver_rows(self.cluster, health, self.overrides, observed,
-                                               self.dataplane.quorum_held)}
+                "realservers": realserver_rows(self.cluster, health, self.overrides.current,
+                                               observed, self.dataplane.quorum_held)}
 
     # -- notify hooks (director/hooks.py runs them) -----------------------------------------
 
@@ -371,13 +349,9 @@ class Worker:
 
     def _notify_quorum(self, before: Mapping[ServiceKey, bool],
                        after: Mapping[ServiceKey, bool]) -> None:
-        if self.cluster is None:
-            return
-        for svc in self.cluster.services:
-            # No verdict yet counts as held, as the planner judges a starting director.
-            was, now = before.get(svc.key, True), after.get(svc.key, True)
-            if was != now:
-                self.notify("quorum_regained" if now else "quorum_lost", service=svc.name)
+        if self.cluster is not None:
+            for event, service in quorum_events(self.cluster.services, before, after):
+                self.notify(event, service=service)
 
     # -- records for status and drills -------------------------------------------------------
 
@@ -411,10 +385,10 @@ class Worker:
                         "healthy": change.health.healthy, "reason": change.health.reason})
         self.record({"event": "health", "service": service, "realserver": realserver,
                      "healthy": change.health.healthy, "reason": change.health.reason})
-        was = change.previous
-        if change.health.healthy != (was is None or was.healthy):
-            self.notify("realserver_up" if change.health.healthy else "realserver_down",
-                        service=service, realserver=realserver, reason=change.health.reason)
+        event = health_event(change.previous, change.health)
+        if event is not None:
+            self.notify(event, service=service, realserver=realserver,
+                        reason=change.health.reason)
         self._reconcile_at = 0.0
         self._wake.set()
 
@@ -428,7 +402,7 @@ class Worker:
                 rows = []
                 for rs in svc.realservers:
                     h = health.get((svc.name, rs.name))
-                    held = self.overrides.find(svc.name, rs.name)
+                    held = self.overrides.current.find(svc.name, rs.name)
                     rows.append({
                         "name": rs.name, "address": str(rs.key), "weight": rs.weight,
                         "health": None if h is None else {
@@ -451,8 +425,8 @@ class Worker:
             "last_reconcile": self.last_reconcile,
             "api": f"{self.node.api.host}:{self.node.api.port}",
             "transitions": self.transitions[-10:],
-            "overrides": {"items": [o.to_json() for o in self.overrides.items],
-                          "error": self.overrides_error},
+            "overrides": {"items": [o.to_json() for o in self.overrides.current.items],
+                          "error": self.overrides.error},
             "hooks": self.hooks.counts(),
         }
 
@@ -490,7 +464,7 @@ class Worker:
         self._reconcile_at = now + RECONCILE_INTERVAL
         health = self.health.snapshot() if self.health is not None else {}
         # Drained real servers are held at weight 0 before the planner sees the cluster.
-        cluster, health = effective(self.cluster, health, self.overrides)
+        cluster, health = effective(self.cluster, health, self.overrides.current)
         quorum_before = dict(self.dataplane.quorum_held)
         try:
             self.last_reconcile = self.dataplane.reconcile(
@@ -521,7 +495,7 @@ class Worker:
         loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
         tasks = [asyncio.create_task(self._heartbeats(), name="heartbeats"),
                  asyncio.create_task(self._write_records(), name="records")]
-        self.load_cached_overrides()
+        self._overrides_taken(self.overrides.load())
         self.load_cached_config()
         tasks.append(asyncio.create_task(self._watch(), name="config-watch"))
         stopper = asyncio.create_task(self.stopping.wait())

@@ -152,9 +152,10 @@ def test_drain_wait_keeps_the_open_connection_and_new_ones_go_elsewhere(
                 stdout=sink, stderr=subprocess.STDOUT, text=True)
         took = build.wait_until(lambda: _weight(running, active, str(dest)) == 0, 300, 0.5)
         assert took is not None, f"{name} never drained on {active}\n{_logs(running)}"
-        # No new connection reaches the drained server ...
+        # No new connection reaches the drained server (under a saturated emulated CPU a
+        # request may fail, "-": that is no answer from the drained server either) ...
         answers = running.fetch(WEB.vip, 8)
-        assert set(answers) == {other}, answers
+        assert name not in answers and other in answers, answers
         # ... the open one keeps working, and --wait is still waiting for it.
         assert _echo_round(sock, b"during\n") == b"during\n"
         seen = build.wait_until(lambda: f"{name}: 1 active connection " in output.read_text(),
@@ -203,7 +204,8 @@ def test_the_drain_survives_a_stepdown_and_enable_brings_it_back(running: build.
     assert took is not None, _logs(running)
     # The new active holds the drain (it kept its warm table at weight 0 all along).
     assert _weight(running, after, address) == 0
-    assert set(running.fetch(WEB.vip, 6)) == {_Shared.other}
+    answers = running.fetch(WEB.vip, 6)
+    assert name not in answers and _Shared.other in answers, answers
 
     listed = _cli(running, "realserver", "list", "--json")
     assert listed.returncode == 0, listed.stderr
