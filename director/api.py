@@ -1,5 +1,6 @@
-"""The director's HTTP endpoint: ``/status``, ``/metrics`` and ``/ipvs`` (the observed table
-and what the next pass plans from, for ``config push --plan``) for anyone who can reach it,
+"""The director's HTTP endpoint: ``/status``, ``/metrics``, ``/ipvs`` (the observed table
+and what the next pass plans from, for ``config push --plan``) and ``/realservers`` (every real
+server's override, weights and the kernel's connection counts) for anyone who can reach it,
 and authenticated actions (``POST /stepdown``; ``/crash`` and ``/freeze`` for drills).
 
 It listens where the node file's ``api.listen`` says (localhost by default). Actions need
@@ -38,6 +39,8 @@ class Director(Protocol):
 
     def status(self) -> dict[str, Any]: ...
 
+    def realservers(self) -> dict[str, Any]: ...
+
     async def stepdown(self) -> None: ...
 
     def ipvs(self) -> dict[str, Any]: ...
@@ -64,6 +67,9 @@ def authorized(request: web.Request, token: bytes | None) -> bool:
 def make_app(director: Director) -> web.Application:
     async def status(_: web.Request) -> web.Response:
         return web.json_response(director.status())
+
+    async def realservers(_: web.Request) -> web.Response:
+        return web.json_response(director.realservers())
 
     async def metrics(_: web.Request) -> web.Response:
         st = director.status()
@@ -116,6 +122,7 @@ def make_app(director: Director) -> web.Application:
     app = web.Application(client_max_size=BODY_LIMIT)
     app.add_routes([
         web.get("/status", status), web.get("/metrics", metrics),
+        web.get("/realservers", realservers),
         web.post("/stepdown", stepdown), web.post("/crash", crash), web.post("/freeze", freeze),
         web.get("/ipvs", ipvs),
     ])

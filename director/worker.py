@@ -26,7 +26,7 @@ from kazoo.recipe.watchers import DataWatch
 
 from lvsctl.core.config import Loaded
 from lvsctl.core.errors import LvsctlError
-from lvsctl.core.model import Cluster, Health, HealthKey
+from lvsctl.core.model import Cluster, Health, HealthKey, ServiceKey
 from lvsctl.core.node import Node
 from lvsctl.core.records import DirectorRecord, TransitionRecord, clip_reason
 from lvsctl.core.zk import ClusterConnection, ClusterStore, ConfigVersion
@@ -47,6 +47,9 @@ from lvsctl.director.channel import (
     VipSpec,
     WorkerFatal,
 )
+from lvsctl.director.hooks import Event, Hooks, health_event, quorum_events
+from lvsctl.director.ipvs import IpvsTable
+from lvsctl.director.maintenance import OverrideState, effective, realserver_rows
 from lvsctl.healthcheck.scheduler import HealthChange
 
 log = logging.getLogger("lvsctl.director")
@@ -67,6 +70,9 @@ class Store(Protocol):
         """Once connected, refuse an open root, then call ``on_data`` (on this loop) with
         the config znode's data now and on every change. Raises LvsctlError (insecure)."""
 
+    async def watch_overrides(self, on_data: Callable[[bytes | None], None]) -> None:
+        """As ``watch_config``, for the maintenance overrides' znode."""
+
     def persist(self, entry: Mapping[str, Any], status: Mapping[str, Any]) -> None:
         """Write one record and this director's status (blocking: runs in a thread)."""
 
@@ -75,6 +81,9 @@ class Store(Protocol):
 
 class Dataplane(Protocol):
     """director/dataplane.py's ``Dataplane``, as the worker uses it."""
+
+    table: IpvsTable
+    quorum_held: dict[ServiceKey, bool]
 
     def reconcile(self, cluster: Cluster, health: Mapping[HealthKey, Health], *,
                   epoch: int, role: str) -> dict[str, Any]: ...
@@ -162,6 +171,8 @@ class Worker:
         self._records: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._api: Any = None
         self.api_address = ""  # published only once the API listens there
+        self.overrides = OverrideState(Path(node.state_dir) / f"{node.cluster}.overrides.json")
+        self.hooks = Hooks()
 
     @property
     def me(self) -> str:
@@ -206,6 +217,8 @@ class Worker:
         if (old.role, old.epoch) != (state.role, state.epoch):
             self._reconcile_at = 0.0
             self._wake.set()
+        if old.role != state.role and state.role in ("ACTIVE", "STANDBY", "FENCED"):
+            self.notify(f"director_{state.role.lower()}")
         self._sync_role(state.role == "ACTIVE" and not self._handed_over, state.epoch)
         if not state.have_config and self.cluster is not None:
             self.send(leader_config(self.cluster, self.me, self.config_version))
@@ -248,8 +261,12 @@ class Worker:
         log.error("config rejected, keeping version %s: %s", self.config_version or "none", why,
                   extra={"event": "config_rejected", "reason": why})
         self.record({"event": "config_rejected", "reason": why})
+        self.notify("config_rejected", reason=why)
 
     def apply_config(self, loaded: Loaded, data: bytes | None = None) -> None:
+        # Once per version: the cached copy a worker starts from and the same version from
+        # ZooKeeper are one acceptance.
+        fresh = loaded.source != self.config_version
         self.cluster = loaded.cluster
         self.config_version = loaded.source
         self.config_error = ""
@@ -259,6 +276,9 @@ class Worker:
         if self.health is not None:
             failsafe.call("health checks", self.health.replace, loaded.cluster,
                           version=loaded.source)
+        self.hooks.configure(loaded.cluster.notify)
+        if fresh:
+            self.notify("config_accepted")
         if self._sync_active is None:
             self._sync_role(self.leader.role == "ACTIVE" and not self._handed_over,
                             self.leader.epoch)
@@ -295,6 +315,55 @@ class Worker:
         self.node = node
         log.info("node file reloaded (worker)", extra={"event": "worker_node_reloaded"})
 
+    # -- maintenance overrides (director/maintenance.py applies them) ------------------------
+
+    def on_overrides_data(self, data: bytes | None) -> None:
+        """The overrides znode's data (None: absent, no overrides)."""
+        self._overrides_taken(self.overrides.take(data, f"{self.node.cluster_path}/overrides"))
+
+    def _overrides_taken(self, changed: bool) -> None:
+        if self.overrides.error:
+            log.error("overrides not applied: %s", self.overrides.error,
+                      extra={"event": "overrides_rejected"})
+        if changed:
+            drained = self.overrides.names()
+            log.info("overrides: drained %s", drained, extra={"event": "overrides_applied"})
+            # A record also publishes this director's status, which now shows the drains.
+            self.record({"event": "overrides_applied", "reason": f"drained: {drained}"})
+        self._reconcile_at = 0.0
+        self._wake.set()
+
+    def realservers(self) -> dict[str, Any]:
+        """Every real server with its override, weights and the kernel's connection counts
+        (``GET /realservers``); ``observed`` False when the table could not be read."""
+        if self.cluster is None:
+            return {"director": self.me, "role": self.leader.role, "realservers": []}
+        health = self.health.snapshot() if self.health is not None else {}
+        try:
+            observed = self.dataplane.table.observe(stats=False)
+            error = ""
+        except LvsctlError as exc:
+            observed, error = None, str(exc)
+        return {"director": self.me, "role": self.leader.role, "epoch": self.leader.epoch,
+                "error": error,
+                "realservers": realserver_rows(self.cluster, health, self.overrides.current,
+                                               observed, self.dataplane.quorum_held)}
+
+    # -- notify hooks (director/hooks.py runs them) -----------------------------------------
+
+    def notify(self, event: str, *, service: str = "", realserver: str = "",
+               reason: str = "") -> None:
+        self.hooks.emit(Event(
+            event, self.me, self.node.cluster, self.leader.role, self.leader.epoch,
+            self.wall(), self.hooks.next_seq(), service, realserver, reason,
+            self.config_version))
+
+    def _notify_quorum(self, before: Mapping[ServiceKey, bool],
+                       after: Mapping[ServiceKey, bool]) -> None:
+        if self.cluster is not None:
+            for event, service in quorum_events(self.cluster.services, before, after):
+                self.notify(event, service=service)
+
     # -- records for status and drills -------------------------------------------------------
 
     def record(self, entry: Mapping[str, Any]) -> None:
@@ -327,6 +396,10 @@ class Worker:
                         "healthy": change.health.healthy, "reason": change.health.reason})
         self.record({"event": "health", "service": service, "realserver": realserver,
                      "healthy": change.health.healthy, "reason": change.health.reason})
+        event = health_event(change.previous, change.health)
+        if event is not None:
+            self.notify(event, service=service, realserver=realserver,
+                        reason=change.health.reason)
         self._reconcile_at = 0.0
         self._wake.set()
 
@@ -340,10 +413,12 @@ class Worker:
                 rows = []
                 for rs in svc.realservers:
                     h = health.get((svc.name, rs.name))
+                    held = self.overrides.current.find(svc.name, rs.name)
                     rows.append({
                         "name": rs.name, "address": str(rs.key), "weight": rs.weight,
                         "health": None if h is None else {
                             "healthy": h.healthy, "weight": h.weight, "reason": h.reason},
+                        "override": None if held is None else held.to_json(),
                     })
                 services.append({
                     "name": svc.name, "service": str(svc.key), "forwarding": svc.forwarding.label,
@@ -361,6 +436,9 @@ class Worker:
             "last_reconcile": self.last_reconcile,
             "api": self.api_address,
             "transitions": self.transitions[-10:],
+            "overrides": {"items": [o.to_json() for o in self.overrides.current.items],
+                          "error": self.overrides.error},
+            "hooks": self.hooks.counts(),
         }
 
     def ipvs(self) -> dict[str, Any]:
@@ -404,12 +482,16 @@ class Worker:
             return
         self._reconcile_at = now + RECONCILE_INTERVAL
         health = self.health.snapshot() if self.health is not None else {}
+        # Drained real servers are held at weight 0 before the planner sees the cluster.
+        cluster, health = effective(self.cluster, health, self.overrides.current)
+        quorum_before = dict(self.dataplane.quorum_held)
         try:
             self.last_reconcile = self.dataplane.reconcile(
-                self.cluster, health, epoch=self.leader.epoch, role=self.leader.role)
+                cluster, health, epoch=self.leader.epoch, role=self.leader.role)
         except LvsctlError as exc:
             log.error("reconcile failed: %s", exc, extra={"event": "ipvs_error",
                                                           "epoch": self.leader.epoch})
+        self._notify_quorum(quorum_before, self.dataplane.quorum_held)
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -424,6 +506,8 @@ class Worker:
         try:
             await self.store.watch_config(failsafe.callback("config watch",
                                                             self.on_config_data))
+            await self.store.watch_overrides(failsafe.callback("overrides watch",
+                                                               self.on_overrides_data))
         except LvsctlError as exc:
             self.refuse_to_run(str(exc), "zookeeper_insecure")
 
@@ -438,6 +522,7 @@ class Worker:
         tasks = [asyncio.create_task(failsafe.supervised(name, part), name=name)
                  for name, part in (("heartbeats", self._heartbeats),
                                     ("records writer", self._write_records))]
+        failsafe.call("cached overrides", lambda: self._overrides_taken(self.overrides.load()))
         failsafe.call("cached config", self.load_cached_config)
         tasks.append(asyncio.create_task(failsafe.supervised("config watch", self._watch),
                                          name="config-watch"))
@@ -482,6 +567,8 @@ class Worker:
         if self._api is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._api.cleanup(), 2.0)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.hooks.close(), 5.0)
         self.dataplane.close()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.store.close(), 3.0)
@@ -518,6 +605,14 @@ class ZkStore:
         # The raw bytes: the worker decodes and validates them on its own loop and caches
         # exactly what it applied.
         await asyncio.to_thread(DataWatch, self.client, self.store.paths.config, changed)
+
+    async def watch_overrides(self, on_data: Callable[[bytes | None], None]) -> None:
+        loop = asyncio.get_running_loop()
+
+        def changed(data: bytes | None, _stat: Any, *_: Any) -> None:
+            loop.call_soon_threadsafe(on_data, data)
+
+        await asyncio.to_thread(DataWatch, self.client, self.store.paths.overrides, changed)
 
     def persist(self, entry: Mapping[str, Any], status: Mapping[str, Any]) -> None:
         self.store.append_transition(TransitionRecord.from_json(dict(entry)),

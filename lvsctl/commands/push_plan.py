@@ -18,8 +18,9 @@ import click
 
 from lvsctl.core.errors import LvsctlError
 from lvsctl.core.model import Cluster, DestKey, Protocol, ServiceKey
-from lvsctl.core.records import ManagedService
+from lvsctl.core.records import ManagedService, Overrides
 from lvsctl.core.zk import ClusterConnection, ClusterStore
+from lvsctl.director.maintenance import effective
 from lvsctl.director.managed import retired_services
 from lvsctl.director.plan_view import MAX_VIEW_BYTES, DirectorView, parse_view
 from lvsctl.director.reconcile import (
@@ -76,11 +77,14 @@ def plan_push(conn: ClusterConnection, cluster: Cluster) -> PushPlan:
     """Plan ``cluster`` against the active director's table, else the current version's
     desired table. Raises LvsctlError only when neither can be read."""
     store = ClusterStore(conn)
+    overrides = store.overrides()
     try:
         view, api = _active_view(store, cluster)
     except LvsctlError as exc:
-        return _against_version(store, cluster, str(exc))
-    desired = desired_table(cluster, view.health, quorum_held=view.quorum_held)
+        return _against_version(store, cluster, overrides, str(exc))
+    # Drained real servers are held at weight 0 exactly as the directors hold them.
+    held, health = effective(cluster, view.health, overrides)
+    desired = desired_table(held, health, quorum_held=view.quorum_held)
     ops = plan(desired, view.observed, {}, time.monotonic(),
                retired=retired_services(view.managed, desired))
     basis = {"kind": "director", "director": view.director, "role": view.role,
@@ -144,7 +148,8 @@ def _unspecified(host: str) -> bool:
         return False  # a host name: reached as it is
 
 
-def _against_version(store: ClusterStore, cluster: Cluster, why: str) -> PushPlan:
+def _against_version(store: ClusterStore, cluster: Cluster, overrides: Overrides,
+                     why: str) -> PushPlan:
     current = store.config.current()
     if current is None:
         observed: dict[ServiceKey, ObservedService] = {}
@@ -152,11 +157,11 @@ def _against_version(store: ClusterStore, cluster: Cluster, why: str) -> PushPla
         version = 0
     else:
         before = current.load().cluster
-        observed = _as_observed(desired_table(before, {}))
+        observed = _as_observed(desired_table(*effective(before, {}, overrides)))
         managed = {s.key: ManagedService(s.key, s.name, s.drain_timeout)
                    for s in before.services}
         version = current.version
-    desired = desired_table(cluster, {})
+    desired = desired_table(*effective(cluster, {}, overrides))
     ops = plan(desired, observed, {}, time.monotonic(),
                retired=retired_services(managed, desired))
     return PushPlan({"kind": "version", "version": version, "why": why}, ops, observed,

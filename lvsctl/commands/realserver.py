@@ -1,4 +1,5 @@
-"""``lvsctl realserver``: render a real server's setup for its mode, and verify a live one."""
+"""``lvsctl realserver``: render a real server's setup for its mode, verify a live one, and
+drain/enable/list them on the running directors (lvsctl.commands.realserver_drain)."""
 
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ from lvsctl.templates.render import (
 
 @click.group("realserver")
 def realserver_group() -> None:
-    """Set up real servers for their forwarding mode (dr, tun, nat) and check them."""
+    """Set up real servers for their forwarding mode (dr, tun, nat) and check them; drain,
+    enable and list them on the running directors."""
 
 
 def _selector_options(func: Callable[..., None]) -> Callable[..., None]:
@@ -159,3 +161,13 @@ def verify_command(cluster_file: str | None, server: str | None, mode: str | Non
                    f"{len(wrong)} wrong")
     if wrong:
         raise SystemExit(1)
+
+
+def _add_drain_commands() -> None:
+    from lvsctl.commands.realserver_drain import drain_command, enable_command, list_command
+
+    for command in (drain_command, enable_command, list_command):
+        realserver_group.add_command(command)
+
+
+_add_drain_commands()

@@ -34,6 +34,7 @@ from lvsctl.core.model import (
     HttpCheck,
     IpvsTimeouts,
     MiscCheck,
+    NotifyHook,
     OnFailure,
     PingCheck,
     Protocol,
@@ -452,6 +453,9 @@ class _Resolver:
         zk = raw.zookeeper
         announce = raw.announce or schema.AnnounceFile()
         timeouts = self.ipvs_timeouts("ipvs_timeouts", raw.ipvs_timeouts)
+        notify = tuple(NotifyHook(h.name, tuple(h.command), frozenset(h.events or ()),
+                                  h.timeout, h.queue) for h in raw.notify or ())
+        self.unique("notify", [h.name for h in notify], "name")
         if self.errors:
             return None
         return Cluster(
@@ -464,6 +468,7 @@ class _Resolver:
             services=services,
             announce=Announce(announce.count, announce.interval),
             ipvs_timeouts=timeouts,
+            notify=notify,
         )
 
     def ipvs_timeouts(self, path: str, raw: schema.IpvsTimeoutsFile | None) -> IpvsTimeouts:

@@ -397,6 +397,22 @@ class IpvsTimeouts:
 
 
 @dataclass(frozen=True)
+class NotifyHook:
+    """A command run on events (the worker runs it, director/hooks.py): ``command`` is an argv
+    list run without a shell; ``events`` empty = every event; a run is killed after
+    ``timeout`` seconds; at most ``queue`` events wait for it."""
+
+    name: str
+    command: tuple[str, ...]
+    events: frozenset[str] = frozenset()
+    timeout: float = 10.0
+    queue: int = 100
+
+    def wants(self, event: str) -> bool:
+        return not self.events or event in self.events
+
+
+@dataclass(frozen=True)
 class Cluster:
     name: str
     zookeeper: ZooKeeperSettings
@@ -405,6 +421,7 @@ class Cluster:
     services: tuple[Service, ...]
     announce: Announce = field(default_factory=Announce)
     ipvs_timeouts: IpvsTimeouts = field(default_factory=IpvsTimeouts)
+    notify: tuple[NotifyHook, ...] = ()
 
     def director(self, name: str) -> Director:
         for director in self.directors:

@@ -10,6 +10,7 @@ skipped instead of failing the whole read.
     TransitionRecord   transitions/t_<N>    one event in the pair's log (and in a status)
     Candidate          election/<..>__n_<N> who owns an election znode
     ManagedRecord      managed/<name>       the services a director manages (and retires)
+    Overrides          overrides            the maintenance overrides (realserver drain)
 """
 
 from __future__ import annotations
@@ -312,10 +313,12 @@ class RealServerStatus:
     address: str = ""  # "ADDRESS:PORT" as the model prints its key
     weight: int = 0  # the configured weight
     health: HealthStatus | None = None  # None: not checked (yet)
+    override: Override | None = None  # a maintenance drain holding it at weight 0
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "address": self.address, "weight": self.weight,
-                "health": None if self.health is None else self.health.to_json()}
+                "health": None if self.health is None else self.health.to_json(),
+                "override": None if self.override is None else self.override.to_json()}
 
 
 @dataclass(frozen=True)
@@ -418,11 +421,13 @@ def _service(f: Fields) -> ServiceStatus:
 
 def _realserver(f: Fields) -> RealServerStatus:
     health = f.object("health")
+    override = f.object("override")
     return RealServerStatus(
         name=f.text("name"), address=f.text("address", ""), weight=f.integer("weight", 0),
         health=None if health is None else HealthStatus(
             healthy=health.boolean("healthy"), weight=health.integer_or_none("weight"),
             reason=health.text_or_none("reason") or ""),
+        override=None if override is None else Override.from_json(override.raw, override.where),
     )
 
 
@@ -544,3 +549,100 @@ class Read(Generic[T]):
 
     items: tuple[T, ...]
     skipped: tuple[Skipped, ...] = ()
+
+
+# -- maintenance overrides ------------------------------------------------------------------
+
+# One znode holds every override of a cluster: a few hundred bytes each, so thousands fit.
+MAX_OVERRIDES_BYTES = 262_144
+MAX_OVERRIDES = 1_000
+# An operator's note ("kernel upgrade, ticket 1234"), not a document.
+MAX_OVERRIDE_REASON = 200
+MAX_OVERRIDE_WHO = 128
+_OVERRIDES_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Override:
+    """A maintenance override: ``realserver`` drained (weight 0: it keeps its connections and
+    gets no new ones) in ``service``, or in every service it is in when ``service`` is None,
+    until it is enabled again. ``by`` and ``at`` (wall seconds) say who set it and when."""
+
+    realserver: str
+    service: str | None = None
+    reason: str = ""
+    by: str = ""
+    at: float = 0.0
+
+    @property
+    def key(self) -> tuple[str, str | None]:
+        return (self.realserver, self.service)
+
+    def covers(self, service: str, realserver: str) -> bool:
+        return realserver == self.realserver and self.service in (None, service)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"realserver": self.realserver, "service": self.service, "state": "drain",
+                "reason": self.reason, "by": self.by, "at": self.at}
+
+    @classmethod
+    def from_json(cls, raw: Any, where: str = "override") -> Override:
+        """Decode one override. Raises RecordError naming the key that is wrong."""
+        f = Fields(raw, where)
+        if f.text("state") != "drain":
+            raise RecordError(f"{where}.state: expected drain")
+        made = cls(realserver=f.text("realserver"), service=f.text_or_none("service"),
+                   reason=f.text("reason", ""), by=f.text("by", ""), at=f.number("at", 0.0))
+        if len(made.reason) > MAX_OVERRIDE_REASON or len(made.by) > MAX_OVERRIDE_WHO:
+            raise RecordError(f"{where}: reason or by longer than an override may hold")
+        return made
+
+
+@dataclass(frozen=True)
+class Overrides:
+    """Every maintenance override of a cluster: the data of its ``overrides`` znode."""
+
+    items: tuple[Override, ...] = ()
+
+    def find(self, service: str, realserver: str) -> Override | None:
+        """The override that holds ``realserver`` drained in ``service``, if any (a
+        per-service one before one for every service)."""
+        hits = [o for o in self.items if o.covers(service, realserver)]
+        return min(hits, key=lambda o: o.service is None) if hits else None
+
+    def of(self, realserver: str) -> tuple[Override, ...]:
+        return tuple(o for o in self.items if o.realserver == realserver)
+
+    def with_override(self, override: Override) -> Overrides:
+        """These overrides with ``override`` added (replacing one with the same key)."""
+        kept = tuple(o for o in self.items if o.key != override.key)
+        return Overrides((*kept, override))
+
+    def without(self, realserver: str, service: str | None = None) -> Overrides:
+        """These overrides less those of ``realserver`` (in ``service`` only, if given)."""
+        return Overrides(tuple(o for o in self.items if not (
+            o.realserver == realserver and (service is None or o.service == service))))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": _OVERRIDES_FORMAT, "overrides": [o.to_json() for o in self.items]}
+
+    def to_bytes(self) -> bytes:
+        """The znode data. Raises RecordError over MAX_OVERRIDES or MAX_OVERRIDES_BYTES."""
+        if len(self.items) > MAX_OVERRIDES:
+            raise RecordError(f"overrides: {len(self.items)}, more than the {MAX_OVERRIDES} "
+                              "a cluster may hold")
+        return _encode_json(self.to_json(), "overrides", MAX_OVERRIDES_BYTES)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, where: str) -> Overrides:
+        """Decode the znode's data (empty data: no overrides). Raises RecordError."""
+        if not data:
+            return cls()
+        raw = decode_json(data, where, MAX_OVERRIDES_BYTES)
+        f = Fields(raw, where)
+        if f.integer("format") != _OVERRIDES_FORMAT:
+            raise RecordError(f"{where}.format: expected {_OVERRIDES_FORMAT}")
+        items = f.objects("overrides")
+        if len(items) > MAX_OVERRIDES:
+            raise RecordError(f"{where}: {len(items)} overrides, more than {MAX_OVERRIDES}")
+        return cls(tuple(Override.from_json(o.raw, o.where) for o in items))

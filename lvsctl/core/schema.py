@@ -433,6 +433,44 @@ class IpvsTimeoutsFile(Strict):
     udp: _IPVS_TIMEOUT | None = Field(None, description="UDP flows")
 
 
+# What a notify hook may run on: one event each (director/hooks.py runs them).
+NOTIFY_EVENTS = (
+    "realserver_up", "realserver_down", "quorum_lost", "quorum_regained", "director_active",
+    "director_standby", "director_fenced", "config_accepted", "config_rejected",
+)
+MAX_NOTIFY_HOOKS = 32
+MAX_NOTIFY_ARGS = 64
+MAX_NOTIFY_ARG_CHARS = 4096
+
+
+def _program(value: Any) -> Any:
+    """A notify command: an argv list run without a shell, its program an absolute path."""
+    if isinstance(value, list) and value and isinstance(value[0], str):
+        if not value[0].startswith("/"):
+            raise ValueError(f"the program {value[0]!r} is not an absolute path (the command "
+                             "runs without a shell and without PATH lookup)")
+        if any(isinstance(arg, str) and "\0" in arg for arg in value):
+            raise ValueError("an argument holds a NUL byte")
+    return value
+
+
+NotifyArg = Annotated[str, Field(min_length=1, max_length=MAX_NOTIFY_ARG_CHARS)]
+
+
+class NotifyFile(Strict):
+    name: Name
+    command: Annotated[
+        list[NotifyArg], Field(min_length=1, max_length=MAX_NOTIFY_ARGS),
+        BeforeValidator(_program),
+    ] = Field(description="argv list, run without a shell; the first word an absolute path")
+    events: list[Literal[NOTIFY_EVENTS]] | None = Field(  # type: ignore[valid-type]
+        None, min_length=1, description="the events it runs on (default: every event)")
+    timeout: Annotated[Duration, _positive(0.1, 600)] = Field(
+        10.0, description="a run still going after this long is killed (counted, logged)")
+    queue: Annotated[int, Field(ge=1, le=10000)] = Field(
+        100, description="events waiting for this hook beyond this are dropped (counted)")
+
+
 class ClusterFile(Strict):
     """An lvsctl cluster file."""
 
@@ -445,3 +483,6 @@ class ClusterFile(Strict):
     ipvs_timeouts: IpvsTimeoutsFile | None = Field(
         None, description="the kernel's IPVS connection timeouts (ipvsadm --set)"
     )
+    notify: list[NotifyFile] | None = Field(
+        None, max_length=MAX_NOTIFY_HOOKS,
+        description="commands run on events (director/hooks.py), each without a shell")

@@ -31,7 +31,8 @@ Znode layout, under ``<root>/<cluster>`` (``root`` is ``zookeeper.root``, defaul
                                     leave the cluster file
         directors/<name>            each running director's DirectorRecord (ephemeral)
         transitions/t_<0000000042>  the pair's log: one TransitionRecord each, the last 200
-        overrides/                  reserved: maintenance overrides (realserver drain)
+        overrides                   the maintenance overrides (realserver drain): one
+                                    Overrides record, written with compare-and-set
 
 ``config`` and its history entry are written in one multi-op transaction guarded by the
 ``config`` znode's version (compare-and-set), so two concurrent pushes cannot both win and the
@@ -86,6 +87,7 @@ from lvsctl.core.records import (
     DirectorRecord,
     Fields,
     ManagedRecord,
+    Overrides,
     Read,
     RecordError,
     Skipped,
@@ -128,6 +130,7 @@ _ROOT_RULE: TypeAdapter[str] = TypeAdapter(schema.ZnodeRoot)
 _HOST_RULE: TypeAdapter[str] = TypeAdapter(schema.HostPort)
 _NAME_RULE: TypeAdapter[str] = TypeAdapter(schema.Name)
 _TRANSITION_CHILD = re.compile(r"t_(\d{1,19})")
+_OVERRIDE_TRIES = 5
 
 
 # -- where things are -----------------------------------------------------------------------
@@ -186,7 +189,7 @@ class Paths:
 
     @property
     def overrides(self) -> str:
-        """Reserved for maintenance overrides (a drained real server); nothing writes it yet."""
+        """The maintenance overrides (drained real servers): one Overrides record."""
         return f"{self.base}/overrides"
 
 
@@ -1183,6 +1186,45 @@ class ClusterStore:
             else:
                 seqs.append(int(match[1]))
         return sorted(seqs), foreign
+
+    # maintenance overrides
+
+    def overrides(self) -> Overrides:
+        """The maintenance overrides (none when the znode is absent). Raises RecordError when
+        the znode holds something else."""
+        data = self._get(self.paths.overrides)
+        return Overrides() if data is None else Overrides.from_bytes(data, self.paths.overrides)
+
+    def update_overrides(self, change: Callable[[Overrides], Overrides]) -> Overrides:
+        """Read the overrides, apply ``change`` and write the result with compare-and-set
+        (the znode's version), with the cluster's ACL; when another writer won the race,
+        read and apply again (a few times). Returns what was written.
+
+        Raises RecordError when the znode holds something else or the result is too large,
+        ConflictError when other writers kept winning, ZooKeeperError otherwise.
+        """
+        path = self.paths.overrides
+        client = self.conn.client
+        for _ in range(_OVERRIDE_TRIES):
+            with self.conn.errors("reading", path):
+                try:
+                    data, stat = client.get(path)
+                except NoNodeError:
+                    data, stat = b"", None
+            new = change(Overrides.from_bytes(bytes(data or b""), path))
+            encoded = new.to_bytes()
+            with self.conn.errors("writing", path):
+                try:
+                    if stat is None:
+                        self.conn.ensure(self.paths.base)
+                        client.create(path, encoded, acl=self.conn.acl)
+                    else:
+                        client.set(path, encoded, version=stat.version)
+                except (NodeExistsError, BadVersionError, NoNodeError):
+                    continue  # another writer was first: apply the change to theirs
+            return new
+        raise ConflictError(f"{path} kept changing while being written ({_OVERRIDE_TRIES} "
+                            "tries): nothing written; try again")
 
     # everything status shows
 

@@ -73,12 +73,16 @@ class MemoryStore:
 
     connected: bool
     config: bytes | None = None
+    overrides: bytes | None = None
     persisted: list[tuple[Mapping[str, Any], Mapping[str, Any]]] = field(default_factory=list)
 
     async def watch_config(self, on_data: Callable[[bytes | None], None]) -> None:
         while not self.connected:
             await asyncio.sleep(0.05)
         on_data(self.config)
+
+    async def watch_overrides(self, on_data: Callable[[bytes | None], None]) -> None:
+        on_data(self.overrides)
 
     def persist(self, entry: Mapping[str, Any], status: Mapping[str, Any]) -> None:
         self.persisted.append((entry, status))

@@ -71,7 +71,7 @@ def test_director_record_round_trips_and_keeps_the_status_shape() -> None:
                           "config", "services", "last_reconcile", "api", "transitions"]
     assert data["services"][0]["realservers"][1] == {
         "name": "web2", "address": "192.0.2.22:80", "weight": 2,
-        "health": {"healthy": True, "weight": 2, "reason": "HTTP 200"}}
+        "health": {"healthy": True, "weight": 2, "reason": "HTTP 200"}, "override": None}
     assert DirectorRecord.from_json(json.loads(json.dumps(data))) == RECORD
 
 

@@ -138,6 +138,7 @@ class Lab:
 
     state: LabState
     echo: Echo = lambda line: None
+    cluster_extra: str = ""  # appended to the generated cluster file (e.g. a notify section)
     _zookeeper: ZooKeeperServer | None = field(default=None, init=False, repr=False)
 
     @property
@@ -245,7 +246,8 @@ class Lab:
             path.write_text(text + "\n")
             path.chmod(0o600)
         cluster = self.workdir / "cluster.yaml"
-        cluster.write_text(cluster_yaml(self.state.lab_id, str(self.workdir / "zk.secret")))
+        cluster.write_text(cluster_yaml(self.state.lab_id, str(self.workdir / "zk.secret"))
+                           + self.cluster_extra)
         for director in DIRECTORS:
             (self.workdir / director).mkdir(exist_ok=True)
             (self.workdir / f"{director}.node.yaml").write_text(
