@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -31,7 +32,14 @@ from lvsctl.core.zk import ClusterConnection, ClusterStore, Target, open_cluster
 from lvsctl.failover.probe import ProbeLoop
 from lvsctl.failover.probe import Target as ProbeTarget
 from lvsctl.failover.timeline import Sample
-from lvsctl.testbed.director_pair import ADDRS, PEER_PORT, VIP, VIP6, DirectorPair
+from lvsctl.testbed.director_pair import (
+    ADDRS,
+    PEER_PORT,
+    VIP,
+    VIP6,
+    DirectorPair,
+    cluster_yaml,
+)
 from lvsctl.testbed.netns import CommandError, Lab, Netns, entered, in_netns, run, unique
 from lvsctl.testbed.overlap import overlap
 from lvsctl.testbed.zookeeper import ZooKeeperEnsemble, on_bridge
@@ -209,10 +217,38 @@ class EnsemblePair(DirectorPair):
             heap="64m", workdir=self.workdir / "zk")
         self.ensemble.start(timeout=self.timings.patience)
 
+    def push(self, text: str | None = None,
+             check: bool = True) -> subprocess.CompletedProcess[str]:
+        """The cluster file pushed (validated, compare-and-set) in-process from lb1's
+        namespace: a Python process started in a loaded VM takes over a minute.
+        Raises ConfigError or ZooKeeperError (``check`` is always on)."""
+        path = self.workdir / "cluster.yaml"
+        path.write_text(text or cluster_yaml(extra_vip6=self.vip6,
+                                             auth=str(self.workdir / "zk.secret"),
+                                             zk_hosts=self.zk_hosts))
+        with operator_store(self, self.ns["lb1"]) as store:
+            result = store.config.push(path.read_text(), source=path.name)
+        return subprocess.CompletedProcess(["config", "push", str(path)], 0,
+                                           f"version {result.version}\n", "")
+
     def close(self) -> None:
         super().close()
         if self.ensemble is not None:
             self.ensemble.close()
+
+
+@contextlib.contextmanager
+def operator_store(pair: DirectorPair, ns: Netns) -> Iterator[ClusterStore]:
+    """The cluster's store as an operator with the cluster's credentials reaches it from
+    namespace ``ns`` (kazoo's thread stays there)."""
+    settings = ZooKeeperSettings(pair.zk_hosts, "/lvsctl", pair.session,
+                                 str(pair.workdir / "zk.secret"))
+    conn: ClusterConnection = in_netns(
+        ns.name, lambda: open_cluster(Target(settings, "t"), connect_timeout=60))
+    try:
+        yield ClusterStore(conn)
+    finally:
+        conn.close()
 
 
 class SafetyBed:
@@ -406,19 +442,10 @@ class SafetyBed:
                 server.launch()
         self.ensemble.wait_serving(self.timings.patience)
 
-    @contextlib.contextmanager
-    def operator(self) -> Iterator[ClusterStore]:
-        """The cluster's store, as an operator with the cluster's credentials reaches it from
-        the client's namespace (kazoo's thread stays there)."""
-        settings = ZooKeeperSettings(self.pair.zk_hosts, "/lvsctl", self.timings.session,
-                                     str(self.pair.workdir / "zk.secret"))
-        conn: ClusterConnection = in_netns(
-            self.client.name if self.client else "",
-            lambda: open_cluster(Target(settings, "t"), connect_timeout=30))
-        try:
-            yield ClusterStore(conn)
-        finally:
-            conn.close()
+    def operator(self) -> contextlib.AbstractContextManager[ClusterStore]:
+        """The cluster's store as an operator reaches it from the client's namespace."""
+        assert self.client is not None, "build() the bed first"
+        return operator_store(self.pair, self.client)
 
 
 # -- the drills ----------------------------------------------------------------------------------
