@@ -9,7 +9,7 @@ had the VIP configured at the same time, from netlink address events in both nam
     sudo .venv/bin/python -m bench.failover [--rounds 20] [--only lvsctl|keepalived]
                                             [--kinds graceful,kill,freeze]
 
-Pairs: lvsctl (ZooKeeper session timeout 2 s, VIP lease 1 s, real ZooKeeper in its own
+Pairs: lvsctl (ZooKeeper session timeout 3 s, VIP lease 1 s, real ZooKeeper in its own
 namespace), keepalived VRRPv2 advert_int 1 (its defaults), keepalived VRRPv3 advert_int 0.1.
 Every run is bounded: a round that does not complete within its limit counts as a failure.
 """
@@ -164,7 +164,7 @@ def measure(pair: Pair, garps: GarpWatch, sig: int, limit: float) -> Round:
 
 
 class LvsctlPair(Pair):
-    name = "lvsctl (ZooKeeper session 2 s, VIP lease 1 s)"
+    name = "lvsctl (ZooKeeper session 3 s, VIP lease 1 s)"
 
     def __init__(self, lab: Lab) -> None:
         self.pair = DirectorPair(lab, vip6=False)

@@ -207,6 +207,10 @@ class Keeper:
         election, config = self.election, self.config
         if election is None or config is None:
             return
+        if election.fatal and not self.fatal:
+            # The rule cannot be kept with this ZooKeeper (e.g. its maxSessionTimeout): stop.
+            self.fatal = election.fatal
+            self.stopping = True
         verdict = election.permission()
         if verdict not in ("zk", "peer"):
             if self.held:

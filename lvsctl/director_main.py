@@ -30,6 +30,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from lvsctl.core.errors import ConfigError, LvsctlError
@@ -195,6 +196,7 @@ def run_keeper(node_path: str, *, insecure: bool, worker_argv: Sequence[str]) ->
     from lvsctl.director.election import Election, Timing
     from lvsctl.director.keeper import Keeper
     from lvsctl.director.peer import PeerLink, read_secret
+    from lvsctl.director.promise import PromiseFile
     from lvsctl.director.vip import KernelAnnouncer, KernelVips
 
     node = load_node(node_path)
@@ -216,8 +218,10 @@ def run_keeper(node_path: str, *, insecure: bool, worker_argv: Sequence[str]) ->
                         dead_after=timing.peer_dead_after)
 
     def make_election(peer: PeerLink, on_transition: Callable[[Transition], None]) -> Election:
+        # The standby's promise survives a restart in the node's state_dir.
         return Election(client, f"{node.cluster_path}/election", node.director, timing,
-                        peer=peer, on_transition=on_transition)
+                        peer=peer, on_transition=on_transition,
+                        promises=PromiseFile(Path(node.state_dir) / "promise.json"))
 
     async def main() -> int:
         keeper = Keeper(

@@ -310,7 +310,7 @@ def make_client(target: Target, credentials: Credentials | None, *,
         auth_data=credentials.auth_data() if credentials else None,
         default_acl=acl,
         connection_retry=reconnect.kazoo(),
-        logger=_kazoo_log,
+        logger=SessionLog(_kazoo_log),  # keeps the negotiated session timeout (ElectionQueue)
     )
 
 
@@ -802,6 +802,31 @@ class Leader:
     owner: int
 
 
+@dataclass(frozen=True)
+class Session:
+    """A client's ZooKeeper session as the server granted it: its id (what an ephemeral
+    znode's ``ephemeralOwner`` holds) and the **negotiated** timeout in seconds (the server
+    clamps the requested one to ``[minSessionTimeout, maxSessionTimeout]``)."""
+
+    id: int
+    timeout: float
+
+
+class SessionLog(logging.LoggerAdapter):
+    """kazoo's logger for lvsctl's clients: passes every line on, and keeps the session
+    timeout the server negotiated, which kazoo 2.11 only logs ("Session created ...",
+    arguments: session id, password, negotiated timeout in ms, ...). ``make_client`` installs
+    it; ``ElectionQueue.session`` reads it."""
+
+    negotiated: tuple[int, float] | None = None  # (session id, seconds)
+
+    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        if (isinstance(msg, str) and msg.startswith("Session created") and len(args) >= 3
+                and isinstance(args[0], int) and isinstance(args[2], int | float)):
+            self.negotiated = (args[0], args[2] / 1000.0)
+        super().log(level, msg, *args, **kwargs)
+
+
 _QUEUE_MARK = "__n_"
 _QUEUE_CHILD = re.compile(r"(?P<prefix>.*)__n_(?P<seq>\d{1,19})")
 _LEADER_TRIES = 5
@@ -880,6 +905,27 @@ class ElectionQueue:
 
     def delete_async(self, znode: str) -> Any:
         return self.client.delete_async(self.entry_path(znode))
+
+    def sync_async(self) -> Any:
+        """``sync`` the queue's node: the server the client talks to catches up with the
+        ensemble's leader first. A read sent right after it on the same session (ZooKeeper
+        answers one session's requests in order) is linearizable from the sync's send time."""
+        return self.client.sync_async(self.path)
+
+    def session(self) -> Session | None:
+        """The client's current session and its negotiated timeout; None while it has none,
+        or when the client was not made by ``make_client`` (the timeout is then unknown)."""
+        session_id = self.client.client_id[0] if self.client.client_id else None
+        negotiated = getattr(self.client.logger, "negotiated", None)
+        if session_id is None or negotiated is None or negotiated[0] != session_id:
+            return None
+        return Session(session_id, negotiated[1])
+
+    @staticmethod
+    def owns(stat: Any, session: Session) -> bool:
+        """Does a queue entry's stat (None: the znode is gone) say ``session`` owns it?
+        A deleted znode, or one recreated by anyone else, is no leadership (CURATOR-696)."""
+        return stat is not None and stat.ephemeralOwner == session.id
 
     @staticmethod
     def created_name(path: str) -> str:

@@ -26,9 +26,9 @@ from lvsctl.testbed.fake_ipvs import FakeIpvs
 
 pytestmark = [pytest.mark.netns, pytest.mark.zookeeper]
 
-# The session timeout must exceed the VIP's 1 s lifetime + 0.35 s kernel lateness + margins
-# (1.65 s); 2.5 s leaves round trips room on a loaded CI machine (bench/failover.py uses 2 s).
-SESSION = 2.5
+# The session timeout must exceed the VIP's 1 s lifetime + 1.1 s kernel lateness + margins
+# and round trips (2.5 s, election.Timing.shortest_session); 3 s leaves room on a loaded machine.
+SESSION = 3.0
 
 
 @pytest.fixture

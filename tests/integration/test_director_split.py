@@ -20,7 +20,7 @@ from lvsctl.testbed.director_pair import PYTHON, VIP, DirectorPair, process_stat
 
 pytestmark = [pytest.mark.netns, pytest.mark.zookeeper]
 
-SESSION = 2.5  # as test_director_pair.py
+SESSION = 3.0  # as test_director_pair.py
 
 
 @pytest.fixture

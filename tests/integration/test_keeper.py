@@ -28,6 +28,7 @@ from kazoo.client import KazooClient
 from lvsctl.core.errors import ConfigError, ConfigIssue
 from lvsctl.core.model import Announce, Vip, ZooKeeperSettings
 from lvsctl.core.node import Api, Node
+from lvsctl.core.zk import SessionLog
 from lvsctl.director.channel import (
     EXIT_FATAL,
     Channel,
@@ -50,7 +51,7 @@ from tests.support.zookeeper import ZooKeeperServer
 
 pytestmark = pytest.mark.zookeeper
 
-SESSION = 2.5
+SESSION = 3.0
 VIP = VipSpec("192.0.2.10", "eth0")
 VIP6 = VipSpec("2001:db8::10", "eth0")
 
@@ -210,7 +211,8 @@ def harness(zookeeper_module: ZooKeeperServer, tmp_path: Path) -> Iterator[Harne
 
 @pytest.fixture
 def client(zookeeper_module: ZooKeeperServer) -> Iterator[KazooClient]:
-    zk = KazooClient(hosts=zookeeper_module.hosts, timeout=SESSION)
+    zk = KazooClient(hosts=zookeeper_module.hosts, timeout=SESSION,
+                     logger=SessionLog(logging.getLogger("kazoo")))  # as make_client
     zk.start(timeout=15)
     try:
         yield zk
@@ -507,3 +509,28 @@ def test_records_made_while_no_worker_runs_reach_the_next_one(
     asyncio.run(run_keeper(keeper, scenario))
     assert not any(r.reason == "verdict changed while renewing"
                    for r in launcher.started[0].records("vip_released"))
+
+
+def test_a_zookeeper_granting_too_short_a_session_stops_the_keeper(tmp_path: Path) -> None:
+    """The server's maxSessionTimeout (2 s) is below what the rule needs: refuse to run."""
+    capped = ZooKeeperServer(max_session_ms=2000)
+    capped.start()
+    try:
+        harness = Harness(capped, tmp_path)
+        zk = KazooClient(hosts=capped.hosts, timeout=SESSION,
+                         logger=SessionLog(logging.getLogger("kazoo")))
+        zk.start(timeout=15)
+        launcher = Launcher(harness.config())
+        keeper = harness.keeper(zk, launcher)
+
+        async def run() -> int:
+            return await asyncio.wait_for(keeper.run(), 30)
+
+        assert asyncio.run(run()) == 2
+        assert "maxSessionTimeout" in keeper.fatal
+        assert harness.vips.log == []  # never held anything
+        zk.stop()
+        zk.close()
+        harness.sink.close()
+    finally:
+        capped.close()

@@ -175,7 +175,7 @@ def test_every_znode_written_carries_the_cluster_acl(target: Target,
         # The election recipe with a director's own client (its default ACL is the cluster's).
         client = make_client(target, target.credentials(), reconnect=DIRECTOR_RECONNECT)
         await asyncio.to_thread(client.start, 10)
-        election = Election(client, conn.paths.election, "lb1", Timing(2.0))
+        election = Election(client, conn.paths.election, "lb1", Timing(4.0))
         await election.start()
         try:
             async with asyncio.timeout(20):
@@ -247,8 +247,8 @@ def test_leader_agrees_with_the_running_election_and_both_status_commands(
                    for _ in range(2)]
         for client in clients:
             await asyncio.to_thread(client.start, 10)
-        e1 = Election(clients[0], conn.paths.election, "lb1", Timing(2.0))
-        e2 = Election(clients[1], conn.paths.election, "lb2", Timing(2.0))
+        e1 = Election(clients[0], conn.paths.election, "lb1", Timing(4.0))
+        e2 = Election(clients[1], conn.paths.election, "lb2", Timing(4.0))
         try:
             await e1.start()
             async with asyncio.timeout(20):

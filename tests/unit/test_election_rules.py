@@ -10,7 +10,7 @@ from lvsctl.core.errors import ElectionError
 from lvsctl.director.election import TRANSITIONS, State, Timing, check_transition, hold_permission
 from lvsctl.director.peer import Beat, Heard
 
-T = Timing(session_timeout=2.0)  # hold_span = 1 + 0.35 + 0.1 = 1.45
+T = Timing(session_timeout=3.0)  # hold_span = 1 + 1.1 + 0.1 = 2.2
 
 
 def test_every_transition_outside_the_table_raises() -> None:
@@ -30,9 +30,17 @@ def test_every_transition_outside_the_table_raises() -> None:
 
 
 def test_a_session_too_short_for_the_lifetime_is_refused() -> None:
-    with pytest.raises(ElectionError, match="too short"):
-        Timing(session_timeout=1.0).check()
-    Timing(session_timeout=2.0).check()
+    # 1 s lifetime + 1.1 s kernel lateness + 2 x 0.1 s margin + 2 x 0.1 s of round trips.
+    assert Timing(session_timeout=9).shortest_session == pytest.approx(2.5)
+    for short in (1.0, 2.0, 2.5):
+        with pytest.raises(ElectionError, match="too short"):
+            Timing(session_timeout=short).check()
+    Timing(session_timeout=2.6).check()
+
+
+def test_the_kernel_lateness_bound_is_a_second_and_more() -> None:
+    # check_lifetime is never rescheduled sooner than ADDRCONF_TIMER_FUZZ_MAX (1 s).
+    assert Timing(session_timeout=3.0).kernel_slack >= 1.0
 
 
 def peer(now: float, *, age: float = 0.0, vouch: bool = True, state: str = "STANDBY",
@@ -46,8 +54,8 @@ NOW = 100.0
 @pytest.mark.parametrize(
     ("case", "state", "confirmed_until", "heard", "promise_until", "expect"),
     [
-        ("confirmed by zk", State.ACTIVE, NOW + 1.5, None, -math.inf, "zk"),
-        ("zk confirmation too short for a full lifetime", State.ACTIVE, NOW + 1.4, None,
+        ("confirmed by zk", State.ACTIVE, NOW + 2.2, None, -math.inf, "zk"),
+        ("zk confirmation too short for a full lifetime", State.ACTIVE, NOW + 2.1, None,
          -math.inf, None),
         ("not the leader", State.STANDBY, NOW + 5, None, -math.inf, None),
         ("fenced", State.FENCED, NOW + 5, None, -math.inf, None),
@@ -77,4 +85,21 @@ NOW = 100.0
 def test_hold_permission(case, state, confirmed_until, heard, promise_until, expect):  # type: ignore[no-untyped-def]
     got = hold_permission(NOW, state=state, epoch=7, confirmed_until=confirmed_until,
                           peer=heard, promise_until=promise_until, timing=T)
+    assert got == expect, case
+
+
+@pytest.mark.parametrize(
+    ("case", "peer_active_epoch", "confirmed_until", "heard", "expect"),
+    [
+        ("a higher epoch claimed ACTIVE outranks zk", 8, NOW + 5, None, None),
+        ("... and the peer's vouch", 8, NOW, peer(NOW), None),
+        ("our own epoch claimed by the other is no demotion", 7, NOW + 5, None, "zk"),
+        ("a lower epoch neither", 6, NOW + 5, None, "zk"),
+    ],
+)
+def test_a_higher_epoch_demotes_whatever_the_permission(case, peer_active_epoch,  # type: ignore[no-untyped-def]
+                                                       confirmed_until, heard, expect):
+    got = hold_permission(NOW, state=State.ACTIVE, epoch=7, confirmed_until=confirmed_until,
+                          peer=heard, promise_until=-math.inf, timing=T,
+                          peer_active_epoch=peer_active_epoch)
     assert got == expect, case
