@@ -7,7 +7,7 @@ its last line, ``rounds R, worst overlap X ms``. The peer-link drill needs sch_n
 this kernel lacks it or IPVS (the test bed's kernel), the bench runs itself in the kernel VM.
 Round k delays lb2's beats by the k-th of --delays (cycling), around the standby's promise.
 
-    .venv/bin/python bench/safety.py [--rounds N] [--drill NAME ...] [--json]
+    .venv/bin/python bench/safety.py [--rounds N] [--drill NAME ...] [--json] [--here]
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from lvsctl.testbed.safety import (  # noqa: E402
 )
 
 MARK = "SAFETY-JSON "
+NETEM_DRILL = "peer_netem"
 
 
 def progress(line: str) -> None:
@@ -68,6 +69,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--delays", default="2.0,2.5,3.0,3.5",
                         help="netem delays (s) of lb2's beats, one per round, cycling")
     parser.add_argument("--json", action="store_true", help="the results as one JSON object")
+    parser.add_argument("--here", action="store_true",
+                        help="run on this kernel even without IPVS or sch_netem (the pair needs "
+                             "neither; without sch_netem the peer-link drill is left out)")
     parser.add_argument("--vm-timeout", type=float, default=7200.0,
                         help="seconds for the whole run in the kernel VM")
     parser.add_argument("--guest", action="store_true", help=argparse.SUPPRESS)
@@ -105,6 +109,13 @@ def report(results: list[dict[str, object]], rounds: int, as_json: bool, seconds
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     drills = args.drill or list(DRILLS)
+    if args.here and not has_netem():
+        if args.drill and NETEM_DRILL in args.drill:
+            print(f"safety: --drill {NETEM_DRILL} needs sch_netem, which this kernel lacks: "
+                  "leave out --here to run in the kernel VM", file=sys.stderr)
+            return 2
+        drills = [d for d in drills if d != NETEM_DRILL]
+        progress(f"this kernel has no sch_netem: {NETEM_DRILL} left out")
     if args.guest:
         t0 = time.monotonic()
         results = run_here(args.rounds, drills, args.delay_list)
@@ -118,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     guest_argv = [sys.executable, str(Path(__file__).resolve()), "--guest", "--rounds",
                   str(args.rounds), "--delays", args.delays,
                   *(f"--drill={d}" for d in drills)]
-    if vm.kernel_has_ipvs() and has_netem():
+    if args.here or (vm.kernel_has_ipvs() and has_netem()):
         import subprocess
 
         done = subprocess.run(guest_argv, stdout=subprocess.PIPE, text=True, check=False)
