@@ -485,14 +485,20 @@ def follower_isolated(bed: SafetyBed, notes: Notes) -> None:
     cut_at = time.monotonic()
     ensemble.isolate(follower, [leader])
 
+    resolution: list[str] = []
+
     def resolved() -> bool:
         if bed.holders() == ["lb2"]:
+            resolution.append("lb2")
             return True
         moved = bed.ensemble.serving_client(bed.address("lb1")) not in (None, follower)
-        return moved and bed.holders() == ["lb1"] and bed.roles()["lb1"] == "ACTIVE"
+        if moved and bed.holders() == ["lb1"] and bed.roles()["lb1"] == "ACTIVE":
+            resolution.append("lb1")
+            return True
+        return False
 
     took = bed.wait(resolved, "lb2 alone to hold the VIP, or lb1 to lead on from the quorum")
-    who = bed.holders()[0]
+    who = resolution[-1]
     notes.append(f"{who} alone holds the VIP {took:.1f} s after the cut"
                  + (" (lb1 moved to the quorum)" if who == "lb1" else ""))
     # Until the cut-off follower gives up (sync_limit ticks) and a lease more, a director

@@ -66,17 +66,17 @@ def drill(bed: SafetyBed, name: str) -> None:
     assert result.served_at_end, f"the client is not served after the drill\n{result.summary()}"
 
 
-@needs_safety_fix("the leader never re-checks its own znode")
+@needs_safety_fix("the standby takes the VIPs the moment the leader's znode is gone, while the "
+                  "old leader may still renew on its last confirmation (a few ms of overlap in "
+                  "3 of 4 runs on the host with the fixes of safety-fix up to cb520d1)")
 def test_deleting_the_leaders_znode(bed: SafetyBed) -> None:
     drill(bed, "leader_znode_deleted")
 
 
-@needs_safety_fix("reads from a follower cut off from the ensemble's leader count")
 def test_the_actives_follower_isolated_from_the_leader(bed: SafetyBed) -> None:
     drill(bed, "follower_isolated")
 
 
-@needs_safety_fix("the lease uses the node file's session timeout, not the negotiated one")
 def test_a_server_max_session_timeout_below_the_node_files(bed: SafetyBed) -> None:
     drill(bed, "session_above_server_max")
 
@@ -86,9 +86,9 @@ def test_netem_delay_and_loss_on_the_peer_link(bed: SafetyBed) -> None:
     drill(bed, "peer_netem")
 
 
-def test_a_rolling_restart_of_the_ensemble(bed: SafetyBed) -> None:
-    drill(bed, "rolling_restart")
-
-
 def test_restarting_the_standby_while_the_active_holds_on_its_vouch(bed: SafetyBed) -> None:
     drill(bed, "standby_restart")
+
+
+def test_a_rolling_restart_of_the_ensemble(bed: SafetyBed) -> None:
+    drill(bed, "rolling_restart")
