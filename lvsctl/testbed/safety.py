@@ -50,6 +50,7 @@ SERVICE_PORT = 80
 DIRECTORS = ("lb1", "lb2")
 NFT_TABLE = "lvssafety"  # the drills' own rules in a director's namespace
 SERVED_AT_END = 5  # this many last probes answered: the client is served again
+PREMISE_ATTEMPTS = 3  # tries at a drill's starting situation before it counts as failed
 
 
 @dataclass(frozen=True)
@@ -575,15 +576,22 @@ def standby_restart(bed: SafetyBed, notes: Notes) -> None:
     """The whole ensemble unreachable from both directors: lb1 holds on lb2's vouch. lb2 is
     killed and restarted (reaching ZooKeeper again); it must keep the promise its vouches made
     before it takes over (lb1's session has expired meanwhile)."""
-    bed.cut("lb1", ZK_ADDRS)
-    bed.cut("lb2", ZK_ADDRS)
-    cut_at = time.monotonic()
-    # Past the session timeout lb1 holds only on lb2's word (fail-static).
-    time.sleep(bed.timings.session + 1)
-    if bed.holders() != ["lb1"]:
-        raise DrillError(f"premise: lb1 alone should hold on lb2's vouch "
-                         f"{time.monotonic() - cut_at:.1f} s after the ensemble went away; "
-                         f"holders {bed.holders()}")
+    for attempt in range(1, PREMISE_ATTEMPTS + 1):
+        bed.cut("lb1", ZK_ADDRS)
+        bed.cut("lb2", ZK_ADDRS)
+        cut_at = time.monotonic()
+        # Past the session timeout lb1 holds only on lb2's word (fail-static).
+        time.sleep(bed.timings.session + 1)
+        holders = bed.holders()
+        if holders == ["lb1"]:
+            break
+        # A starved host can miss the vouch's freshness; that is no drill of a restart.
+        notes.append(f"attempt {attempt}: lb1 did not hold on lb2's vouch "
+                     f"{time.monotonic() - cut_at:.1f} s into the outage (holders {holders})")
+        if attempt == PREMISE_ATTEMPTS:
+            raise DrillError(f"premise: lb1 never held on lb2's vouch in {attempt} attempts")
+        bed.heal()
+        bed.settle("lb1")
     notes.append(f"lb1 holds on lb2's vouch {time.monotonic() - cut_at:.1f} s into the outage")
     proc = bed.pair.procs["lb2"]
     proc.kill()  # SIGKILL by PID: its worker dies with it
