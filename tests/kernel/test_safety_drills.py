@@ -81,7 +81,6 @@ def test_a_server_max_session_timeout_below_the_node_files(bed: SafetyBed) -> No
     drill(bed, "session_above_server_max")
 
 
-@needs_safety_fix("a vouch counts as fresh from when it arrives, not from when it was sent")
 def test_netem_delay_and_loss_on_the_peer_link(bed: SafetyBed) -> None:
     drill(bed, "peer_netem")
 
