@@ -21,7 +21,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,13 +47,14 @@ SESSION = 3.0  # seconds: above the 2.5 s the lease rule needs (election.Timing.
 
 
 def cluster_yaml(announce_count: int = 3, interval: str = "20ms", extra_vip6: bool = True,
-                 auth: str | None = None) -> str:
+                 auth: str | None = None,
+                 zk_hosts: Sequence[str] = (f"{ZK_ADDR}:2181",)) -> str:
     vips = [f"  - {{address: {VIP}, interface: eth0}}"]
     if extra_vip6:
         vips.append(f'  - {{address: "{VIP6}", interface: eth0}}')
     return "\n".join([
         "cluster: t",
-        f"zookeeper: {{hosts: ['{ZK_ADDR}:2181'], session_timeout: {SESSION}"
+        f"zookeeper: {{hosts: {list(zk_hosts)}, session_timeout: {SESSION}"
         + (f", auth: {auth}}}" if auth else "}"),
         "directors:",
         *(f"  - {{name: {name}, address: {addr}/24, interface: eth0, "
@@ -165,13 +166,13 @@ class DirectorPair:
     zk: ZooKeeperServer | None = None
     vip6: bool = True
     session: float = SESSION
+    sessions: dict[str, float] = field(default_factory=dict)  # a director's own, if not session
+    zk_hosts: tuple[str, ...] = (f"{ZK_ADDR}:2181",)
 
     def setup(self, cluster_text: str | None = None) -> DirectorPair:
         self.hub = self.lab.netns("hub")
         bridge = self.lab.bridge(self.hub)
         self.bridge = bridge
-        zk_ns = self.lab.netns("zk")
-        self.lab.attach(zk_ns, f"{ZK_ADDR}/24", self.hub, bridge, "eth0")
         for name, addr in ADDRS.items():
             ns = self.lab.netns(name[-1])
             self.ns[name] = ns
@@ -180,8 +181,7 @@ class DirectorPair:
             watch = AddrWatch(ns, frozenset({VIP, VIP6}))
             watch.start()
             self.watches[name] = watch
-        self.zk = ZooKeeperServer(host=ZK_ADDR, port=2181, netns=zk_ns,
-                                  workdir=self.workdir / "zk").start()
+        self.start_zookeeper()
         (self.workdir / "zk.secret").write_text(ZK_AUTH + "\n")
         (self.workdir / "peer.secret").write_text("peer-secret-0123456789abcdef\n")
         (self.workdir / "api.token").write_text("test-token-42\n")
@@ -190,12 +190,20 @@ class DirectorPair:
         self.push(cluster_text)
         return self
 
+    def start_zookeeper(self) -> None:
+        """ZooKeeper for the pair: one server in a namespace of its own on the bridge."""
+        zk_ns = self.lab.netns("zk")
+        self.lab.attach(zk_ns, f"{ZK_ADDR}/24", self.hub, self.bridge, "eth0")
+        self.zk = ZooKeeperServer(host=ZK_ADDR, port=2181, netns=zk_ns,
+                                  workdir=self.workdir / "zk").start()
+
     def node_file(self, name: str) -> Path:
         path = self.workdir / f"{name}.node.yaml"
         path.write_text("\n".join([
             "cluster: t",
             f"director: {name}",
-            f"zookeeper: {{hosts: ['{ZK_ADDR}:2181'], session_timeout: {self.session}, "
+            f"zookeeper: {{hosts: {list(self.zk_hosts)}, "
+            f"session_timeout: {self.sessions.get(name, self.session)}, "
             f"auth: {self.workdir / 'zk.secret'}}}",
             f"peer: {{secret: {self.workdir / 'peer.secret'}}}",
             f"api: {{listen: '127.0.0.1:{API_PORT}', token: {self.workdir / 'api.token'}, "
@@ -214,7 +222,7 @@ class DirectorPair:
             "import json\n"
             "from lvsctl.core.model import ZooKeeperSettings\n"
             "from lvsctl.core.zk import ClusterStore, Target, open_cluster\n"
-            f"settings = ZooKeeperSettings(('{ZK_ADDR}:2181',), '/lvsctl', {self.session}, "
+            f"settings = ZooKeeperSettings({self.zk_hosts!r}, '/lvsctl', {self.session}, "
             f"{str(self.workdir / 'zk.secret')!r})\n"
             "with open_cluster(Target(settings, 't'), connect_timeout=10) as conn:\n"
             "    store = ClusterStore(conn)\n"
@@ -226,7 +234,8 @@ class DirectorPair:
         """``lvsctl config push`` of ``text`` (default: the lab's cluster file), from lb1's ns."""
         path = self.workdir / "cluster.yaml"
         path.write_text(text or cluster_yaml(extra_vip6=self.vip6,
-                                             auth=str(self.workdir / "zk.secret")))
+                                             auth=str(self.workdir / "zk.secret"),
+                                             zk_hosts=self.zk_hosts))
         proc = subprocess.run(
             self.ns["lb1"].argv([PYTHON, "-m", "lvsctl", "config", "push", str(path)]),
             capture_output=True, text=True, timeout=60, cwd=str(ROOT),

@@ -11,11 +11,13 @@ timeouts down to 200 ms are allowed) and its data in a folder of its own, either
   cut it off with nftables.
 
 Either way ``start`` after ``stop`` or ``kill`` restarts it on the same address, port and data,
-as an ensemble coming back would, or raises: it never moves. The server is controlled only
-through its own PID: ``stop`` (SIGTERM), ``kill`` (SIGKILL), ``pause``/``resume``
-(SIGSTOP/SIGCONT). With ``die_with_parent`` (the default) the server gets SIGKILL if the thread
-that started it dies (PR_SET_PDEATHSIG), so a killed test run leaves no Java behind: start it
-from the main thread, not from a short-lived worker thread.
+as an ensemble coming back would, or raises: it never moves. ``ZooKeeperEnsemble`` runs three
+(or any odd number of) such servers as one ensemble, each optionally in a namespace of its own,
+so that a drill can cut one server off from the ensemble's leader while clients still reach it.
+The server is controlled only through its own PID: ``stop`` (SIGTERM), ``kill`` (SIGKILL),
+``pause``/``resume`` (SIGSTOP/SIGCONT). With ``die_with_parent`` (the default) the server gets
+SIGKILL if the thread that started it dies (PR_SET_PDEATHSIG), so a killed test run leaves no
+Java behind: start it from the main thread, not from a short-lived worker thread.
 """
 
 from __future__ import annotations
@@ -24,16 +26,20 @@ import contextlib
 import ctypes
 import itertools
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from lvsctl.core.errors import LvsctlError
-from lvsctl.testbed.netns import Netns, in_netns
+from lvsctl.testbed.netns import Lab, Netns, in_netns
 
 JAVA = "java"
 JARS = (
@@ -59,12 +65,28 @@ log4j.appender.CONSOLE.layout.ConversionPattern=%d{ISO8601} %-5p [%t] %m%n
 
 _PR_SET_PDEATHSIG = 1
 _servers = itertools.count()
+# One connection in `cons`: " /192.0.2.2:41234[1](queued=0,...,sid=0x1000...,...,to=2000,...)".
+# The answering connection itself has no session yet (no "sid=").
+_CONS_LINE = re.compile(
+    r"/\[?([0-9A-Fa-f.:]+?)\]?:\d+\[\d+\]\(.*\bsid=0x([0-9a-f]+),.*\bto=(\d+)\b")
+QUORUM_PORT = 2888
+ELECTION_PORT = 3888
+NFT_TABLE = "lvszk"  # isolate()'s rules, in the server's own namespace
 
 
 def _die_with_parent() -> None:
     """In the child before exec: SIGKILL it if the starting thread dies without cleaning up."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+@dataclass(frozen=True)
+class ClientSession:
+    """A client connected to a server: its address, session id and negotiated timeout."""
+
+    address: str
+    session_id: int
+    timeout_ms: int
 
 
 class ZooKeeperStartError(LvsctlError):
@@ -120,7 +142,8 @@ class ZooKeeperServer:
                  netns: Netns | None = None, tick_ms: int = 100,
                  min_session_ms: int | None = None, max_session_ms: int = 60000,
                  workdir: str | Path | None = None, log_path: str | Path | None = None,
-                 heap: str = "256m", die_with_parent: bool = True) -> None:
+                 heap: str = "256m", die_with_parent: bool = True,
+                 quorum: QuorumSeat | None = None) -> None:
         if netns is not None:
             if host is None:
                 raise ValueError("a ZooKeeper in a namespace needs the address it listens on")
@@ -135,6 +158,7 @@ class ZooKeeperServer:
         self.max_session_ms = max_session_ms
         self.heap = heap
         self.die_with_parent = die_with_parent
+        self.quorum = quorum
         self._own_workdir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="lvsctl-zk-"))
         self.confdir = self.workdir / "conf"
@@ -171,13 +195,16 @@ class ZooKeeperServer:
                 f"clientPortAddress={self.host}",
                 "maxClientCnxns=0",
                 "admin.enableServer=false",
-                "4lw.commands.whitelist=ruok,srvr,stat,mntr",
+                "4lw.commands.whitelist=ruok,srvr,stat,mntr,cons",
                 # Test data need not survive a power cut; fsync per write would slow every test.
                 "forceSync=no",
+                *(self.quorum.config_lines() if self.quorum is not None else ()),
                 "",
             ]),
             encoding="utf-8",
         )
+        if self.quorum is not None:
+            (self.datadir / "myid").write_text(f"{self.quorum.myid}\n", encoding="utf-8")
         return cfg
 
     def _argv(self, cfg: Path) -> list[str]:
@@ -302,3 +329,263 @@ class ZooKeeperServer:
         except OSError:
             return "(no log)"
         return "\n".join(text.splitlines()[-lines:])
+
+    def mode(self, timeout: float = 2.0) -> str | None:
+        """``leader``, ``follower`` or ``standalone`` from ``srvr``; None when it serves nothing
+        (stopped, starting, or a server that lost its ensemble's leader)."""
+        try:
+            answer = self.four_letter("srvr", timeout=timeout)
+        except OSError:
+            return None
+        for line in answer.splitlines():
+            if line.startswith("Mode:"):
+                return line.split(":", 1)[1].strip()
+        return None
+
+    def sessions(self, timeout: float = 2.0) -> list[ClientSession]:
+        """The client sessions connected to this server now (``cons``).
+
+        Raises OSError when the server does not answer.
+        """
+        out = []
+        for line in self.four_letter("cons", timeout=timeout).splitlines():
+            found = _CONS_LINE.search(line)
+            if found:
+                out.append(ClientSession(found.group(1), int(found.group(2), 16),
+                                         int(found.group(3))))
+        return out
+
+
+# -- an ensemble -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class QuorumSeat:
+    """One server's place in an ensemble: its id and every member's quorum addresses."""
+
+    myid: int
+    # (myid, host, quorum port, election port) of every member, this one included.
+    members: tuple[tuple[int, str, int, int], ...]
+    init_limit: int
+    sync_limit: int
+
+    def config_lines(self) -> list[str]:
+        return [
+            # In ticks: how long a follower may take to sync with a new leader, and how long
+            # a leader and a follower go without hearing each other before giving up.
+            f"initLimit={self.init_limit}",
+            f"syncLimit={self.sync_limit}",
+            *(f"server.{myid}={host}:{quorum}:{election}"
+              for myid, host, quorum, election in self.members),
+        ]
+
+
+@dataclass(frozen=True)
+class Member:
+    """Where one server of an ensemble listens: ``host`` (in ``netns`` when given)."""
+
+    host: str
+    netns: Netns | None = None
+
+
+class ZooKeeperEnsemble:
+    """An ensemble of ZooKeeper servers (three by default), each a ``ZooKeeperServer``.
+
+    ``members`` places each server: in a network namespace of its own on an address configured
+    there (client port 2181, quorum 2888, election 3888), or — without ``members`` — all on
+    this process's own loopback address (``own_address``) with ports of their own. Only
+    servers in namespaces can be cut off from each other (``isolate``).
+
+    ``tick_ms``, ``init_limit`` and ``sync_limit`` are ZooKeeper's own: a follower cut off from
+    its leader keeps serving its clients' reads for up to ``sync_limit`` ticks before it gives
+    up, while the leader expires their sessions after their timeout. ``min_session_ms`` and
+    ``max_session_ms`` bound every session's timeout (the server clamps what a client asks);
+    ``set_session_limits`` changes them for the servers' next start (``rolling_restart``).
+    """
+
+    def __init__(self, members: Sequence[Member] | None = None, *, size: int = 3,
+                 tick_ms: int = 100, init_limit: int = 50, sync_limit: int = 20,
+                 min_session_ms: int | None = None, max_session_ms: int = 60000,
+                 workdir: str | Path | None = None, heap: str = "128m") -> None:
+        if members is None:
+            members = [Member(own_address()[0]) for _ in range(size)]
+            ports = [(own_address()[1], own_address()[1], own_address()[1]) for _ in members]
+        else:
+            ports = [(CLIENT_PORT, QUORUM_PORT, ELECTION_PORT) for _ in members]
+        if len(members) < 3 or len(members) % 2 == 0:
+            raise ValueError(f"an ensemble has an odd number of servers, at least 3: "
+                             f"{len(members)} given")
+        self.members = list(members)
+        self._own_workdir = workdir is None
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="lvsctl-zk-ensemble-"))
+        seats = tuple((i + 1, m.host, q, e) for i, (m, (_, q, e)) in enumerate(zip(members, ports,
+                                                                               strict=True)))
+        self.servers = [
+            ZooKeeperServer(
+                host=member.host, port=client_port, netns=member.netns, tick_ms=tick_ms,
+                min_session_ms=min_session_ms, max_session_ms=max_session_ms, heap=heap,
+                workdir=self.workdir / f"zk{i + 1}",
+                quorum=QuorumSeat(i + 1, seats, init_limit, sync_limit))
+            for i, (member, (client_port, _, _)) in enumerate(zip(members, ports, strict=True))
+        ]
+        self._isolated: set[int] = set()
+
+    @property
+    def hosts(self) -> str:
+        """The client connection string naming every server."""
+        return ",".join(server.hosts for server in self.servers)
+
+    def __len__(self) -> int:
+        return len(self.servers)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self, timeout: float = 60.0) -> ZooKeeperEnsemble:
+        """Start every server and wait until each serves as leader or follower.
+
+        Raises ZooKeeperStartError (every server stopped again) when that takes longer than
+        ``timeout`` seconds.
+        """
+        for server in self.servers:
+            server.launch()
+        try:
+            self.wait_serving(timeout)
+        except ZooKeeperStartError:
+            for server in self.servers:
+                server.kill()
+            raise
+        return self
+
+    def wait_serving(self, timeout: float = 60.0,
+                     servers: Sequence[int] | None = None) -> int:
+        """Wait until one leader leads and ``servers`` (default: all) serve; returns the
+        leader's index. Raises ZooKeeperStartError after ``timeout`` seconds."""
+        wanted = range(len(self.servers)) if servers is None else servers
+        deadline = time.monotonic() + timeout
+        modes: dict[int, str | None] = {}
+        while time.monotonic() < deadline:
+            modes = {i: self.servers[i].mode() for i in range(len(self.servers))}
+            leaders = [i for i, mode in modes.items() if mode == "leader"]
+            if len(leaders) == 1 and all(modes[i] in ("leader", "follower") for i in wanted):
+                return leaders[0]
+            for i in wanted:
+                proc = self.servers[i].proc
+                if proc is None or proc.poll() is not None:
+                    raise ZooKeeperStartError(
+                        f"ZooKeeper server {i + 1} is not running; log:\n"
+                        f"{self.servers[i].log_tail()}")
+            time.sleep(0.2)
+        tails = "\n".join(f"--- server {i + 1} ({modes.get(i)})\n{s.log_tail(15)}"
+                          for i, s in enumerate(self.servers))
+        raise ZooKeeperStartError(
+            f"the ensemble did not serve within {timeout:.0f} s (modes {modes}):\n{tails}")
+
+    def leader(self) -> int | None:
+        """The index of the server whose ``srvr`` says ``Mode: leader``; None when none does."""
+        leaders = [i for i, server in enumerate(self.servers) if server.mode() == "leader"]
+        return leaders[0] if len(leaders) == 1 else None
+
+    def modes(self) -> list[str | None]:
+        return [server.mode() for server in self.servers]
+
+    def stop_server(self, index: int) -> None:
+        """SIGTERM one server (SIGKILL after 10 s): its clients move to the others."""
+        self.servers[index].stop()
+
+    def start_server(self, index: int, timeout: float = 60.0) -> None:
+        """Start one stopped server again and wait until it serves in the ensemble.
+
+        Raises ZooKeeperStartError when it does not within ``timeout`` seconds.
+        """
+        self.servers[index].launch()
+        self.wait_serving(timeout, servers=[index])
+
+    def set_session_limits(self, min_ms: int | None = None, max_ms: int | None = None) -> None:
+        """New session timeout bounds, written at each server's next start."""
+        for server in self.servers:
+            if min_ms is not None:
+                server.min_session_ms = min_ms
+            if max_ms is not None:
+                server.max_session_ms = max_ms
+
+    def rolling_restart(self, timeout: float = 60.0,
+                        progress: Callable[[str], None] = lambda line: None) -> list[int]:
+        """Restart the servers one at a time, the leader last, each serving again before the
+        next stops (a quorum serves throughout but for the leader's election). Returns the
+        order. Raises ZooKeeperStartError when a server does not come back within ``timeout``.
+        """
+        leader = self.wait_serving(timeout)
+        order = [i for i in range(len(self.servers)) if i != leader] + [leader]
+        for index in order:
+            progress(f"restarting ZooKeeper server {index + 1} ({self.servers[index].mode()})")
+            self.stop_server(index)
+            self.start_server(index, timeout)
+        self.wait_serving(timeout)
+        return order
+
+    def close(self) -> None:
+        """Stop every server (isolation rules go with their namespaces' owner)."""
+        for index in sorted(self._isolated):
+            with contextlib.suppress(LvsctlError):
+                self.heal(index)
+        for server in self.servers:
+            server.close()
+        if self._own_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> ZooKeeperEnsemble:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- partitions --------------------------------------------------------------------------
+
+    def isolate(self, index: int, from_servers: Sequence[int]) -> None:
+        """Drop every packet between server ``index`` and ``from_servers`` (nftables in
+        ``index``'s namespace; nothing is rejected, so each side notices only by its own
+        timeouts). Its clients still reach it. Raises ValueError for a server outside a
+        namespace, CommandError when nft fails."""
+        ns = self._netns(index)
+        self._isolated.add(index)
+        ns.run(["nft", "add", "table", "ip", NFT_TABLE])
+        for chain, hook in (("input", "input"), ("output", "output")):
+            ns.run(["nft", "add", "chain", "ip", NFT_TABLE, chain,
+                    f"{{ type filter hook {hook} priority 0 ; }}"])
+        for other in from_servers:
+            host = self.servers[other].host
+            ns.run(["nft", "add", "rule", "ip", NFT_TABLE, "input", "ip", "saddr", host, "drop"])
+            ns.run(["nft", "add", "rule", "ip", NFT_TABLE, "output", "ip", "daddr", host,
+                    "drop"])
+
+    def heal(self, index: int) -> None:
+        """Remove ``isolate``'s rules from server ``index``'s namespace."""
+        self._netns(index).run(["nft", "delete", "table", "ip", NFT_TABLE], check=False)
+        self._isolated.discard(index)
+
+    def _netns(self, index: int) -> Netns:
+        ns = self.servers[index].netns
+        if ns is None:
+            raise ValueError(f"ZooKeeper server {index + 1} is not in a namespace of its own")
+        return ns
+
+    def serving_client(self, address: str) -> int | None:
+        """The index of the server a client at ``address`` is connected to (``cons``)."""
+        for index, server in enumerate(self.servers):
+            with contextlib.suppress(OSError):
+                if any(found.address == address for found in server.sessions()):
+                    return index
+        return None
+
+
+def on_bridge(lab: Lab, hub: Netns, bridge: str, addresses: Sequence[str],
+              **options: Any) -> ZooKeeperEnsemble:
+    """An ensemble (not started) whose servers each run in a namespace of their own, plugged
+    into ``bridge`` (in ``hub``) at ``addresses`` (``A.B.C.D/prefix``); ``options`` go to
+    ZooKeeperEnsemble. The namespaces are ``lab``'s: its close() removes them."""
+    members = []
+    for address in addresses:
+        ns = lab.netns("zk")
+        lab.attach(ns, address, hub, bridge, "eth0")
+        members.append(Member(address.split("/")[0], ns))
+    return ZooKeeperEnsemble(members, **options)
