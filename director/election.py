@@ -10,8 +10,9 @@ rules"). Every ``confirm_interval`` we make one linearizable round trip: a ``syn
 right behind it on the same session, an ``exists`` of **our own** znode. It confirms only if
 the znode is there and its ``ephemeralOwner`` is our session (a deleted or recreated znode is
 no leadership: Curator's CURATOR-696). The next confirmation notices it; renewals made before
-that still live their ``hold_span``. So a new leader also waits while a fresh beat of an
-older leader (a lower epoch) says it still holds: with the peer link up, a znode deleted by
+that still live their ``hold_span``. So a new leader also waits while a fresh beat of the
+other director says it still holds, whatever epoch it carries (having noticed, it rejoins the
+queue behind us before its addresses are gone): with the peer link up, a znode deleted by
 someone else (an operator) costs no overlap. With the peer link down as well, it can still
 overlap the next leader by up to ``confirm_interval`` + a round trip + ``hold_span``: the
 rule assumes that only its owner or the session's expiry removes a queue entry.
@@ -185,11 +186,13 @@ def hold_permission(
         return None
     if now < promise_until and not promise_acked(now, epoch=epoch, peer=peer, timing=timing):
         return "wait"
-    if (peer is not None and now - peer.at <= timing.peer_dead_after and peer.beat.holding
-            and peer.beat.epoch < epoch):
-        # An older leader says, freshly, that it still holds: its znode went without its
-        # session (someone deleted it) and it has not noticed yet. It lets go once it does
-        # (or hears our higher epoch); a crashed or frozen one says nothing fresh.
+    if peer is not None and now - peer.at <= timing.peer_dead_after and peer.beat.holding:
+        # The other says, freshly, that it still holds: its znode went without its session
+        # (someone deleted it) and it has not noticed yet, or it has noticed and rejoined the
+        # queue (a fresh znode: its beats carry a new, higher epoch) but has not yet removed
+        # its addresses. It says "holding" until they are gone, and lets go once it notices
+        # (or hears our higher epoch); a crashed or frozen one says nothing fresh. (Were it
+        # ACTIVE with a higher epoch, we would not be the leader: see above.)
         return "wait"
     if now + timing.hold_span <= confirmed_until:
         return "zk"

@@ -10,15 +10,11 @@ The pair runs on the test bed's file-backed fake IPVS, not the kernel's: what th
 put at risk is the VIP, a kernel address lease, real in every namespace; the keeper never
 touches IPVS, and the fake is held to the kernel's rules by tests/contract. The kernel table
 would only add the worker's netlink work to an emulated CPU already near saturation.
-
-Drills marked ``needs_safety_fix`` break the invariant on today's leadership rules; they are
-expected failures (xfail) until the fixes of issue 14 are merged.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Iterator
 
 import pytest
 
@@ -27,21 +23,6 @@ from lvsctl.testbed.safety import SafetyBed, run_drill
 from lvsctl.testbed.vm import kernel_has_ipvs
 
 pytestmark = [pytest.mark.kernel, pytest.mark.netns, pytest.mark.zookeeper]
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def needs_safety_fix(why: str) -> Callable[[F], F]:
-    """An expected failure on today's leadership rules; ``why`` names the hole. Only the
-    drill's own assertion counts as the expected failure: a bed that cannot be built, or a
-    pair that cannot be settled before the drill, fails the test."""
-    def mark(test: F) -> F:
-        marked: F = pytest.mark.needs_safety_fix(pytest.mark.xfail(
-            reason=f"needs the leadership fixes: {why}", strict=False,
-            raises=AssertionError)(test))
-        return marked
-    return mark
-
 
 @pytest.fixture(scope="module")
 def bed() -> Iterator[SafetyBed]:
@@ -66,9 +47,6 @@ def drill(bed: SafetyBed, name: str) -> None:
     assert result.served_at_end, f"the client is not served after the drill\n{result.summary()}"
 
 
-@needs_safety_fix("the standby takes the VIPs the moment the leader's znode is gone, while the "
-                  "old leader may still renew on its last confirmation (a few ms of overlap in "
-                  "3 of 4 runs on the host with the fixes of safety-fix up to cb520d1)")
 def test_deleting_the_leaders_znode(bed: SafetyBed) -> None:
     drill(bed, "leader_znode_deleted")
 

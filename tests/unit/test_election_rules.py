@@ -97,8 +97,9 @@ def test_hold_permission(case, state, confirmed_until, heard, promise_until, exp
     [
         ("a higher epoch claimed ACTIVE outranks zk", 8, NOW + 5, None, None),
         ("... and the peer's vouch", 8, NOW, peer(NOW), None),
-        ("a later leader's beat saying it holds is no reason to wait", 0, NOW + 5,
-         peer(NOW, holding=True, epoch=9), "zk"),
+        ("the other rejoined the queue (a higher epoch, not ACTIVE) but still holds: wait",
+         0, NOW + 5, peer(NOW, holding=True, epoch=9), "wait"),
+        ("... until it says it holds nothing", 0, NOW + 5, peer(NOW, epoch=9), "zk"),
         ("our own epoch claimed by the other is no demotion", 7, NOW + 5, None, "zk"),
         ("a lower epoch neither", 6, NOW + 5, None, "zk"),
     ],
