@@ -1,5 +1,6 @@
-"""The director's HTTP endpoint: ``/status`` and ``/metrics`` for anyone who can reach it,
-and authenticated actions (``POST /stepdown``; ``/crash`` and ``/freeze`` for drills).
+"""The director's HTTP endpoint: ``/status``, ``/metrics`` (Prometheus) and ``/`` (the status
+page) for anyone who can reach it, and authenticated actions (``POST /stepdown``; ``/crash``
+and ``/freeze`` for drills).
 
 It listens where the node file's ``api.listen`` says (localhost by default). Actions need
 ``Authorization: Bearer <token>`` with the token from ``api.token`` (compared in constant
@@ -25,6 +26,8 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from lvsctl.core.node import Node
+from lvsctl.director.metrics import MetricsUnavailable
+from lvsctl.director.page import CONTENT_TYPE as PAGE_CONTENT_TYPE
 
 
 class Director(Protocol):
@@ -36,6 +39,11 @@ class Director(Protocol):
     def status(self) -> dict[str, Any]: ...
 
     async def stepdown(self) -> None: ...
+
+    async def scrape_metrics(self) -> tuple[bytes, str]:
+        """(body, Content-Type). Raises MetricsUnavailable."""
+
+    async def status_page(self) -> str: ...
 
 
 def _token(path: str | None) -> bytes | None:
@@ -61,17 +69,15 @@ def make_app(director: Director) -> web.Application:
         return web.json_response(director.status())
 
     async def metrics(_: web.Request) -> web.Response:
-        st = director.status()
-        lines = [
-            "# TYPE lvsctl_director_active gauge",
-            f'lvsctl_director_active{{director="{st["director"]}"}} '
-            f'{1 if st["role"] == "ACTIVE" else 0}',
-            "# TYPE lvsctl_director_epoch gauge",
-            f'lvsctl_director_epoch{{director="{st["director"]}"}} {st["epoch"]}',
-            "# TYPE lvsctl_director_vips_held gauge",
-            f'lvsctl_director_vips_held{{director="{st["director"]}"}} {len(st["vips"])}',
-        ]
-        return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
+        try:
+            body, content_type = await director.scrape_metrics()
+        except MetricsUnavailable as exc:
+            raise web.HTTPServiceUnavailable(text=f"{exc}\n") from None
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
+    async def page(_: web.Request) -> web.Response:
+        return web.Response(text=await director.status_page(),
+                            headers={"Content-Type": PAGE_CONTENT_TYPE})
 
     def guard(request: web.Request, drill: bool = False) -> None:
         if not authorized(request, _token(director.node.api.token_file)):
@@ -104,7 +110,7 @@ def make_app(director: Director) -> web.Application:
 
     app = web.Application()
     app.add_routes([
-        web.get("/status", status), web.get("/metrics", metrics),
+        web.get("/status", status), web.get("/metrics", metrics), web.get("/", page),
         web.post("/stepdown", stepdown), web.post("/crash", crash), web.post("/freeze", freeze),
     ])
     return app

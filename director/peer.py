@@ -148,6 +148,7 @@ class PeerLink(asyncio.DatagramProtocol):
     local: Beat = field(init=False)
     heard: Heard | None = field(init=False, default=None)
     rejected: dict[str, int] = field(init=False, default_factory=dict)
+    received: int = field(init=False, default=0)  # beats accepted (for the metrics)
     _last_stamp: int = field(init=False, default=0)
     _accepted_stamp: int = field(init=False, default=0)
     _transport: asyncio.DatagramTransport | None = field(init=False, default=None)
@@ -227,4 +228,5 @@ class PeerLink(asyncio.DatagramProtocol):
             raise Rejected("stale: stamp too far from our clock")
         self._accepted_stamp = beat.stamp
         self.heard = Heard(beat, self.monotonic())
+        self.received += 1
         return beat

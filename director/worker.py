@@ -30,6 +30,7 @@ from lvsctl.core.model import Cluster, Health, HealthKey
 from lvsctl.core.node import Node
 from lvsctl.core.records import DirectorRecord, TransitionRecord
 from lvsctl.core.zk import ClusterConnection, ClusterStore, ConfigVersion
+from lvsctl.director import exporter
 from lvsctl.director.channel import (
     EXIT_FATAL,
     Channel,
@@ -44,7 +45,9 @@ from lvsctl.director.channel import (
     StepdownRequest,
     VipSpec,
 )
-from lvsctl.healthcheck.scheduler import HealthChange
+from lvsctl.director.metrics import MetricsSnapshot, ScrapeCache
+from lvsctl.director.reconcile import ObservedTable
+from lvsctl.healthcheck.scheduler import HealthChange, Scheduler, plan_targets, target_label
 
 log = logging.getLogger("lvsctl.director")
 
@@ -79,6 +82,10 @@ class Dataplane(Protocol):
     def sync_role(self, active: bool, interface: str, sync_id: int, *, epoch: int) -> None: ...
 
     def close(self) -> None: ...
+
+    @property
+    def observed(self) -> ObservedTable | None:
+        """The last pass's observation with the kernel's counters (None: none read yet)."""
 
 
 class HealthChecks(Protocol):
@@ -155,6 +162,8 @@ class Worker:
         self._state_changed = asyncio.Event()
         self._records: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._api: Any = None
+        self.stats = exporter.WorkerStats()
+        self.scraper = ScrapeCache(self.metrics_snapshot)
 
     @property
     def me(self) -> str:
@@ -176,6 +185,8 @@ class Worker:
         if isinstance(message, KeeperState):
             self._on_state(message)
         elif isinstance(message, LeaderRecord):
+            if message.event == "transition":
+                self.stats.transition(message.state, message.reason)
             self.record(message.record())
         elif isinstance(message, Handover):
             self._handed_over = True
@@ -236,6 +247,7 @@ class Worker:
     def _reject(self, why: str) -> None:
         # Never apply what we cannot validate: the running config stays (STYLE.md 2).
         self.config_error = why
+        self.stats.config_rejections += 1
         log.error("config rejected, keeping version %s: %s", self.config_version or "none", why,
                   extra={"event": "config_rejected", "reason": why})
         self.record({"event": "config_rejected", "reason": why})
@@ -253,6 +265,7 @@ class Worker:
         self.send(leader_config(loaded.cluster, self.me, loaded.source))
         if self.health is not None:
             self.health.replace(loaded.cluster)
+        self.stats.keep_targets(target_label(c) for c in plan_targets(loaded.cluster)[0])
         if self._sync_active is None:
             self._sync_role(self.leader.role == "ACTIVE" and not self._handed_over,
                             self.leader.epoch)
@@ -389,8 +402,51 @@ class Worker:
             self.last_reconcile = self.dataplane.reconcile(
                 self.cluster, health, epoch=self.leader.epoch, role=self.leader.role)
         except LvsctlError as exc:
+            self.stats.reconcile_failed()
             log.error("reconcile failed: %s", exc, extra={"event": "ipvs_error",
                                                           "epoch": self.leader.epoch})
+        else:
+            self.stats.reconciled(self.monotonic() - now, self.last_reconcile,
+                                  exporter.kernel_view(self.cluster, self.dataplane.observed))
+
+    # -- metrics and the status page --------------------------------------------------------
+
+    def lease_seconds_left(self) -> float | None:
+        """Seconds until the held VIPs lapse unless leadership is confirmed again (None: no
+        VIP held)."""
+        until = self.leader.lease_until
+        return None if not self.leader.vips or not until else max(0.0, until - self.monotonic())
+
+    def metrics_snapshot(self) -> MetricsSnapshot:
+        """What one /metrics scrape exports, from the worker's live state."""
+        leader, cluster = self.leader, self.cluster
+        health = self.health.snapshot() if self.health is not None else {}
+        record = exporter.light_record(
+            director=self.me, cluster_name=self.node.cluster, role=leader.role,
+            epoch=leader.epoch, since=leader.since or None,
+            zookeeper="connected" if leader.zk_connected else "disconnected", vips=leader.vips,
+            config_error=self.config_error, cluster=cluster, health=health)
+        watchdog = self.health.watchdog() if isinstance(self.health, Scheduler) else None
+        return exporter.snapshot(
+            record, self.stats, lease_seconds_left=self.lease_seconds_left(),
+            config_source=self.config_version,
+            quorum={s.name: s.quorum for s in cluster.services} if cluster else {},
+            checker=exporter.checker_stats(watchdog), sync_active=self._sync_active,
+            peer=exporter.peer_stats(leader.peer_up, leader.peer_received,
+                                     leader.peer_rejected))
+
+    async def scrape_metrics(self) -> tuple[bytes, str]:
+        """/metrics: (body, Content-Type). Raises MetricsUnavailable (answer 503)."""
+        return await self.scraper.scrape()
+
+    async def status_page(self) -> str:
+        """/: the status page, with the peer's view when its API answers."""
+        own = DirectorRecord.from_json(self.status(), "this director's status")
+        api = self.node.api
+        return await exporter.status_page(
+            own, exporter.peer_api_url(api.host, api.port, self.cluster, self.me),
+            lease_seconds_left=self.lease_seconds_left(), kernel=self.stats.kernel,
+            wall=self.wall)
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -420,6 +476,8 @@ class Worker:
         if not self.stopping.is_set():
             assert self.cluster is not None
             self.health = self.make_health(self.cluster, self._on_health_change)
+            if isinstance(self.health, Scheduler):
+                self.health.on_result = self.stats.probe
             await self.health.start()
             if self.start_api is not None:
                 try:
@@ -450,6 +508,8 @@ class Worker:
         if self._api is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._api.cleanup(), 2.0)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.scraper.close(), 6.0)
         self.dataplane.close()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.store.close(), 3.0)
