@@ -10,7 +10,8 @@ enum of director/metrics.py: free text is classified first.
 ``status_page`` renders ``GET /``: this director's record and, fetched from the peer's API
 ``/status`` with a short timeout and a size cap, the peer's. The peer's API is found without
 configuration: the same port as ours on the peer director's address from the cluster file,
-when our API listens on an address the directors share (not on loopback, the default).
+when our API listens on an address the directors share (not on loopback, the default, unless
+the directors' own addresses are loopback ones: a pair on one host).
 """
 
 from __future__ import annotations
@@ -244,15 +245,20 @@ def peer_api_url(own_host: str, own_port: int, cluster: Cluster | None, me: str
     other = next((d for d in cluster.directors if d.name != me), None)
     if other is None:
         return "", "the cluster file names no other director"
-    try:
-        loopback = ipaddress.ip_address(own_host.strip("[]")).is_loopback
-    except ValueError:
-        loopback = own_host == "localhost"
-    if loopback:
+    # On loopback our API is out of the peer's reach, and (being symmetric) the peer's out of
+    # ours, unless the peer director itself has a loopback address (both on one host).
+    if _loopback(own_host) and not _loopback(other.address):
         return "", (f"this API listens on {own_host} only; the peer's view needs api.listen "
                     "on an address the directors share (the same port on both)")
     host = f"[{other.address}]" if ":" in other.address else other.address
     return other.name, f"http://{host}:{own_port}/status"
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 async def fetch_peer(name: str, url: str, cluster: str, *, timeout: float = PEER_TIMEOUT,

@@ -408,6 +408,10 @@ class Worker:
         else:
             self.stats.reconciled(self.monotonic() - now, self.last_reconcile,
                                   exporter.kernel_view(self.cluster, self.dataplane.observed))
+            if self.last_reconcile.get("applied"):
+                # The pass observed the table before its ops: the next one, soon, shows the
+                # kernel as they left it (the metrics and the page read that observation).
+                self._reconcile_at = now + 0.2
 
     # -- metrics and the status page --------------------------------------------------------
 
