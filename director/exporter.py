@@ -196,20 +196,36 @@ def peer_stats(up: bool, received: int, rejected: Iterable[tuple[str, int]]) -> 
     return PeerStats(up, received, counts)
 
 
+class RecordServices:
+    """The services part of the record a scrape exports, rebuilt only when the cluster or a
+    health result changed since the last scrape (most scrapes of a steady pool: comparing the
+    health map costs far less than building thousands of records)."""
+
+    def __init__(self) -> None:
+        self._cluster: Cluster | None = None
+        self._health: dict[HealthKey, Health] = {}
+        self._services: tuple[ServiceStatus, ...] = ()
+
+    def get(self, cluster: Cluster | None, health: Mapping[HealthKey, Health]
+            ) -> tuple[ServiceStatus, ...]:
+        if cluster is None:
+            return ()
+        if cluster is not self._cluster or health != self._health:
+            self._cluster, self._health = cluster, dict(health)
+            self._services = tuple(
+                ServiceStatus(svc.name, realservers=tuple(
+                    RealServerStatus(rs.name, weight=rs.weight, health=_health(
+                        health.get((svc.name, rs.name))))
+                    for rs in svc.realservers))
+                for svc in cluster.services)
+        return self._services
+
+
 def light_record(*, director: str, cluster_name: str, role: str, epoch: int,
                  since: float | None, zookeeper: str, vips: tuple[str, ...],
-                 config_error: str, cluster: Cluster | None,
-                 health: Mapping[HealthKey, Health]) -> DirectorRecord:
+                 config_error: str, services: tuple[ServiceStatus, ...]) -> DirectorRecord:
     """The director's record with what a scrape exports (no transitions, no addresses):
-    built straight from the model, which is cheaper than decoding the /status JSON."""
-    services: tuple[ServiceStatus, ...] = ()
-    if cluster is not None:
-        services = tuple(
-            ServiceStatus(svc.name, realservers=tuple(
-                RealServerStatus(rs.name, weight=rs.weight, health=_health(
-                    health.get((svc.name, rs.name))))
-                for rs in svc.realservers))
-            for svc in cluster.services)
+    built straight from the model (``RecordServices``), cheaper than decoding /status."""
     return DirectorRecord(director=director, cluster=cluster_name, role=role, epoch=epoch,
                           since=since, zookeeper=zookeeper, vips=vips,
                           config=ConfigState(error=config_error), services=services)

@@ -898,7 +898,16 @@ class ScrapeCache:
 
     async def _render(self) -> bytes:
         taken = self.clock()
-        payload = encode_snapshot(self.provider())  # on the loop: the worker's state is here
+        # On the loop: the worker's state is here. The cyclic collector waits meanwhile: the
+        # snapshot's thousands of short-lived objects would otherwise set off collections,
+        # up to a full one over the director's whole heap (encode_snapshot's reason, twice).
+        paused = gc.isenabled()
+        gc.disable()
+        try:
+            payload = encode_snapshot(self.provider())
+        finally:
+            if paused:
+                gc.enable()
         renderer = self._renderer
         if renderer is None or not renderer.process.is_alive():
             if renderer is not None:

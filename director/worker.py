@@ -163,6 +163,7 @@ class Worker:
         self._records: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._api: Any = None
         self.stats = exporter.WorkerStats()
+        self._record_services = exporter.RecordServices()
         self.scraper = ScrapeCache(self.metrics_snapshot)
 
     @property
@@ -429,7 +430,8 @@ class Worker:
             director=self.me, cluster_name=self.node.cluster, role=leader.role,
             epoch=leader.epoch, since=leader.since or None,
             zookeeper="connected" if leader.zk_connected else "disconnected", vips=leader.vips,
-            config_error=self.config_error, cluster=cluster, health=health)
+            config_error=self.config_error,
+            services=self._record_services.get(cluster, health))
         watchdog = self.health.watchdog() if isinstance(self.health, Scheduler) else None
         return exporter.snapshot(
             record, self.stats, lease_seconds_left=self.lease_seconds_left(),
