@@ -287,13 +287,18 @@ async def fetch_peer(name: str, url: str, cluster: str, *, timeout: float = PEER
                     url, allow_redirects=False) as response:
                 if response.status != 200:
                     return None, f"{name}'s API at {url} answered HTTP {response.status}"
-                data = await response.content.read(limit + 1)
+                chunks: list[bytes] = []
+                size = 0
+                async for chunk in response.content.iter_chunked(64 * 1024):
+                    size += len(chunk)
+                    if size > limit:
+                        return None, f"{name}'s API at {url} sent more than {limit} bytes"
+                    chunks.append(chunk)
+                data = b"".join(chunks)
     except TimeoutError:
         return None, f"{name}'s API at {url} did not answer within {timeout:g} s"
     except (aiohttp.ClientError, OSError) as exc:
         return None, f"{name}'s API at {url} is unreachable ({type(exc).__name__})"
-    if len(data) > limit:
-        return None, f"{name}'s API at {url} sent more than {limit} bytes"
     try:
         record = DirectorRecord.from_bytes(data, f"{name}'s /status")
     except LvsctlError as exc:

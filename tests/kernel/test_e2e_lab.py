@@ -39,7 +39,11 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[build.Lab]:
     the_lab = build.Lab.create(Path(tmp_path_factory.mktemp("lab")), print)
     try:
         with results.timed_steps(print) as step:
-            the_lab.up(step)
+            try:
+                the_lab.up(step)
+            except BaseException:
+                print(_logs(the_lab))  # the lab's folder goes with the VM
+                raise
         yield the_lab
     finally:
         the_lab.down()
