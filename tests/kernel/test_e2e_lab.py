@@ -43,10 +43,32 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[build.Lab]:
                 the_lab.up(step)
             except BaseException:
                 print(_logs(the_lab))  # the lab's folder goes with the VM
+                for name in plan.DIRECTORS:
+                    print(f"--- {name} /status (30 s to answer): {_status_line(the_lab, name)}")
                 raise
         yield the_lab
     finally:
         the_lab.down()
+
+
+def _status_line(the_lab: build.Lab, director: str) -> str:
+    """What ``director``'s API says of its role, with a patient timeout (or why not)."""
+    def get() -> str:
+        conn = http.client.HTTPConnection(plan.DIRECTORS[director][0], plan.API_PORT,
+                                          timeout=30)
+        try:
+            start = time.monotonic()
+            conn.request("GET", "/status")
+            body = conn.getresponse().read()
+            data = json.loads(body)
+            return (f"role {data.get('role')}, epoch {data.get('epoch')}, vips "
+                    f"{data.get('vips')} (answered in {time.monotonic() - start:.1f} s)")
+        except (OSError, ValueError) as exc:
+            return f"{type(exc).__name__}: {exc}"
+        finally:
+            conn.close()
+
+    return in_netns(the_lab.ns("client"), get)
 
 
 def _logs(the_lab: build.Lab) -> str:
