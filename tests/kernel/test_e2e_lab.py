@@ -171,7 +171,9 @@ def test_prometheus_scrapes_both_directors_and_a_live_scrape_is_clean(
         running: build.Lab) -> None:
     took, last = _query_until(
         running, f'up{{job="{plan.PROMETHEUS_JOB}"}}',
-        lambda r: _by_instance(r) == {_instance(n): 1.0 for n in plan.DIRECTORS}, 120)
+        # A director's first scrape starts its renderer process (a Python interpreter: slow
+        # under the emulated CPU); its scrapes time out until then.
+        lambda r: _by_instance(r) == {_instance(n): 1.0 for n in plan.DIRECTORS}, 300)
     assert took is not None, f"targets not both up: {last}"
     active = running.active()
     assert active is not None
