@@ -87,24 +87,6 @@ def test_both_directors_program_every_service(running: build.Lab) -> None:
     _assert_tables(running, "after up", timeout=90)
 
 
-@pytest.mark.parametrize("svc", plan.SERVICES, ids=[s.mode for s in plan.SERVICES])
-def test_each_mode_reaches_every_realserver_round_robin(running: build.Lab,
-                                                       svc: plan.LabService) -> None:
-    answers = running.fetch(svc.vip, 12)
-    seen = plan.spread(answers)
-    assert set(seen) == {rs for rs, _ in svc.realservers}, answers
-    assert max(seen.values()) - min(seen.values()) <= 1, seen  # rr: an even spread
-    _assert_tables(running, f"after {svc.mode} traffic")
-
-
-@pytest.mark.parametrize("svc", plan.SERVICES, ids=[s.mode for s in plan.SERVICES])
-def test_unhealthy_realserver_leaves_and_returns_only_after_rise(
-        running: build.Lab, svc: plan.LabService) -> None:
-    results = steps.health_cycle(running, print, svc)
-    assert [r.step for r in results if not r.passed] == [], results
-    _assert_tables(running, f"after the {svc.mode} health cycle")
-
-
 # -- Prometheus (the lab's, in the client's namespace, scraping both directors) -----------------
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "lvsctl.json"
@@ -238,6 +220,24 @@ def test_ipvs_byte_counters_grow_while_the_client_sends_traffic(running: build.L
         running, expr, lambda r: len(r) == 2 and all(
             s.value > start[s.labels["direction"]] for s in r), 120)
     assert took is not None, f"byte counters did not grow: {start} -> {after}"
+
+
+@pytest.mark.parametrize("svc", plan.SERVICES, ids=[s.mode for s in plan.SERVICES])
+def test_each_mode_reaches_every_realserver_round_robin(running: build.Lab,
+                                                       svc: plan.LabService) -> None:
+    answers = running.fetch(svc.vip, 12)
+    seen = plan.spread(answers)
+    assert set(seen) == {rs for rs, _ in svc.realservers}, answers
+    assert max(seen.values()) - min(seen.values()) <= 1, seen  # rr: an even spread
+    _assert_tables(running, f"after {svc.mode} traffic")
+
+
+@pytest.mark.parametrize("svc", plan.SERVICES, ids=[s.mode for s in plan.SERVICES])
+def test_unhealthy_realserver_leaves_and_returns_only_after_rise(
+        running: build.Lab, svc: plan.LabService) -> None:
+    results = steps.health_cycle(running, print, svc)
+    assert [r.step for r in results if not r.passed] == [], results
+    _assert_tables(running, f"after the {svc.mode} health cycle")
 
 
 def _echo_round(sock: socket.socket, text: bytes) -> bytes:
