@@ -11,6 +11,7 @@ waits for it, generously bounded. How fast things happen is the benchmarks' busi
 
 from __future__ import annotations
 
+import dataclasses
 import http.client
 import json
 import re
@@ -25,7 +26,7 @@ import pytest
 
 from lvsctl.testbed.lab import build, plan, results, steps
 from lvsctl.testbed.netns import in_netns
-from lvsctl.testbed.prometheus import Series
+from lvsctl.testbed.prometheus import PrometheusError, Series
 from lvsctl.testbed.vm import kernel_has_ipvs
 
 pytestmark = pytest.mark.kernel
@@ -104,12 +105,16 @@ def _query_until(the_lab: build.Lab, expr: str, done: Callable[[list[Series]], b
                  timeout: float) -> tuple[float | None, list[Series]]:
     """Seconds until ``expr``'s result satisfied ``done`` (None: not within ``timeout``), and
     the last result."""
-    client = the_lab.prometheus()
+    # Patient per query: the VM's emulated CPU can keep Prometheus from answering for seconds.
+    client = dataclasses.replace(the_lab.prometheus(), timeout=30.0)
     last: list[Series] = []
 
     def check() -> bool:
         nonlocal last
-        last = client.query(expr)
+        try:
+            last = client.query(expr)
+        except PrometheusError:  # a query that timed out: ask again, within the bound
+            return False
         return done(last)
 
     return build.wait_until(check, timeout, 0.5), last
