@@ -20,10 +20,16 @@ run so every figure shares the machine's load of the moment:
 The provider returns a snapshot built beforehand: building it is the worker's part (copying its
 live state), printed apart as "snapshot built from scratch", the most it can cost.
 
+With --wired the provider is the worker's own (director/worker.py ``metrics_snapshot``, what
+the API's /metrics serves): a Worker holding a generated cluster file of that size, every real
+server checked (probe results fed through its stats), its reconcile pass run once on the fake
+IPVS (so the kernel view names every dest); each scrape then takes a fresh snapshot of the
+worker's state on the loop, as a live director does.
+
 The goal (issue 17): a scrape costs the director's loop under 20 ms.
 
     .venv/bin/python bench/metrics.py [--services 100] [--realservers 20] [--repeat 5]
-                                      [--scrapes 5]
+                                      [--scrapes 5] [--wired]
 """
 
 from __future__ import annotations
@@ -35,15 +41,22 @@ import os
 import shlex
 import statistics
 import sys
+import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from lvsctl.core.config import parse_cluster  # noqa: E402
+from lvsctl.core.model import Cluster, Health, HealthKey, ZooKeeperSettings  # noqa: E402
+from lvsctl.core.node import Api, Node  # noqa: E402
+from lvsctl.director.channel import KeeperState  # noqa: E402
+from lvsctl.director.dataplane import Dataplane  # noqa: E402
 from lvsctl.director.metrics import (  # noqa: E402
     BuildInfo,
     MetricsSnapshot,
@@ -51,6 +64,10 @@ from lvsctl.director.metrics import (  # noqa: E402
     encode_snapshot,
     render_snapshot,
 )
+from lvsctl.director.worker import Worker  # noqa: E402
+from lvsctl.healthcheck.result import CheckResult  # noqa: E402
+from lvsctl.healthcheck.scheduler import plan_targets, target_label  # noqa: E402
+from lvsctl.testbed.fake_ipvs import FakeIpvs  # noqa: E402
 from lvsctl.testbed.prometheus import synthetic_snapshot  # noqa: E402
 
 BUILD = BuildInfo("bench", "3")
@@ -142,12 +159,80 @@ def per_scrape(busy: Lag, idle: Lag, count: int) -> tuple[float, float]:
             (busy.loop_cpu_ms - tick_cpu * busy.ticks) / count)
 
 
-async def loop_phases(snapshot: MetricsSnapshot, count: int) -> None:
-    def provider() -> MetricsSnapshot:
-        return snapshot
+def wired_cluster(services: int, realservers: int) -> str:
+    """A cluster file of ``services`` DR services of ``realservers`` real servers each."""
+    lines = ["cluster: bench", "zookeeper: {hosts: ['127.0.0.1:2181']}", "directors:",
+             "  - {name: lb1, address: 192.0.2.2/24, interface: eth0, "
+             "peer: {address: 192.0.2.2, port: 7001}}",
+             "  - {name: lb2, address: 192.0.2.3/24, interface: eth0, "
+             "peer: {address: 192.0.2.3, port: 7002}}",
+             "vips: [{address: 192.0.2.10, interface: eth0}]", "services:"]
+    for s in range(services):
+        lines += [f"  - name: svc{s}", "    vip: 192.0.2.10", f"    port: {1000 + s}",
+                  "    forwarding: dr",
+                  "    check: {type: http, path: /healthz, interval: 1s, timeout: 500ms}",
+                  "    realservers:"]
+        lines += [f"      - {{name: rs{s}-{r}, address: 10.{s // 250}.{s % 250}.{r + 1}}}"
+                  for r in range(realservers)]
+    return "\n".join(lines) + "\n"
+
+
+def wired_worker(services: int, realservers: int, folder: Path) -> Worker:
+    """A Worker holding a cluster of that size with every real server checked and one
+    reconcile pass on the fake IPVS behind it (its metrics as a running director's)."""
+    loaded = parse_cluster(wired_cluster(services, realservers), "bench.yaml@v7")
+    node = Node(cluster="bench", director="lb1",
+                zookeeper=ZooKeeperSettings(("127.0.0.1:2181",), "/lvsctl", 2.5, None),
+                peer_secret_file=str(folder / "peer.secret"), api=Api("127.0.0.1", 0, None, False),
+                ipvs="kernel", state_dir=str(folder / "state"), log_format="json",
+                source=str(folder / "node.yaml"))
+    health = {(svc.name, rs.name): Health(i % 3 != 1, None, "" if i % 3 != 1 else "HTTP 500")
+              for svc in loaded.cluster.services for i, rs in enumerate(svc.realservers)}
+
+    class Checks:
+        async def start(self) -> None: ...
+
+        async def stop(self) -> None: ...
+
+        def replace(self, cluster: Cluster) -> None: ...
+
+        def snapshot(self) -> Mapping[HealthKey, Health]:
+            return health
+
+    worker = Worker(node, keeper_pid=0, store=_NoStore(), dataplane=Dataplane(FakeIpvs()),
+                    make_health=lambda cluster, on_change: Checks())
+    worker.apply_config(loaded)
+    worker.health = Checks()
+    worker.leader = KeeperState("ACTIVE", 7, time.time(), True, ("192.0.2.10",), True,
+                                lease_until=time.monotonic() + 3600, peer_up=True,
+                                peer_received=100)
+    for check in plan_targets(loaded.cluster)[0]:
+        for latency in (0.0004, 0.003, 0.02):
+            worker.stats.probe(target_label(check), CheckResult(True, "HTTP 200", latency), False)
+        worker.stats.probe(target_label(check), CheckResult(False, "HTTP 500", 0.01), False)
+    worker.reconcile_if_due()
+    return worker
+
+
+class _NoStore:
+    connected = False
+
+    async def watch_config(self, on_data: Callable[[bytes | None], None]) -> None: ...
+
+    def persist(self, entry: Mapping[str, Any], status: Mapping[str, Any]) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+async def loop_phases(snapshot: MetricsSnapshot, count: int,
+                      provider: Callable[[], MetricsSnapshot] | None = None) -> None:
+    if provider is None:
+        def provider() -> MetricsSnapshot:
+            return snapshot
 
     async def threaded() -> None:
         # The previous design: snapshot on the loop, the text written in a thread.
+        assert provider is not None
         await asyncio.to_thread(render_snapshot, provider(), BUILD)
 
     cache = ScrapeCache(provider, BUILD, max_age=0.0, timeout=60.0)
@@ -193,6 +278,9 @@ def main() -> None:
     parser.add_argument("--realservers", type=int, default=20)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--scrapes", type=int, default=5)
+    parser.add_argument("--wired", action="store_true",
+                        help="scrape the worker's own provider (director/worker.py) holding a "
+                             "cluster of that size")
     args = parser.parse_args()
     if not (1 <= args.services <= 1000 and 1 <= args.realservers <= 100
             and 1 <= args.repeat <= 50 and 1 <= args.scrapes <= 50):
@@ -221,7 +309,26 @@ def main() -> None:
           f"in the renderer process)")
     print(f"  snapshot encoded (encode_snapshot): {encode:8.1f}  ({encode / base:.1f}x baseline, "
           f"{render / encode:.0f}x less than the text; on the loop)")
-    asyncio.run(loop_phases(snapshot, args.scrapes))
+    if not args.wired:
+        asyncio.run(loop_phases(snapshot, args.scrapes))
+        return
+    with tempfile.TemporaryDirectory(prefix="lvsctl-bench-") as tmp:
+        async def wired() -> None:
+            worker = wired_worker(args.services, args.realservers, Path(tmp))
+            live = worker.metrics_snapshot()
+            body, _ = render_snapshot(live, BUILD)
+            samples = sum(1 for line in body.decode().splitlines() if not line.startswith("#"))
+            taken = cpu_ms(worker.metrics_snapshot, args.repeat)
+            encoded = cpu_ms(lambda: encode_snapshot(worker.metrics_snapshot()), args.repeat)
+            print(f"wired: the worker's provider (metrics_snapshot), {samples} samples "
+                  f"({len(body) / 1e6:.1f} MB):")
+            print(f"  snapshot of the worker's state:     {taken:8.1f}  CPU ms, median of "
+                  f"{args.repeat} (on the loop)")
+            print(f"  snapshot taken and encoded:         {encoded:8.1f}  CPU ms (what the loop "
+                  f"pays per scrape)")
+            await loop_phases(live, args.scrapes, worker.metrics_snapshot)
+
+        asyncio.run(wired())
 
 
 if __name__ == "__main__":

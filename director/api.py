@@ -1,7 +1,8 @@
-"""The director's HTTP endpoint: ``/status``, ``/metrics``, ``/ipvs`` (the observed table
-and what the next pass plans from, for ``config push --plan``) and ``/realservers`` (every real
-server's override, weights and the kernel's connection counts) for anyone who can reach it,
-and authenticated actions (``POST /stepdown``; ``/crash`` and ``/freeze`` for drills).
+"""The director's HTTP endpoint: ``/status``, ``/metrics`` (Prometheus), ``/`` (the status
+page), ``/ipvs`` (the observed table and what the next pass plans from, for ``config push
+--plan``) and ``/realservers`` (every real server's override, weights and the kernel's
+connection counts) for anyone who can reach it, and authenticated actions (``POST /stepdown``;
+``/crash`` and ``/freeze`` for drills).
 
 It listens where the node file's ``api.listen`` says (localhost by default). Actions need
 ``Authorization: Bearer <token>`` with the token from ``api.token`` (compared in constant
@@ -29,6 +30,8 @@ from aiohttp import web
 from lvsctl.core.errors import LvsctlError
 from lvsctl.core.node import Node
 from lvsctl.director.api_limits import BODY_LIMIT, Listening, listen
+from lvsctl.director.metrics import MetricsUnavailable
+from lvsctl.director.page import CONTENT_TYPE as PAGE_CONTENT_TYPE
 
 
 class Director(Protocol):
@@ -44,6 +47,10 @@ class Director(Protocol):
     async def stepdown(self) -> None: ...
 
     def ipvs(self) -> dict[str, Any]: ...
+    async def scrape_metrics(self) -> tuple[bytes, str]:
+        """(body, Content-Type). Raises MetricsUnavailable."""
+
+    async def status_page(self) -> str: ...
 
 
 def _token(path: str | None) -> bytes | None:
@@ -72,17 +79,15 @@ def make_app(director: Director) -> web.Application:
         return web.json_response(director.realservers())
 
     async def metrics(_: web.Request) -> web.Response:
-        st = director.status()
-        lines = [
-            "# TYPE lvsctl_director_active gauge",
-            f'lvsctl_director_active{{director="{st["director"]}"}} '
-            f'{1 if st["role"] == "ACTIVE" else 0}',
-            "# TYPE lvsctl_director_epoch gauge",
-            f'lvsctl_director_epoch{{director="{st["director"]}"}} {st["epoch"]}',
-            "# TYPE lvsctl_director_vips_held gauge",
-            f'lvsctl_director_vips_held{{director="{st["director"]}"}} {len(st["vips"])}',
-        ]
-        return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
+        try:
+            body, content_type = await director.scrape_metrics()
+        except MetricsUnavailable as exc:
+            raise web.HTTPServiceUnavailable(text=f"{exc}\n") from None
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
+    async def page(_: web.Request) -> web.Response:
+        return web.Response(text=await director.status_page(),
+                            headers={"Content-Type": PAGE_CONTENT_TYPE})
 
     async def ipvs(_: web.Request) -> web.Response:
         try:
@@ -121,7 +126,7 @@ def make_app(director: Director) -> web.Application:
 
     app = web.Application(client_max_size=BODY_LIMIT)
     app.add_routes([
-        web.get("/status", status), web.get("/metrics", metrics),
+        web.get("/status", status), web.get("/metrics", metrics), web.get("/", page),
         web.get("/realservers", realservers),
         web.post("/stepdown", stepdown), web.post("/crash", crash), web.post("/freeze", freeze),
         web.get("/ipvs", ipvs),

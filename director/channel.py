@@ -45,6 +45,7 @@ WRITE_LIMIT = 256 * 1024  # unsent bytes kept for a peer that does not read; mor
 READ_BUDGET = 64 * 1024  # read per turn of the loop at most (about 2,000 small messages)
 MAX_VIPS = MAX_CLUSTER_VIPS  # as many as a cluster file may list
 MAX_TEXT = 1024
+MAX_PEER_REASONS = 16  # the peer link's rejection reasons are a handful of fixed words
 # The kernel's rule for interface names (dev_valid_name): 1-15 bytes, no '/', ':' or space.
 IFNAME = re.compile(r"[^/:\s]{1,15}")
 # The worker's exit code for "do not restart me": it would fail the same way again (an insecure
@@ -132,17 +133,38 @@ class KeeperState:
     zk_connected: bool
     vips: tuple[str, ...]  # addresses held now, sorted
     have_config: bool  # the keeper was given a VIP set (LeaderConfig)
+    # For the worker's metrics, sent with the periodic snapshots (not compared: a change of
+    # these alone sends nothing): the keeper's monotonic instant at which the VIPs it holds
+    # lapse unless a renewal is confirmed again (0: none held), and its peer link's counts.
+    lease_until: float = field(default=0.0, compare=False)
+    peer_up: bool = field(default=False, compare=False)
+    peer_received: int = field(default=0, compare=False)
+    peer_rejected: tuple[tuple[str, int], ...] = field(default=(), compare=False)
 
     def to_fields(self) -> dict[str, Any]:
         return {"role": self.role, "epoch": self.epoch, "since": self.since,
                 "zk_connected": self.zk_connected, "vips": list(self.vips),
-                "have_config": self.have_config}
+                "have_config": self.have_config, "lease_until": self.lease_until,
+                "peer_up": self.peer_up, "peer_received": self.peer_received,
+                "peer_rejected": [list(item) for item in self.peer_rejected]}
 
     @classmethod
     def from_fields(cls, f: Mapping[str, Any]) -> KeeperState:
+        role, epoch, since = _str(f, "role", 16), _int(f, "epoch"), _float(f, "since")
+        zk_connected = _bool(f, "zk_connected")
         vips = tuple(_address(v, "vips[]") for v in _list(f, "vips", MAX_VIPS))
-        return cls(_str(f, "role", 16), _int(f, "epoch"), _float(f, "since"),
-                   _bool(f, "zk_connected"), vips, _bool(f, "have_config"))
+        have_config = _bool(f, "have_config")
+        if "lease_until" not in f:  # a keeper without the metrics fields
+            return cls(role, epoch, since, zk_connected, vips, have_config)
+        rejected = []
+        for item in _list(f, "peer_rejected", MAX_PEER_REASONS):
+            if type(item) is not list or len(item) != 2:
+                raise ChannelError("peer_rejected[]: expected [reason, count]")
+            rejected.append((_str({"reason": item[0]}, "reason", 64),
+                             _int({"count": item[1]}, "count")))
+        return cls(role, epoch, since, zk_connected, vips, have_config,
+                   _float(f, "lease_until"), _bool(f, "peer_up"), _int(f, "peer_received"),
+                   tuple(rejected))
 
 
 @dataclass(frozen=True)

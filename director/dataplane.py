@@ -123,15 +123,15 @@ class Planned:
 
 def plan_pass(table: IpvsTable, desired: DesiredTable, drain_state: DrainState, now: float, *,
               retired: Mapping[ServiceKey, float] | None = None,
-              blind: bool = True) -> Planned:
-    """Observe ``table`` (without traffic counters) and plan toward ``desired``.
+              blind: bool = True, stats: bool = False) -> Planned:
+    """Observe ``table`` (with traffic counters only if ``stats``) and plan toward ``desired``.
 
     With ``blind`` a failed observation plans adds and edits only (and the drain state is
     kept); without it the KernelError is raised (a command cannot show a plan it could not
     make).
     """
     try:
-        observed = table.observe(stats=False)
+        observed = table.observe(stats=stats)
     except KernelError as exc:
         if not blind:
             raise
@@ -241,20 +241,25 @@ class Dataplane:
     # The services this director manages (retired when they leave the file); in memory
     # only unless the daemon gives it a state file and its ZooKeeper record.
     managed: ManagedBook = field(default_factory=ManagedBook)
+    # The last pass's observation, with the kernel's traffic counters (the metrics read it);
+    # None until a pass read the table.
+    observed: ObservedTable | None = None
 
     def reconcile(self, cluster: Cluster, health: Mapping[HealthKey, Health], *,
                   epoch: int, role: str) -> dict[str, Any]:
         """One pass: observe, plan, apply (the refused-op rule above). Returns (and keeps) a
         summary for /status: wall, epoch, role, observed, planned, applied, errors (one line
         per refused or skipped op), services, retiring (the retired services the kernel still
-        holds), and the count of each outcome (already, refused, skipped).
+        holds), the count of each outcome (already, refused, skipped), ops applied by kind
+        ({"AddDest": n, ...}) and kernel_errors (refusals, a failed dump, refused timeouts).
 
         The managed set is recorded before any op is applied (director/managed.py)."""
         desired = desired_table(cluster, health, quorum_held=self.quorum_held)
         self.quorum_held = quorum_verdicts(desired)
         retired = self.managed.retired(desired)
         planned = plan_pass(self.table, desired, self.drain_state, self.monotonic(),
-                            retired=retired)
+                            retired=retired, stats=True)
+        self.observed = planned.observed
         if planned.observe_error is not None:
             log.error("cannot read the IPVS table: %s", planned.observe_error,
                       extra={"event": "ipvs_error", "epoch": epoch, "role": role})
@@ -270,10 +275,17 @@ class Dataplane:
         results = apply_ops(self.table, planned.ops, on_batch=report)
         counts = count(results)
         errors = [str(r) for r in results if r.outcome in (Outcome.REFUSED, Outcome.SKIPPED)]
+        kinds: dict[str, int] = {}
+        for result in results:
+            if result.outcome is Outcome.APPLIED:
+                kind = type(result.op).__name__
+                kinds[kind] = kinds.get(kind, 0) + 1
+        kernel_errors = counts[Outcome.REFUSED] + (planned.observe_error is not None)
         try:
             sent = sync_timeouts(self.table, cluster.ipvs_timeouts)
         except KernelError as exc:
             errors.append(str(exc))
+            kernel_errors += 1
             log.error("IPVS refused the timeouts: %s", exc,
                       extra={"event": "ipvs_error", "epoch": epoch, "role": role})
         else:
@@ -288,6 +300,7 @@ class Dataplane:
             "services": len(desired), "retiring": retiring,
             "already": counts[Outcome.ALREADY], "refused": counts[Outcome.REFUSED],
             "skipped": counts[Outcome.SKIPPED],
+            "ops": kinds, "kernel_errors": kernel_errors,
         }
         return self.last
 

@@ -161,6 +161,7 @@ class Keeper:
         self._join_deadline: float | None = None
         self._closed_at: float | None = None
         self._sent_state: KeeperState | None = None
+        self._lease_until = 0.0  # monotonic: the held VIPs lapse then unless confirmed again
         self._sent_at = -1e18
         self._handed_over = asyncio.Event()
         self._wake = asyncio.Event()
@@ -237,6 +238,9 @@ class Keeper:
                 self.held.add(spec)  # so that release_all removes this one too
                 self.release_all("verdict changed while renewing")
                 return
+            # Without a new confirmation, renewals stop at the hold deadline and the kernel
+            # drops the address a lifetime later: what the metrics call the lease left.
+            self._lease_until = election.hold_deadline() + lease.lifetime
             if spec not in self.held:
                 self.held.add(spec)
                 log.info("VIP %s acquired", vip.address, extra={
@@ -313,13 +317,17 @@ class Keeper:
                 log.error("message not sent: %s", exc, extra={"event": "channel_error"})
 
     def state(self) -> KeeperState:
-        election = self.election
+        election, peer = self.election, self.peer
         role = election.state.value if election is not None else State.CANDIDATE.value
         return KeeperState(
             role=role, epoch=self.epoch, since=election.since if election is not None else 0.0,
             zk_connected=bool(election.zk_connected) if election is not None else False,
             vips=tuple(sorted({s.address for s in self.held})),
-            have_config=self.config is not None)
+            have_config=self.config is not None,
+            lease_until=self._lease_until if self.held else 0.0,
+            peer_up=peer is not None and peer.latest() is not None,
+            peer_received=peer.received if peer is not None else 0,
+            peer_rejected=tuple(sorted(peer.rejected.items()))[:16] if peer is not None else ())
 
     def publish(self, force: bool = False) -> None:
         """Send the state if it changed (or ``force``), and at least every STATE_EVERY."""

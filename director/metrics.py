@@ -739,6 +739,12 @@ def decode_snapshot(data: bytes) -> MetricsSnapshot:
 RENDER_NICE = 10
 # Prometheus gives up on a scrape after 10 s by default: answer 503 before that.
 RENDER_TIMEOUT = 8.0
+# A new renderer's interpreter start and imports: 1-5 s on a loaded host, tens of seconds
+# under an emulated CPU (the kernel VM). Not part of any render's timeout, or a renderer that
+# starts slower than RENDER_TIMEOUT would be killed and replaced forever.
+START_TIMEOUT = 180.0
+# The renderer's first byte: its imports are done and it reads snapshots.
+_READY = b"R"
 # The largest text a renderer may send back: 100 x 20 is ~4 MB; the config bounds the rest.
 MAX_BODY_BYTES = 256 * 1024 * 1024
 
@@ -778,6 +784,7 @@ def _serve(sock: socket.socket, build: BuildInfo) -> None:
     os.setsid()
     os.nice(RENDER_NICE)
     with sock:
+        sock.sendall(_READY)
         while True:
             try:
                 (size,) = _FRAME.unpack(_recv_exactly(sock, _FRAME.size))
@@ -809,6 +816,12 @@ class _Renderer:
         finally:
             child.close()
         self.sock.setblocking(False)
+
+    async def ready(self) -> None:
+        """Until the process says its imports are done. Raises EOFError or OSError when it
+        dies first."""
+        if await self._recv(len(_READY)) != _READY:
+            raise OSError("the renderer did not start its protocol")
 
     async def exchange(self, payload: bytes) -> bytes:
         """Send one encoded snapshot, return its text. Raises EOFError or OSError when the
@@ -852,16 +865,19 @@ class ScrapeCache:
     through the GIL as a thread would hold it. One render is in flight at a time: concurrent
     scrapes share it, and scrapes within ``max_age`` seconds of a render share its text. A
     render past ``timeout`` seconds or a renderer that dies fails that scrape (and its
-    sharers) with MetricsUnavailable, and the next scrape starts a new renderer.
+    sharers) with MetricsUnavailable, and the next scrape starts a new renderer. A new
+    renderer's start (its interpreter and imports) has ``start_timeout`` of its own.
     """
 
     def __init__(self, provider: Provider, build: BuildInfo | None = None, *,
                  max_age: float = 1.0, timeout: float = RENDER_TIMEOUT,
+                 start_timeout: float = START_TIMEOUT,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.provider = provider
         self.build = build or BuildInfo.installed()
         self.max_age = max_age
         self.timeout = timeout
+        self.start_timeout = start_timeout
         self.clock = clock
         self.renders = 0  # texts the renderer returned
         self.failures = 0  # renders that timed out or lost their renderer
@@ -898,7 +914,16 @@ class ScrapeCache:
 
     async def _render(self) -> bytes:
         taken = self.clock()
-        payload = encode_snapshot(self.provider())  # on the loop: the worker's state is here
+        # On the loop: the worker's state is here. The cyclic collector waits meanwhile: the
+        # snapshot's thousands of short-lived objects would otherwise set off collections,
+        # up to a full one over the director's whole heap (encode_snapshot's reason, twice).
+        paused = gc.isenabled()
+        gc.disable()
+        try:
+            payload = encode_snapshot(self.provider())
+        finally:
+            if paused:
+                gc.enable()
         renderer = self._renderer
         if renderer is None or not renderer.process.is_alive():
             if renderer is not None:
@@ -912,6 +937,15 @@ class ScrapeCache:
             if self._closed:  # closed while it started
                 await self._discard(renderer, grace=0.0)
                 raise MetricsUnavailable("the metrics scraper is closed")
+            try:
+                await asyncio.wait_for(renderer.ready(), self.start_timeout)
+            except (TimeoutError, EOFError, OSError) as exc:
+                self.failures += 1
+                log.warning("metrics renderer (pid %s) did not start: %s",
+                            renderer.process.pid, type(exc).__name__)
+                await self._discard(renderer, grace=0.0)
+                raise MetricsUnavailable("the metrics renderer did not start within "
+                                         f"{self.start_timeout:g} s") from exc
         try:
             body = await asyncio.wait_for(renderer.exchange(payload), self.timeout)
         except (TimeoutError, EOFError, OSError) as exc:

@@ -14,11 +14,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
-
-import jinja2
+from typing import TYPE_CHECKING
 
 from lvsctl.core.records import DirectorRecord, TransitionRecord
 from lvsctl.director.metrics import KernelService, Role
+
+if TYPE_CHECKING:
+    import jinja2
 
 CONTENT_TYPE = "text/html; charset=utf-8"
 REFRESH_SECONDS = 5
@@ -143,6 +145,10 @@ def view(own: DirectorRecord, peer: DirectorRecord | None, *, now: float,
 
 @lru_cache(maxsize=1)
 def _template() -> jinja2.Template:
+    # Imported at the first page, not with the worker: its start is slow enough in the
+    # kernel VM's emulated CPU, and most directors never render the page.
+    import jinja2
+
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("lvsctl.templates", "status"),
         autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,

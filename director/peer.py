@@ -177,6 +177,7 @@ class PeerLink(asyncio.DatagramProtocol):
     heard: Heard | None = field(init=False, default=None)
     rejected: dict[str, int] = field(init=False, default_factory=dict)
     clock_steps: int = field(init=False, default=0)  # beats accepted despite a lower stamp
+    received: int = field(init=False, default=0)  # beats accepted (for the metrics)
     _last_stamp: int = field(init=False, default=0)
     _accepted_stamp: int = field(init=False, default=0)
     _accepted_echo: int = field(init=False, default=0)
@@ -285,4 +286,5 @@ class PeerLink(asyncio.DatagramProtocol):
         self._accepted_echo = max(self._accepted_echo, beat.echo)
         now = self.monotonic()
         self.heard = Heard(beat, sent_at if sent_at is not None else -math.inf, now)
+        self.received += 1
         return beat

@@ -30,7 +30,7 @@ from lvsctl.core.model import Cluster, Health, HealthKey, ServiceKey
 from lvsctl.core.node import Node
 from lvsctl.core.records import DirectorRecord, TransitionRecord, clip_reason
 from lvsctl.core.zk import ClusterConnection, ClusterStore, ConfigVersion
-from lvsctl.director import failsafe
+from lvsctl.director import exporter, failsafe
 from lvsctl.director.admit import admit
 from lvsctl.director.channel import (
     EXIT_FATAL,
@@ -50,7 +50,9 @@ from lvsctl.director.channel import (
 from lvsctl.director.hooks import Event, Hooks, health_event, quorum_events
 from lvsctl.director.ipvs import IpvsTable
 from lvsctl.director.maintenance import OverrideState, effective, realserver_rows
-from lvsctl.healthcheck.scheduler import HealthChange
+from lvsctl.director.metrics import MetricsSnapshot, ScrapeCache
+from lvsctl.director.reconcile import ObservedTable
+from lvsctl.healthcheck.scheduler import HealthChange, Scheduler, plan_targets, target_label
 
 log = logging.getLogger("lvsctl.director")
 
@@ -94,6 +96,10 @@ class Dataplane(Protocol):
              health: Mapping[HealthKey, Health]) -> dict[str, Any]: ...
 
     def close(self) -> None: ...
+
+    @property
+    def observed(self) -> ObservedTable | None:
+        """The last pass's observation with the kernel's counters (None: none read yet)."""
 
 
 class HealthChecks(Protocol):
@@ -173,6 +179,9 @@ class Worker:
         self.api_address = ""  # published only once the API listens there
         self.overrides = OverrideState(Path(node.state_dir) / f"{node.cluster}.overrides.json")
         self.hooks = Hooks()
+        self.stats = exporter.WorkerStats()
+        self._record_services = exporter.RecordServices()
+        self.scraper = ScrapeCache(self.metrics_snapshot)
 
     @property
     def me(self) -> str:
@@ -194,6 +203,8 @@ class Worker:
         if isinstance(message, KeeperState):
             self._on_state(message)
         elif isinstance(message, LeaderRecord):
+            if message.event == "transition":
+                self.stats.transition(message.state, message.reason)
             self.record(message.record())
         elif isinstance(message, Handover):
             self._handed_over = True
@@ -258,6 +269,7 @@ class Worker:
         # Never apply what we cannot validate: the running config stays (STYLE.md 2).
         why = clip_reason(why)
         self.config_error = why
+        self.stats.config_rejections += 1
         log.error("config rejected, keeping version %s: %s", self.config_version or "none", why,
                   extra={"event": "config_rejected", "reason": why})
         self.record({"event": "config_rejected", "reason": why})
@@ -279,6 +291,7 @@ class Worker:
         self.hooks.configure(loaded.cluster.notify)
         if fresh:
             self.notify("config_accepted")
+        self.stats.keep_targets(target_label(c) for c in plan_targets(loaded.cluster)[0])
         if self._sync_active is None:
             self._sync_role(self.leader.role == "ACTIVE" and not self._handed_over,
                             self.leader.epoch)
@@ -489,9 +502,57 @@ class Worker:
             self.last_reconcile = self.dataplane.reconcile(
                 cluster, health, epoch=self.leader.epoch, role=self.leader.role)
         except LvsctlError as exc:
+            self.stats.reconcile_failed()
             log.error("reconcile failed: %s", exc, extra={"event": "ipvs_error",
                                                           "epoch": self.leader.epoch})
+        else:
+            self.stats.reconciled(self.monotonic() - now, self.last_reconcile,
+                                  exporter.kernel_view(self.cluster, self.dataplane.observed))
+            if self.last_reconcile.get("applied"):
+                # The pass observed the table before its ops: the next one, soon, shows the
+                # kernel as they left it (the metrics and the page read that observation).
+                self._reconcile_at = now + 0.2
         self._notify_quorum(quorum_before, self.dataplane.quorum_held)
+
+    # -- metrics and the status page --------------------------------------------------------
+
+    def lease_seconds_left(self) -> float | None:
+        """Seconds until the held VIPs lapse unless leadership is confirmed again (None: no
+        VIP held)."""
+        until = self.leader.lease_until
+        return None if not self.leader.vips or not until else max(0.0, until - self.monotonic())
+
+    def metrics_snapshot(self) -> MetricsSnapshot:
+        """What one /metrics scrape exports, from the worker's live state."""
+        leader, cluster = self.leader, self.cluster
+        health = self.health.snapshot() if self.health is not None else {}
+        record = exporter.light_record(
+            director=self.me, cluster_name=self.node.cluster, role=leader.role,
+            epoch=leader.epoch, since=leader.since or None,
+            zookeeper="connected" if leader.zk_connected else "disconnected", vips=leader.vips,
+            config_error=self.config_error,
+            services=self._record_services.get(cluster, health))
+        watchdog = self.health.watchdog() if isinstance(self.health, Scheduler) else None
+        return exporter.snapshot(
+            record, self.stats, lease_seconds_left=self.lease_seconds_left(),
+            config_source=self.config_version,
+            quorum={s.name: s.quorum for s in cluster.services} if cluster else {},
+            checker=exporter.checker_stats(watchdog), sync_active=self._sync_active,
+            peer=exporter.peer_stats(leader.peer_up, leader.peer_received,
+                                     leader.peer_rejected))
+
+    async def scrape_metrics(self) -> tuple[bytes, str]:
+        """/metrics: (body, Content-Type). Raises MetricsUnavailable (answer 503)."""
+        return await self.scraper.scrape()
+
+    async def status_page(self) -> str:
+        """/: the status page, with the peer's view when its API answers."""
+        own = DirectorRecord.from_json(self.status(), "this director's status")
+        api = self.node.api
+        return await exporter.status_page(
+            own, exporter.peer_api_url(api.host, api.port, self.cluster, self.me),
+            lease_seconds_left=self.lease_seconds_left(), kernel=self.stats.kernel,
+            wall=self.wall)
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -533,6 +594,8 @@ class Worker:
             assert self.cluster is not None
             self.health = self.make_health(
                 self.cluster, failsafe.callback("health change", self._on_health_change))
+            if isinstance(self.health, Scheduler):
+                self.health.on_result = self.stats.probe
             await self.health.start()
             if self.start_api is not None:
                 try:
@@ -569,6 +632,8 @@ class Worker:
                 await asyncio.wait_for(self._api.cleanup(), 2.0)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.hooks.close(), 5.0)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.scraper.close(), 6.0)
         self.dataplane.close()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.store.close(), 3.0)

@@ -386,6 +386,9 @@ class Scheduler:
         self._started = False
         self._started_at = 0.0
         self._cluster = cluster
+        # Sees every probe's result (target label, result, whether it was inconclusive): the
+        # director's metrics count them. Called on the loop; must not block.
+        self.on_result: Callable[[str, CheckResult, bool], None] | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -579,9 +582,12 @@ class Scheduler:
         target.rounds += 1
         before = target.state
         state, streak = settle(before, target.late_streak, result, timing, now)
-        if streak > target.late_streak:
+        inconclusive = streak > target.late_streak
+        if inconclusive:
             target.inconclusive += 1
         target.state, target.late_streak = state, streak
+        if self.on_result is not None:
+            self.on_result(target.label, result, inconclusive)
         if state.status is Status.UNKNOWN or (
             (state.status, state.weight, state.reason) == (before.status, before.weight,
                                                            before.reason)

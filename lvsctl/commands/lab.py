@@ -145,6 +145,8 @@ def up_command(state_dir: str, here: bool, vm_timeout: float, once: bool) -> Non
         return
     _echo(f"  traffic: ip netns exec {lab.ns('client')} busybox wget -qO- "
           f"http://{SERVICES[0].vip}/")
+    for line in lab.endpoints():
+        _echo(f"  {line}")
     _echo("  remove it: lvsctl lab down")
 
 

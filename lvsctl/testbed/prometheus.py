@@ -85,6 +85,7 @@ class PrometheusServer:
     targets: Sequence[str]
     netns: str | None = None
     job: str = "lvsctl"
+    interval: float = SCRAPE_INTERVAL
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -94,7 +95,8 @@ class PrometheusServer:
     def prepare(self) -> None:
         """Create the work directory and write prometheus.yml."""
         self.workdir.mkdir(parents=True, exist_ok=True)
-        (self.workdir / "prometheus.yml").write_text(config_yaml(self.targets, job=self.job))
+        (self.workdir / "prometheus.yml").write_text(config_yaml(self.targets, job=self.job,
+                                                                 interval=self.interval))
 
     def command(self) -> list[str]:
         """The server's command line, to run in whatever namespace the caller enters.

@@ -38,3 +38,29 @@ def test_network_then_down_after_a_crash(tmp_path: Path) -> None:
     assert len([r for r in removed if r.startswith("netns ")]) == 11
     assert not any(Path(f"/run/netns/{n}").exists() for n in built.state.namespaces)
     assert build._start_time(pid) is None  # killed and reaped
+
+
+def test_the_labs_prometheus_targets_both_directors_and_down_stops_it(tmp_path: Path) -> None:
+    # No director runs here (this kernel has no IPVS): both targets are down, but the server,
+    # its job and its targets are the lab's, and `down` stops it by its recorded PID.
+    built = build.Lab.create(tmp_path)
+    try:
+        built.build_network()
+        built.start_prometheus()
+        built.wait_prometheus()
+        client = built.prometheus()
+        # Targets appear once the scrape manager has read the config, shortly after ready.
+        assert build.wait_until(lambda: len(client.targets()) == 2, 60, 0.2) is not None
+        targets = client.targets()
+        pid = built.state.alive("prometheus")
+        assert pid is not None
+        removed = build.Lab(built.state).down()
+    finally:
+        built.down()
+    assert sorted((t["labels"]["job"], t["labels"]["instance"]) for t in targets) == [
+        (plan.PROMETHEUS_JOB, f"{front}:{plan.API_PORT}")
+        for front, _inside in plan.DIRECTORS.values()]
+    assert "process prometheus" in removed
+    assert build._start_time(pid) is None
+    assert any(f"http://{plan.CLIENT_ADDR}:{plan.PROMETHEUS_PORT}/" in line
+               for line in built.endpoints())

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from lvsctl.core.config import parse_cluster
 from lvsctl.core.model import ZooKeeperSettings
 from lvsctl.core.node import Api, Node
@@ -31,6 +33,7 @@ from lvsctl.director.channel import (
     Handover,
     KeeperState,
     LeaderConfig,
+    LeaderRecord,
     StepdownRequest,
     VipSpec,
 )
@@ -234,11 +237,22 @@ def test_status_metrics_and_stepdown_over_http(tmp_path: Path) -> None:
                                          checkers, api=True)
             assert running.keeper.channel is not None and running.api_port is not None
             port = running.api_port
-            running.keeper.channel.send(KeeperState("ACTIVE", 5, 1.0, True, ("192.0.2.10",), True))
+            running.keeper.channel.send(LeaderRecord("transition", 5, time.monotonic(),
+                                                     time.time(), state="ACTIVE",
+                                                     reason="won the election"))
+            running.keeper.channel.send(KeeperState(
+                "ACTIVE", 5, 1.0, True, ("192.0.2.10",), True,
+                lease_until=time.monotonic() + 600, peer_up=True, peer_received=7,
+                peer_rejected=(("bad HMAC", 2), ("replayed", 1))))
             await until(lambda: running.worker.leader.role == "ACTIVE", "the state")
+            # A probe of web1 (nothing listens on 127.0.0.1:80: refused) and a reconcile pass
+            # that added the service and its dest.
+            await until(lambda: bool(running.worker.stats.probe_stats())
+                        and bool(running.worker.stats.kernel), "a probe and a reconcile pass")
             answers = [await asyncio.to_thread(request, port, "GET", "/status", None),
                        await asyncio.to_thread(request, port, "GET", "/metrics", None),
-                       await asyncio.to_thread(request, port, "POST", "/stepdown", "wrong")]
+                       await asyncio.to_thread(request, port, "POST", "/stepdown", "wrong"),
+                       await asyncio.to_thread(request, port, "GET", "/", None)]
             stepdown = asyncio.ensure_future(
                 asyncio.to_thread(request, port, "POST", "/stepdown"))
             await until(lambda: bool(running.keeper.of(StepdownRequest)), "the request")
@@ -248,16 +262,53 @@ def test_status_metrics_and_stepdown_over_http(tmp_path: Path) -> None:
             await running.stop()
             return answers
 
-    (status_code, status), (metrics_code, metrics), (bad_code, _), (code, body) = asyncio.run(run())
+    ((status_code, status), (metrics_code, metrics), (bad_code, _), (page_code, page),
+     (code, body)) = asyncio.run(run())
     assert status_code == 200
     data = json.loads(status)
     assert {"role", "epoch", "since", "vips", "config", "services", "last_reconcile", "api",
             "transitions", "zookeeper", "director", "cluster"} <= set(data)
     assert (data["role"], data["epoch"], data["vips"]) == ("ACTIVE", 5, ["192.0.2.10"])
     assert metrics_code == 200
-    assert 'lvsctl_director_active{director="lb1"} 1' in metrics
-    assert 'lvsctl_director_epoch{director="lb1"} 5' in metrics
-    assert 'lvsctl_director_vips_held{director="lb1"} 1' in metrics
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(metrics) for s in family.samples}
+
+    def value(name: str, **labels: str) -> float:
+        return samples[(name, tuple(sorted(labels.items())))]
+
+    assert value("lvsctl_director_state", state="ACTIVE") == 1
+    assert value("lvsctl_director_state", state="STANDBY") == 0
+    assert value("lvsctl_director_epoch") == 5
+    assert value("lvsctl_director_vips_held") == 1
+    assert value("lvsctl_director_info", director="lb1", cluster="t") == 1
+    assert value("lvsctl_zookeeper_connected") == 1
+    assert 500 < value("lvsctl_vip_lease_remaining_seconds") <= 600
+    assert value("lvsctl_director_transitions_total", state="ACTIVE",
+                 reason="won_election") == 1
+    assert value("lvsctl_config_version") == 1
+    assert value("lvsctl_config_last_rejected") == 0
+    assert value("lvsctl_realserver_health", service="www", realserver="web1",
+                 state="down") == 1
+    assert value("lvsctl_realserver_weight", service="www", realserver="web1") == 1
+    # Down, web1 left the kernel's table (on_failure: remove): no kernel series for it.
+    assert ("lvsctl_realserver_effective_weight",
+            (("realserver", "web1"), ("service", "www"))) not in samples
+    assert value("lvsctl_service_bytes_total", service="www", direction="in") == 0
+    assert value("lvsctl_service_connections_total", service="www") == 0
+    assert value("lvsctl_reconcile_ops_total", kind="add_service") == 1
+    assert value("lvsctl_reconcile_ops_total", kind="add_dest") == 1
+    assert value("lvsctl_reconcile_kernel_errors_total") == 0
+    assert value("lvsctl_reconcile_duration_seconds_count") >= 1
+    assert value("lvsctl_check_probe_duration_seconds_count", target="tcp 127.0.0.1:80") >= 1
+    assert value("lvsctl_check_probe_failures_total", target="tcp 127.0.0.1:80",
+                 reason="refused") >= 1
+    assert value("lvsctl_sync_daemon_state", state="master") == 1
+    assert value("lvsctl_peer_link_up") == 1
+    assert value("lvsctl_peer_beats_received_total") == 7
+    assert value("lvsctl_peer_beats_rejected_total", reason="bad_mac") == 2
+    assert value("lvsctl_peer_beats_rejected_total", reason="replayed") == 1
+    assert page_code == 200
+    assert "lb1" in page and "web1" in page and "api.listen" in page  # the peer's note
     assert bad_code == 401
     assert code == 200 and json.loads(body) == {"stepped_down": True, "epoch": 5}
 

@@ -47,6 +47,32 @@ def test_every_message_round_trips(message: Any) -> None:
     assert decode(body) == message
 
 
+def test_a_state_carries_the_metrics_fields_which_do_not_count_as_a_change() -> None:
+    state = KeeperState("ACTIVE", 7, 1.5, True, ("192.0.2.10",), True, lease_until=812.25,
+                        peer_up=True, peer_received=40, peer_rejected=(("bad HMAC", 3),))
+    (body,) = Splitter().feed(encode(state))
+    got = decode(body)
+    assert (got.lease_until, got.peer_up, got.peer_received, got.peer_rejected) == (
+        812.25, True, 40, (("bad HMAC", 3),))
+    # The keeper sends a state when it changed: a lease renewed or a beat counted is not one.
+    assert got == KeeperState("ACTIVE", 7, 1.5, True, ("192.0.2.10",), True)
+
+
+@pytest.mark.parametrize(("rejected", "error"), [
+    ([["bad HMAC"]], "state: peer_rejected[]: expected [reason, count]"),
+    ([["x" * 65, 1]], "state: reason: expected a string of at most 64"),
+    ([["bad HMAC", -1]], "state: count: expected an integer"),
+    ([["r", 1]] * 17, "state: peer_rejected: expected a list of at most 16 items"),
+])
+def test_bad_peer_counts_are_refused(rejected: list[Any], error: str) -> None:
+    raw = body("state", role="ACTIVE", epoch=1, since=1.0, zk_connected=True, vips=[],
+               have_config=True, lease_until=0.0, peer_up=False, peer_received=0,
+               peer_rejected=rejected)
+    with pytest.raises(ChannelError) as info:
+        decode(raw)
+    assert str(info.value).startswith(error)
+
+
 def test_the_splitter_reassembles_messages_cut_anywhere() -> None:
     stream = b"".join(encode(m) for m in MESSAGES)
     splitter = Splitter()

@@ -80,6 +80,30 @@ def test_a_renderer_past_its_timeout_fails_the_scrape_and_is_replaced() -> None:
     asyncio.run(main())
 
 
+def test_a_renderer_slower_to_start_than_a_render_may_take_is_kept() -> None:
+    # Under an emulated CPU a new interpreter's imports take longer than a render may: the
+    # start has a timeout of its own, or such a renderer would be killed and replaced forever.
+    async def main() -> None:
+        snap = synthetic_snapshot(1, 1)
+        cache = m.ScrapeCache(lambda: snap, BUILD, max_age=0.0, timeout=2.0,
+                              start_timeout=PATIENT)
+        try:
+            scrape = asyncio.create_task(cache.scrape())
+            while cache.renderer_pid is None:
+                await asyncio.sleep(0)
+            pid = cache.renderer_pid
+            os.kill(pid, signal.SIGSTOP)  # still importing: its start now outlasts 2 s
+            await asyncio.sleep(3.0)
+            os.kill(pid, signal.SIGCONT)
+            body, _ = await scrape
+            assert b"lvsctl_director_epoch 7.0" in body
+            assert (cache.failures, cache.renderer_pid) == (0, pid)
+        finally:
+            await cache.close()
+
+    asyncio.run(main())
+
+
 def test_a_renderer_that_dies_mid_render_fails_the_scrape_and_is_replaced() -> None:
     async def main() -> None:
         cache = scraper()

@@ -14,7 +14,8 @@ Topology (every address is private and lives only inside the lab's own namespace
 Services: NAT 10.77.0.10:80 (rr), DR 10.77.0.11:80 (rr), TUN 10.77.0.12:80 (rr), each with two
 real servers running ``busybox httpd`` that answers its own name. The real servers are set up
 only with the scripts ``lvsctl realserver render --all`` writes (``setup.sh up`` in each
-namespace). Both directors run ``lvsctl director run`` with the kernel's IPVS.
+namespace). Both directors run ``lvsctl director run`` with the kernel's IPVS; a Prometheus
+(Debian's) in the client's namespace scrapes both directors' /metrics (job ``lvsctl-lab``).
 
 Everything created is recorded in a state file *before* it is created (namespace names; PIDs
 with their start time once started), so ``down`` finds and removes it after any crash and

@@ -29,9 +29,13 @@ from lvsctl.core.zk import ConfigStore, Target, open_cluster
 from lvsctl.templates.render import files_for, setups_for_all, write_files
 from lvsctl.testbed.lab.plan import (
     API_PORT,
+    CLIENT_ADDR,
     DIRECTORS,
     ECHO,
     HTTP_PORT,
+    PROMETHEUS_JOB,
+    PROMETHEUS_PORT,
+    SCRAPE_INTERVAL,
     SERVICES,
     ZK_ADDR,
     ZK_AUTH,
@@ -41,6 +45,7 @@ from lvsctl.testbed.lab.plan import (
     node_yaml,
 )
 from lvsctl.testbed.netns import Netns, in_netns, run
+from lvsctl.testbed.prometheus import PrometheusClient, PrometheusError, PrometheusServer
 from lvsctl.testbed.zookeeper import ZooKeeperServer, ZooKeeperStartError
 
 Echo = Callable[[str], None]
@@ -329,6 +334,46 @@ class Lab:
         self._start(name, lvsctl_argv("director", "run", "--node",
                                       str(self.workdir / f"{name}.node.yaml")), name)
 
+    def prometheus_server(self) -> PrometheusServer:
+        """The lab's Prometheus (Debian's): in the client's namespace, where both directors'
+        APIs are reachable, scraping their /metrics (job ``lvsctl-lab``)."""
+        return PrometheusServer(
+            self.workdir / "prometheus", f"{CLIENT_ADDR}:{PROMETHEUS_PORT}",
+            [f"{front}:{API_PORT}" for front, _inside in DIRECTORS.values()],
+            netns=self.ns("client"), job=PROMETHEUS_JOB, interval=SCRAPE_INTERVAL)
+
+    def start_prometheus(self) -> None:
+        """Start the lab's Prometheus (recorded like every process; ``down`` stops it)."""
+        server = self.prometheus_server()
+        server.prepare()
+        try:
+            command = server.command()
+        except PrometheusError as exc:
+            raise LabError(str(exc)) from None
+        self._start("client", command, "prometheus")
+
+    def prometheus(self) -> PrometheusClient:
+        """A client of the lab's Prometheus (its requests run in the client's namespace)."""
+        return self.prometheus_server().client()
+
+    def wait_prometheus(self, timeout: float = 120) -> None:
+        """Until the lab's Prometheus is ready. Raises LabError."""
+        if wait_until(self.prometheus().ready, timeout, 0.5) is None:
+            raise LabError(f"Prometheus not ready within {timeout:.0f} s; see "
+                           f"{self.workdir / 'prometheus.log'}")
+
+    def endpoints(self) -> list[str]:
+        """Where the status pages and Prometheus are, while the lab is up (addresses inside
+        its namespaces: reached from the client's)."""
+        client = self.ns("client")
+        lines = [f"status page of {name}: http://{front}:{API_PORT}/  (metrics: /metrics)"
+                 for name, (front, _inside) in DIRECTORS.items()]
+        lines.append(f"Prometheus: http://{CLIENT_ADDR}:{PROMETHEUS_PORT}/  (job "
+                     f"{PROMETHEUS_JOB}, scraping both directors every {SCRAPE_INTERVAL:g} s)")
+        lines.append(f"from this host: ip netns exec {client} busybox wget -qO- "
+                     f"http://{CLIENT_ADDR}:{PROMETHEUS_PORT}/api/v1/query?query=up")
+        return lines
+
     def kill(self, role: str, sig: int = signal.SIGTERM, wait: float = 10) -> None:
         pid = self.state.alive(role)
         if pid is None:
@@ -422,6 +467,9 @@ class Lab:
             for name in DIRECTORS:
                 self.start_director(name)
             active = self.wait_active(timeout=active_timeout)
+        with step("Prometheus scraping both directors (in the client's namespace)"):
+            self.start_prometheus()
+            self.wait_prometheus()
         return active
 
     def down(self, keep_logs: bool = False) -> list[str]:

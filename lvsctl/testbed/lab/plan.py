@@ -14,6 +14,11 @@ INSIDE_VIP = f"{INSIDE}.1"
 API_PORT = 9180
 PEER_PORT = 7946
 HTTP_PORT = 80
+PROMETHEUS_PORT = 9090  # in the client's namespace
+PROMETHEUS_JOB = "lvsctl-lab"
+# Every 5 s: each scrape costs both directors a snapshot and a render, and the VM's CPU is
+# emulated (on a loaded host its checks already run late).
+SCRAPE_INTERVAL = 5.0
 SESSION = 6.0  # ZooKeeper session (s): short enough for a quick crash takeover, long enough
 #               for the directors to stay confirmed under the VM's emulated CPU
 # Checks every second: each check costs CPU in both directors, and the VM's CPU is emulated.

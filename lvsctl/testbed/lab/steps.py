@@ -230,6 +230,8 @@ def demo(lab: Lab, step: Step, echo: Echo, results: list[Result]) -> list[Result
     """Every step of ``lvsctl lab demo``; appends to ``results`` as it goes (kept on failure)."""
     active = lab.up(step)
     echo(f"lab: {active} is active")
+    for line in lab.endpoints():
+        echo(f"lab:   {line}")
     with step("IPVS tables programmed by both directors (the standby's kept warm)"):
         results += wait_tables(lab, "after up", timeout=60)
         echo(lab.ipvsadm(active).rstrip())
