@@ -862,7 +862,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if unknown:
             parser.error(f"--phases: unknown {unknown}; expected some of {list(PHASES)}")
         os.chdir(repo_root())  # the probe and VIP watchers run as `python -m failover.X`
-        result = run(args.results, args.wheels, phases, args.zookeeper_servers)
+        # Absolute: Ansible resolves a relative source path against its role, not this folder.
+        result = run(args.results.resolve(), args.wheels.resolve(), phases,
+                     args.zookeeper_servers)
     except (LvsctlError, OSError, subprocess.SubprocessError) as exc:
         print(f"deploy-bed: {exc}", file=sys.stderr)
         return 1
