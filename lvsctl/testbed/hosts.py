@@ -397,7 +397,11 @@ class HostBed:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise HostsError(f"{host.name}: no SSH after {timeout:.0f} s")
-                probe = self.ssh(host, ["true"], timeout=max(5.0, min(left, 30.0)), check=False)
+                try:
+                    probe = self.ssh(host, ["true"], timeout=max(5.0, min(left, 30.0)),
+                                     check=False)
+                except subprocess.TimeoutExpired:
+                    continue  # sshd accepted but did not finish the login in time: booting
                 if probe.returncode == 0:
                     host.ssh_seconds = time.monotonic() - host.started
                     self.progress(f"{host.name}: SSH answers after {host.ssh_seconds:.1f} s")
