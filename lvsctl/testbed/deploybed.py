@@ -396,9 +396,12 @@ class Bed:
 
     def roles(self, via: Host) -> dict[str, str]:
         """Director name -> role, as ``lvsctl status --json`` on ``via`` shows them ({} when
-        the command fails: ZooKeeper or the host unreachable)."""
-        proc = self.hosts.ssh(via, ["sudo", "lvsctl", "status", "--node", NODE_FILE, "--json"],
-                              check=False, timeout=180)
+        the command fails or hangs: ZooKeeper or the host unreachable)."""
+        try:
+            proc = self.hosts.ssh(via, ["sudo", "lvsctl", "status", "--node", NODE_FILE,
+                                        "--json"], check=False, timeout=180)
+        except subprocess.TimeoutExpired:
+            return {}
         if proc.returncode != 0:
             return {}
         try:
