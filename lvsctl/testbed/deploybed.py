@@ -333,7 +333,8 @@ class Bed:
             "lvsctl_wheel": str(self.wheels / self.manifest["wheel"]),
             # The hosts reach no package index: the dependencies come from the bed's wheel
             # server, as from a private mirror.
-            "lvsctl_pip_extra_args": f"--no-index --find-links {wheel_url}",
+            "lvsctl_pip_extra_args": (f"--no-index --find-links {wheel_url} "
+                                      f"--trusted-host {CONTROLLER_ADDRESS}"),
             "lvsctl_secrets_local_dir": str(self.workdir / "secrets"),
             "lvsctl_apt_update_cache": False,
         })
