@@ -4,8 +4,9 @@ A host is a ``systemd-nspawn --boot`` container started inside the kernel VM (so
 kernel's IPVS in its own network namespace), on a bridge of the VM's root namespace, where the
 controller (Ansible) runs. Its root file system is one Debian 12 image built on the host with
 ``mmdebstrap`` and cached in the VM cache folder under a key of its recipe; each host boots it
-read-only with a tmpfs overlay on top (``--volatile=overlay``), so hosts never share writes
-and a run leaves the image untouched.
+as the lower layer of an overlay whose upper layer is a tmpfs of its own, so hosts never share
+writes, a run leaves the image untouched, and what a host wrote survives its reboot or a kill
+of its container (as a disk would) until the bed is torn down.
 
 Per run, a fresh SSH key pair for the controller and a fresh host key per host are generated,
 so the controller checks host keys strictly (a ``known_hosts`` written from them).
@@ -233,10 +234,16 @@ class Host:
     veth: str
     folder: Path
     process: subprocess.Popen[bytes] | None = None
+    mounted: bool = False
     started: float = 0.0
     ssh_seconds: float | None = None
     running_seconds: float | None = None
     state: str = ""
+
+    @property
+    def root(self) -> Path:
+        """The host's root file system: the image under its own writable layer."""
+        return self.folder / "root"
 
 
 @dataclass
@@ -250,7 +257,10 @@ class HostBed:
     progress: Echo = _progress
     hosts: list[Host] = field(default_factory=list)
     bridge: str = ""
+    # Namespaces on the bridge that are not hosts (real servers, a client): attach_namespace.
+    namespaces: list[str] = field(default_factory=list)
     _made_bridge: bool = False
+    _tag: int = 0
 
     @property
     def key(self) -> Path:
@@ -279,7 +289,7 @@ class HostBed:
             if shutil.which(tool) is None:
                 raise HostsError(f"{tool} is not installed (scripts/setup installs it)")
         _ensure_cgroup2()
-        tag = os.getpid() % 100000
+        tag = self._tag = os.getpid() % 100000
         self.workdir.mkdir(parents=True, exist_ok=True)
         _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "lvsctl-deploy-controller",
               "-f", str(self.key)])
@@ -300,6 +310,7 @@ class HostBed:
 
     def _prepare(self, host: Host) -> str:
         host.folder.mkdir(parents=True, exist_ok=True)
+        self._mount_root(host)
         hostkey = host.folder / "ssh_host_ed25519_key"
         _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", host.name, "-f", str(hostkey)])
         shutil.copy(f"{self.key}.pub", host.folder / "authorized_keys")
@@ -315,11 +326,26 @@ class HostBed:
         pub = (host.folder / "ssh_host_ed25519_key.pub").read_text().split()
         return f"{host.address} {pub[0]} {pub[1]}\n"
 
+    def _mount_root(self, host: Host) -> None:
+        """The image (read-only, shared) under a tmpfs layer of this host's own. Not nspawn's
+        ``--volatile=overlay``: its layer is gone when the container stops, and a host that is
+        killed or rebooted must come back with what was installed on it."""
+        rw = host.folder / "rw"
+        rw.mkdir(exist_ok=True)
+        host.root.mkdir(exist_ok=True)
+        _run(["mount", "-t", "tmpfs", "-o", "mode=0755", f"lvsctl-{host.name}", str(rw)])
+        host.mounted = True
+        (rw / "upper").mkdir()
+        (rw / "work").mkdir()
+        _run(["mount", "-t", "overlay", "-o",
+              f"lowerdir={self.image.root},upperdir={rw / 'upper'},workdir={rw / 'work'}",
+              f"lvsctl-{host.name}", str(host.root)])
+
     def _spawn(self, host: Host) -> None:
         home = f"/home/{ADMIN_USER}/.ssh/authorized_keys"
         argv = [
-            "systemd-nspawn", "--quiet", "--boot", f"--directory={self.image.root}",
-            "--volatile=overlay", f"--machine={host.name}",
+            "systemd-nspawn", "--quiet", "--boot", f"--directory={host.root}",
+            f"--machine={host.name}",
             # No machined in the VM: the container stays in this process's cgroup.
             "--register=no", "--keep-unit",
             f"--network-namespace-path=/run/netns/{host.netns}",
@@ -332,7 +358,7 @@ class HostBed:
             "/etc/ssh/ssh_host_ed25519_key.pub",
             f"--bind-ro={host.folder / 'authorized_keys'}:{home}",
         ]
-        log = open(host.folder / "console.log", "wb")  # noqa: SIM115 - kept by the process
+        log = open(host.folder / "console.log", "ab")  # noqa: SIM115 - kept by the process
         host.started = time.monotonic()
         host.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
                                         stderr=subprocess.STDOUT, start_new_session=True)
@@ -358,8 +384,12 @@ class HostBed:
         ``running`` or ``degraded`` ends the wait (the state is kept per host); raises
         HostsError when a container exited or the time is up.
         """
+        self.wait_hosts(self.hosts, timeout)
+
+    def wait_hosts(self, hosts: Sequence[Host], timeout: float = 300) -> None:
+        """``wait_running`` for some of the hosts (e.g. one that was started again)."""
         deadline = time.monotonic() + timeout
-        for host in self.hosts:
+        for host in hosts:
             while True:
                 if host.process is not None and host.process.poll() is not None:
                     raise HostsError(f"{host.name}: the container exited "
@@ -367,13 +397,17 @@ class HostBed:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise HostsError(f"{host.name}: no SSH after {timeout:.0f} s")
-                probe = self.ssh(host, ["true"], timeout=max(5.0, min(left, 30.0)), check=False)
+                try:
+                    probe = self.ssh(host, ["true"], timeout=max(5.0, min(left, 30.0)),
+                                     check=False)
+                except subprocess.TimeoutExpired:
+                    continue  # sshd accepted but did not finish the login in time: booting
                 if probe.returncode == 0:
                     host.ssh_seconds = time.monotonic() - host.started
                     self.progress(f"{host.name}: SSH answers after {host.ssh_seconds:.1f} s")
                     break
                 time.sleep(1.0)
-        for host in self.hosts:
+        for host in hosts:
             left = max(5.0, deadline - time.monotonic())
             # --wait returns once the boot is over: running, or degraded with failed units.
             state = self.ssh(host, ["systemctl", "is-system-running", "--wait"], timeout=left,
@@ -387,6 +421,59 @@ class HostBed:
                                   check=False).stdout.strip().replace("\n", "; ")
                 self.progress(f"{host.name}: degraded, failed units: {failed}")
             self.progress(f"{host.name}: {state} after {host.running_seconds:.1f} s")
+
+    def attach_namespace(self, label: str, address: str) -> str:
+        """A plain network namespace (no container) with ``eth0`` at ``address``/24 on the
+        bridge, e.g. for a real server or a client; returns its name. Removed by ``close``."""
+        netns = f"lvd{self._tag}{label}"[:15]
+        veth = f"lvd{self._tag}n{len(self.namespaces)}"[:15]
+        _run(["ip", "netns", "add", netns])
+        self.namespaces.append(netns)
+        _run(["ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", netns])
+        _run(["ip", "link", "set", veth, "master", self.bridge, "up"])
+        _run(["ip", "-n", netns, "link", "set", "lo", "up"])
+        _run(["ip", "-n", netns, "addr", "add", f"{address}/24", "dev", "eth0"])
+        _run(["ip", "-n", netns, "link", "set", "eth0", "up"])
+        return netns
+
+    def host(self, name: str) -> Host:
+        """The host named ``name``. Raises HostsError when the bed has none."""
+        for host in self.hosts:
+            if host.name == name:
+                return host
+        raise HostsError(f"no host {name} in this bed")
+
+    def kill(self, host: Host) -> None:
+        """Pulls the plug: SIGKILL to the container's processes and its nspawn at once, no
+        shutdown of any kind. Its namespace stays (the cable stays in the switch), with
+        whatever addresses the kernel still holds there."""
+        if host.process is None or host.process.poll() is not None:
+            raise HostsError(f"{host.name}: the container is not running")
+        pids = [host.process.pid, *_children(host.process.pid)]
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        host.process.wait(timeout=60)
+        self.progress(f"{host.name}: killed (nspawn PID {host.process.pid} and "
+                      f"{len(pids) - 1} processes below it)")
+
+    def wait_exit(self, host: Host, timeout: float = 300) -> int:
+        """Waits until the container's nspawn exits; returns its exit status (133 after a
+        reboot inside, as systemd-nspawn documents). Raises HostsError when it does not."""
+        if host.process is None:
+            raise HostsError(f"{host.name}: the container was never started")
+        try:
+            return host.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise HostsError(f"{host.name}: the container did not exit within "
+                             f"{timeout:.0f} s") from None
+
+    def power_on(self, host: Host) -> None:
+        """Boots a host whose container has exited, on the same root file system (what it
+        installed is still there). Does not wait: ``wait_hosts``."""
+        if host.process is not None and host.process.poll() is None:
+            raise HostsError(f"{host.name}: the container is still running")
+        self._spawn(host)
 
     def inventory(self, path: Path, group: str = "lvsctl_directors",
                   host_vars: dict[str, dict[str, object]] | None = None,
@@ -428,6 +515,13 @@ class HostBed:
                 host.process.wait()
         for host in self.hosts:
             _run(["ip", "netns", "del", host.netns], check=False)
+            if host.mounted:
+                _run(["umount", "--lazy", str(host.root)], check=False)
+                _run(["umount", "--lazy", str(host.folder / "rw")], check=False)
+                host.mounted = False
+        for netns in self.namespaces:
+            _run(["ip", "netns", "del", netns], check=False)
+        self.namespaces = []
         if self._made_bridge:
             _run(["ip", "link", "del", self.bridge], check=False)
             self._made_bridge = False

@@ -1,0 +1,65 @@
+"""The deploy test bed's pure parts: its cluster file passes lvsctl's own validation, the
+real-server setup renders from it, the bumped build's version, the unit's limits as read."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lvsctl.core.config import parse_cluster
+from lvsctl.templates.render import render_shell, setup_for
+from lvsctl.testbed.deploybed import (
+    DIRECTORS,
+    REALSERVERS,
+    SERVICES,
+    UNIT_FILE,
+    VIP,
+    BedError,
+    bumped_version,
+    cluster_document,
+    unit_limits,
+)
+
+ZK = ["192.0.2.1:2181", "192.0.2.1:2182", "192.0.2.1:2183"]
+
+
+def test_the_cluster_file_is_valid_and_names_the_bed() -> None:
+    loaded = parse_cluster(json.dumps(cluster_document(ZK)), "bed.yaml")
+    cluster = loaded.cluster
+    assert [d.name for d in cluster.directors] == list(DIRECTORS)
+    assert sorted(s.name for s in cluster.services) == sorted(SERVICES)
+    for service in cluster.services:
+        assert {rs.name for rs in service.realservers} == set(REALSERVERS)
+    assert loaded.warnings == ()
+
+
+def test_each_real_server_renders_a_direct_routing_setup_with_the_vip() -> None:
+    cluster = parse_cluster(json.dumps(cluster_document(ZK)), "bed.yaml").cluster
+    for name in REALSERVERS:
+        (script,) = render_shell(setup_for(cluster, name)).values()
+        assert f"{VIP}/32" in script and "arp_ignore" in script
+
+
+@pytest.mark.parametrize(("version", "bumped"), [("0.1.0", "0.1.0.post1"), ("2", "2.post1")])
+def test_the_upgrade_build_is_a_post_release(version: str, bumped: str) -> None:
+    assert bumped_version(version) == bumped
+
+
+@pytest.mark.parametrize("version", ["0.1.0.post1", "1.0rc1", "0.1.0+local", ""])
+def test_a_version_that_is_not_a_plain_release_is_refused(version: str) -> None:
+    with pytest.raises(BedError, match="expected a plain release"):
+        bumped_version(version)
+
+
+def test_unit_limits_reads_the_settings_systemd_would_apply() -> None:
+    text = ("[Service]\nLimitNOFILE=65536\n# MemoryMax=1G\nMemoryMax = 512M\nTasksMax=64\n"
+            "LimitNOFILE=4096:65536\nMemoryDenyWriteExecute=no\n")
+    assert unit_limits(text) == {"LimitNOFILE": "4096:65536", "MemoryMax": "512M",
+                                 "TasksMax": "64"}
+
+
+def test_the_shipped_unit_is_where_the_bed_reads_it() -> None:
+    assert UNIT_FILE.is_file() and Path(UNIT_FILE).name == "lvsctl-director.service"
+    assert isinstance(unit_limits(UNIT_FILE.read_text()), dict)
