@@ -21,7 +21,6 @@ from lvsctl.testbed.fake_ipvs import FakeIpvs
 
 pytestmark = [pytest.mark.netns, pytest.mark.zookeeper]
 
-SESSION = 2.5
 ZK_SERVICE = ServiceKey.inet(Protocol.TCP, "192.0.2.10", 2181)
 ZK1 = DestKey(ZK_ADDR, 2181)
 
@@ -39,7 +38,7 @@ def hook_script(workdir: Path) -> Path:
 
 @pytest.fixture
 def pair(lab) -> Iterator[DirectorPair]:  # type: ignore[no-untyped-def]
-    made = DirectorPair(lab, session=SESSION)
+    made = DirectorPair(lab)
     try:
         hook = hook_script(made.workdir)
         text = cluster_yaml(auth=str(made.workdir / "zk.secret")) + (

@@ -50,7 +50,6 @@ from lvsctl.testbed.renewals import RenewalWatch, subscribe, window_figures
 
 pytestmark = [pytest.mark.netns, pytest.mark.zookeeper]
 
-SESSION = 2.5  # as tests/integration/test_director_pair.py: room for a loaded machine
 RS_ADDR = "192.0.2.50"  # the real servers' namespace: every farm address routes here
 RUN_BUDGET = 600  # seconds: the real servers end by themselves after this
 HOSTILE = 3  # real servers in each hostile service
@@ -119,7 +118,7 @@ class Hostile:
 @pytest.fixture(scope="module")
 def hostile() -> Iterator[Hostile]:
     lab = Lab()
-    pair = DirectorPair(lab, session=SESSION, vip6=False)
+    pair = DirectorPair(lab, vip6=False)
     farm: LoadProcess | None = None
     watch: RenewalWatch | None = None
     try:

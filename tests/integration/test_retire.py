@@ -39,7 +39,7 @@ APP_SERVICE = "\n".join([
 
 @pytest.fixture
 def pair(lab):  # type: ignore[no-untyped-def]
-    made = DirectorPair(lab, session=2.5)
+    made = DirectorPair(lab)
     try:
         made.setup(with_app(made))
         made.start("lb1")
