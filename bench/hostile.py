@@ -1,6 +1,6 @@
 """Benchmark: the active director's longest VIP-renewal gap and its lapses under hostile loads.
 
-The same lab, watch and loads as ``bench/lease.py`` (see there), with issue 15's loads by
+The same lab, watch and loads as ``bench/lease.py`` (see there), with the hostile loads by
 default: real servers whose headers never end (``endless``) or trickle (``slow``), a misc check
 that prints without end (``chatty``), an API connection flood (``api``), a slowloris on the API
 (``slowloris``: half-open connections trickling header bytes), a peer datagram flood (``peer``)

@@ -26,7 +26,7 @@ server checked (probe results fed through its stats), its reconcile pass run onc
 IPVS (so the kernel view names every dest); each scrape then takes a fresh snapshot of the
 worker's state on the loop, as a live director does.
 
-The goal (issue 17): a scrape costs the director's loop under 20 ms.
+The goal: a scrape costs the director's loop under 20 ms.
 
     .venv/bin/python bench/metrics.py [--services 100] [--realservers 20] [--repeat 5]
                                       [--scrapes 5] [--wired]
