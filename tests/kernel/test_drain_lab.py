@@ -26,6 +26,7 @@ import pytest
 from lvsctl.testbed.lab import build, plan, results, steps
 from lvsctl.testbed.netns import in_netns
 from lvsctl.testbed.vm import kernel_has_ipvs
+from tests.support.echo import echo_round
 
 pytestmark = pytest.mark.kernel
 
@@ -109,18 +110,6 @@ def _dest_of(listing: str, client: str) -> str | None:
     return None
 
 
-def _echo_round(sock: socket.socket, text: bytes) -> bytes:
-    sock.sendall(text)
-    got = b""
-    deadline = time.monotonic() + 60
-    while len(got) < len(text) and time.monotonic() < deadline:
-        chunk = sock.recv(len(text) - len(got))
-        if not chunk:
-            break
-        got += chunk
-    return got
-
-
 class _Shared:
     drained: tuple[str, str] | None = None  # (name, address) of the drained real server
     other: str | None = None
@@ -135,7 +124,7 @@ def test_drain_wait_keeps_the_open_connection_and_new_ones_go_elsewhere(
     waiting: subprocess.Popen[str] | None = None
     output = running.workdir / "drain-wait.out"
     try:
-        assert _echo_round(sock, b"before\n") == b"before\n"
+        assert echo_round(sock, b"before\n", timeout=60.0) == b"before\n"
         client = "{}:{}".format(*sock.getsockname()[:2])
         address = build.wait_until(lambda: _dest_of(running.connections(active), client)
                                    is not None, 60, 0.3)
@@ -157,7 +146,7 @@ def test_drain_wait_keeps_the_open_connection_and_new_ones_go_elsewhere(
         answers = running.fetch(WEB.vip, 8)
         assert name not in answers and other in answers, answers
         # ... the open one keeps working, and --wait is still waiting for it.
-        assert _echo_round(sock, b"during\n") == b"during\n"
+        assert echo_round(sock, b"during\n", timeout=60.0) == b"during\n"
         seen = build.wait_until(lambda: f"{name}: 1 active connection " in output.read_text(),
                                 300, 0.5)
         assert seen is not None, output.read_text()

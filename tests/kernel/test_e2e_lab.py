@@ -28,6 +28,7 @@ from lvsctl.testbed.lab import build, plan, results, steps
 from lvsctl.testbed.netns import in_netns
 from lvsctl.testbed.prometheus import PrometheusError, Series
 from lvsctl.testbed.vm import kernel_has_ipvs
+from tests.support.echo import echo_round
 
 pytestmark = pytest.mark.kernel
 
@@ -245,18 +246,6 @@ def test_unhealthy_realserver_leaves_and_returns_only_after_rise(
     _assert_tables(running, f"after the {svc.mode} health cycle")
 
 
-def _echo_round(sock: socket.socket, text: bytes) -> bytes:
-    sock.sendall(text)
-    got = b""
-    deadline = time.monotonic() + 30
-    while len(got) < len(text) and time.monotonic() < deadline:
-        chunk = sock.recv(len(text) - len(got))
-        if not chunk:
-            break
-        got += chunk
-    return got
-
-
 def test_long_lived_nat_connection_survives_a_stepdown(running: build.Lab) -> None:
     active = running.active()
     assert active is not None
@@ -268,7 +257,7 @@ def test_long_lived_nat_connection_survives_a_stepdown(running: build.Lab) -> No
     sock = in_netns(running.ns("client"), lambda: socket.create_connection(
         (plan.ECHO.vip, plan.ECHO.port), timeout=5))
     try:
-        assert _echo_round(sock, b"before\n") == b"before\n"
+        assert echo_round(sock, b"before\n") == b"before\n"
         address, port = sock.getsockname()[:2]
         client = f"{address}:{port}"
         # The active's sync daemon hands the connection to the standby's table.
@@ -280,7 +269,7 @@ def test_long_lived_nat_connection_survives_a_stepdown(running: build.Lab) -> No
         assert running.active() == standby
         # The new active knows the connection (sync daemon) and is the NAT servers' gateway
         # now (inside VIP moved): the same connection still carries data both ways.
-        assert _echo_round(sock, b"after\n") == b"after\n"
+        assert echo_round(sock, b"after\n") == b"after\n"
     finally:
         sock.close()
     # Prometheus sees the active series move to the other director.

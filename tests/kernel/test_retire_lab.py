@@ -24,6 +24,7 @@ from lvsctl.core.zk import ConfigStore, Target, open_cluster
 from lvsctl.testbed.lab import build, plan, results
 from lvsctl.testbed.netns import in_netns
 from lvsctl.testbed.vm import kernel_has_ipvs
+from tests.support.echo import echo_round
 
 pytestmark = pytest.mark.kernel
 
@@ -59,18 +60,6 @@ def _push(lab: build.Lab, text: str) -> None:
             ConfigStore(conn).push(loaded.text, source=loaded.source)
 
     in_netns(lab.ns("lb1"), push)
-
-
-def _echo(sock: socket.socket, text: bytes) -> bytes:
-    sock.sendall(text)
-    got = b""
-    deadline = time.monotonic() + 30
-    while len(got) < len(text) and time.monotonic() < deadline:
-        chunk = sock.recv(len(text) - len(got))
-        if not chunk:
-            break
-        got += chunk
-    return got
 
 
 def _logged_ops(lab: build.Lab, director: str, after: int) -> list[dict[str, object]]:
@@ -124,7 +113,7 @@ def test_a_service_left_out_is_drained_then_deleted_on_both_directors(
     sock = in_netns(running.ns("client"), lambda: socket.create_connection(
         (plan.ECHO.vip, plan.ECHO.port), timeout=10))
     try:
-        assert _echo(sock, b"before\n") == b"before\n"
+        assert echo_round(sock, b"before\n") == b"before\n"
         active = running.wait_active(120)
         epoch = _status(running, active)["epoch"]
         seen: dict[str, dict[str, float]] = {d: {} for d in plan.DIRECTORS}
@@ -177,7 +166,7 @@ def test_a_service_left_out_is_drained_then_deleted_on_both_directors(
         time.sleep(DRAIN * 0.5)
         assert _echo_dests(running, active) is not None, \
             f"{active} deleted echo-nat before its drain deadline: {seen}"
-        assert _echo(sock, b"during\n") == b"during\n"
+        assert echo_round(sock, b"during\n") == b"during\n"
         assert build.wait_until(lambda: look() and all("gone" in s for s in seen.values()),
                                 DRAIN + 150, 0.5) is not None, \
             f"echo-nat not deleted on both directors: {seen}\n{logs()}"
