@@ -92,6 +92,8 @@ GUEST_MODULES = (
     "macvlan",
     "nf_tables",
     "sch_netem",
+    # A NIC on a host tap (VmOptions.tap): the deploy test bed's link to its controller.
+    "virtio_net",
 )
 _NOT_SCHEDULERS = re.compile(r"ip_vs_(ftp|pe_.*)")
 
@@ -714,7 +716,9 @@ class VmResult:
 
 @dataclass(frozen=True)
 class VmOptions:
-    """How to boot: memory (QEMU syntax), CPUs, total timeout, extra writable shares."""
+    """How to boot: memory (QEMU syntax), CPUs, total timeout, extra writable shares, and a
+    tap device of the host (already made, in QEMU's network namespace) for a NIC: the guest's
+    ``eth0``, on the host's side of that tap."""
 
     memory: str = DEFAULT_MEMORY
     cpus: int = DEFAULT_CPUS
@@ -723,6 +727,7 @@ class VmOptions:
     env: Mapping[str, str] = field(default_factory=dict)
     modules: bool = True
     verbose: bool = False
+    tap: str | None = None
 
 
 def qemu_argv(kernel: Kernel, ctl: Path, options: VmOptions) -> list[str]:
@@ -749,6 +754,9 @@ def qemu_argv(kernel: Kernel, ctl: Path, options: VmOptions) -> list[str]:
             "-fsdev", f"local,id=share{i},path={share},security_model=none",
             "-device", f"virtio-9p-pci,fsdev=share{i},mount_tag=share{i}",
         ]
+    if options.tap is not None:
+        argv += ["-netdev", f"tap,id=net0,ifname={options.tap},script=no,downscript=no",
+                 "-device", "virtio-net-pci,netdev=net0"]
     return argv
 
 

@@ -219,6 +219,15 @@ def test_qemu_argv_uses_tcg_and_shares_the_root_read_only(tmp_path: Path) -> Non
     fsdevs = [argv[i + 1] for i, a in enumerate(argv) if a == "-fsdev"]
     assert fsdevs[0].startswith(f"local,id={vm.ROOT_TAG},path=/,readonly=on,")
     assert fsdevs[2] == "local,id=share0,path=/r/out,security_model=none"
+    assert "-netdev" not in argv  # no NIC unless a tap is given
+
+
+def test_qemu_argv_puts_a_nic_on_the_given_tap(tmp_path: Path) -> None:
+    kernel = vm.Kernel("6.1.0-56-amd64", tmp_path, cached=True)
+    argv = vm.qemu_argv(kernel, tmp_path / "ctl", vm.VmOptions(tap="lvdtap1"))
+    netdev = argv[argv.index("-netdev") + 1]
+    assert netdev == "tap,id=net0,ifname=lvdtap1,script=no,downscript=no"
+    assert "virtio-net-pci,netdev=net0" in argv
 
 
 def test_kernel_has_ipvs_agrees_with_ipvsadm() -> None:
