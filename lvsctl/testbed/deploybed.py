@@ -1,22 +1,25 @@
 """The deploy test bed's run: deploy/README.md's steps against two real director hosts.
 
-Two director hosts (``lvsctl.testbed.hosts``: systemd as PID 1, sshd, their own network stack
-in the kernel VM) on one bridge with a ZooKeeper ensemble of three servers, two real servers
-and a client, all in the VM. From the controller side (the VM's root namespace, 192.0.2.1)
-``ansible-playbook`` runs the repository's ``site.yml`` and ``rolling.yml`` over SSH with an
-inventory of the two hosts, installing lvsctl from wheels built from the checkout and served
-over HTTP on the bridge (the hosts have no route to a package index). Then the failures a host
-really has. Every phase is checked from outside, as an operator would: ``systemctl`` and
-``lvsctl status`` over SSH, the kernel's addresses in each host's namespace, a client's
-requests through the VIP.
+Two director hosts (``lvsctl.testbed.hosts``: systemd as PID 1, sshd, their own network stack)
+and two real servers run in the kernel VM, for its IPVS; everything that is not a director or a
+real server runs on the machine at native speed, in a network namespace of the bed's own (the
+controller, 192.0.2.1): ``ansible-playbook`` with an inventory of the two hosts, a ZooKeeper
+ensemble of three servers, the wheel server (the hosts have no route to a package index), and,
+in a namespace beside it, the client. The VM's NIC sits on a tap in the controller's bridge, so
+the hosts are reached over SSH on their addresses as real hosts would be, and the client's
+packets to the VIP cross one Ethernet segment to the active director.
 
-Two sides:
+Inside the VM a small agent (the guest side of the bed) starts the containers and the real
+servers, watches each director's VIP in its namespace, and does what only the VM can: pull a
+host's plug, power it on, wait for its container to exit. The controller asks it over TCP on
+the bridge, one JSON line per request; every answer carries the guest's clock, so what the
+watchers saw is put on the controller's clock, where the client probes.
 
-* on the host (network to the package index): ``python -m lvsctl.testbed.deploybed wheels
-  DIR`` builds lvsctl's wheel from the checkout, the wheels of its dependencies, and a second
-  lvsctl wheel with a bumped version (the rolling upgrade's new build);
-* in the kernel VM (root): ``python -m lvsctl.testbed.deploybed run`` runs the phases and
-  writes ``result.json`` (and every log) into the results folder; exit 0 only when all passed.
+``python -m lvsctl.testbed.deploybed wheels DIR`` builds lvsctl's wheel from the checkout, the
+wheels of its dependencies, and a second lvsctl wheel with a bumped version (the rolling
+upgrade's new build); ``python -m lvsctl.testbed.deploybed run`` (root) sets the bed up, runs
+the phases, writes ``result.json`` (and every log) into the results folder and tears the bed
+down; exit 0 only when all passed.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ import json
 import os
 import re
 import shutil
+import socket
+import socketserver
 import subprocess
 import sys
 import tempfile
@@ -41,15 +46,18 @@ from pathlib import Path
 from typing import Any
 
 from lvsctl.core.errors import LvsctlError
+from lvsctl.testbed import vm
 from lvsctl.testbed.hosts import (
     CONTROLLER_ADDRESS,
+    GUEST_ADDRESS,
     SUBNET,
-    Host,
+    HostAccess,
     HostBed,
     HostsError,
     find_image,
+    host_addresses,
 )
-from lvsctl.testbed.netns import in_netns
+from lvsctl.testbed.netns import entered, in_netns
 from lvsctl.testbed.vm import repo_root
 from lvsctl.testbed.zookeeper import JARS, JAVA, JVM_OPTS, LOG4J, MAIN
 
@@ -75,11 +83,13 @@ CLIENT_ADDRESS = f"{SUBNET}.30"
 SERVICES = {"www": 80, "api": 8080}
 WHEEL_PORT = 8000
 ZK_CLIENT_PORT = 2181
+# The guest side's agent, on the VM's address on the bridge.
+AGENT_PORT = 7070
 UNIT = "lvsctl-director"
 NODE_FILE = "/etc/lvsctl/node.yaml"
 # CAP_NET_ADMIN (12) and CAP_NET_RAW (13): the unit's CapabilityBoundingSet and ambient set.
 EXPECTED_CAPS = (1 << 12) | (1 << 13)
-# A graceful takeover seen by a client probing every 20 ms (the issue's bound).
+# The longest graceful takeover a client probing every 20 ms may see.
 MAX_GRACEFUL_OUTAGE = 0.100
 ANSIBLE_DIR = repo_root() / "deploy" / "ansible"
 UNIT_FILE = repo_root() / "deploy" / "systemd" / f"{UNIT}.service"
@@ -88,10 +98,10 @@ UNIT_FILE = repo_root() / "deploy" / "systemd" / f"{UNIT}.service"
 def cluster_document(zk_hosts: Sequence[str]) -> dict[str, Any]:
     """The bed's cluster file: the two hosts, the VIP, the services on the real servers."""
     directors = [{
-        "name": name, "address": f"{SUBNET}.{i}/24", "interface": "eth0",
-        "peer": {"address": f"{SUBNET}.{i}", "port": 7946},
+        "name": name, "address": f"{address}/24", "interface": "eth0",
+        "peer": {"address": address, "port": 7946},
         "sync": {"interface": "eth0", "id": 1},
-    } for i, name in enumerate(DIRECTORS, start=2)]
+    } for name, address in host_addresses(DIRECTORS).items()]
     services = [{
         "name": name, "vip": VIP, "port": port, "protocol": "tcp", "forwarding": "dr",
         "scheduler": "rr", "check": {"type": "tcp", "interval": "1s", "timeout": "500ms"},
@@ -107,7 +117,7 @@ def cluster_document(zk_hosts: Sequence[str]) -> dict[str, Any]:
     }
 
 
-# -- wheels (host side) -------------------------------------------------------------------------
+# -- wheels (the machine) -------------------------------------------------------------------------
 
 WHEELS_MANIFEST = "wheels.json"
 
@@ -180,7 +190,7 @@ def build_wheels(output: Path, progress: Echo = _progress) -> dict[str, str]:
     return manifest
 
 
-# -- processes the bed owns (ZooKeeper, the wheel server, the real servers' HTTP) --------------
+# -- processes the bed owns (ZooKeeper, the wheel server; in the VM the real servers' HTTP) ----
 
 
 @dataclass
@@ -229,7 +239,8 @@ def start_ensemble(procs: Processes, workdir: Path, servers: int, logs: Path) ->
         (folder / "log4j.properties").write_text(LOG4J)
         port = ZK_CLIENT_PORT + i - 1
         # tickTime 250 ms: sessions of 0.5-60 s; initLimit and syncLimit in ticks are generous
-        # (30 s, 5 s) because the emulated CPUs can stall a follower for seconds.
+        # (30 s, 5 s): the machine also runs the VM's emulated CPUs, which can starve a
+        # follower for a while.
         (folder / "zoo.cfg").write_text("\n".join([
             "tickTime=250", "initLimit=120", "syncLimit=20", "minSessionTimeout=500",
             "maxSessionTimeout=60000", f"dataDir={folder / 'data'}", f"clientPort={port}",
@@ -273,38 +284,214 @@ def wait_ensemble(hosts: Sequence[str], procs: Processes, timeout: float) -> dic
     raise BedError(f"ZooKeeper not ready after {timeout:.0f} s: modes {modes}")
 
 
-def serve_http(name: str, ports: Sequence[int], duration: float) -> None:
-    """A real server's service: answers every GET on ``ports`` with ``name``; runs at most
-    ``duration`` seconds."""
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    body = f"{name}\n".encode()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    servers = [ThreadingHTTPServer(("0.0.0.0", port), Handler) for port in ports]
-    for server in servers:
-        server.daemon_threads = True
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-    time.sleep(duration)
+# -- the guest side: the agent in the kernel VM -----------------------------------------------
 
 
-# -- the bed ------------------------------------------------------------------------------------
+def _start_realservers(hosts: HostBed, procs: Processes, cluster: Path, workdir: Path) -> None:
+    """Each real server in a namespace of its own, set up by the project's own rendered
+    script (the VIP on lo, ARP settings), answering GET / on every service's port with its
+    name (busybox's httpd: next to nothing for the emulated CPUs)."""
+    from lvsctl.core.config import load_cluster
+    from lvsctl.templates.render import render_shell, setup_for
+
+    loaded = load_cluster(cluster)
+    for name, address in REALSERVERS.items():
+        netns = hosts.attach_namespace(name, address)
+        script = workdir / f"{name}-setup.sh"
+        script.write_text(next(iter(render_shell(setup_for(loaded.cluster, name)).values())))
+        proc = subprocess.run(["ip", "netns", "exec", netns, "bash", str(script), "up"],
+                              capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "LVSCTL_STATE_DIR": str(workdir / name)})
+        if proc.returncode != 0:
+            raise BedError(f"{name}: setup.sh up failed: {proc.stderr.strip()[-300:]}")
+        docroot = workdir / f"{name}-www"
+        docroot.mkdir()
+        (docroot / "index.html").write_text(f"{name}\n")
+        for port in SERVICES.values():
+            procs.start(f"real server {name}:{port}", [
+                "ip", "netns", "exec", netns, "busybox", "httpd", "-f",
+                "-p", f"0.0.0.0:{port}", "-h", str(docroot)], workdir / f"{name}-{port}.log")
+
+
+class Agent:
+    """What the controller may ask of the guest side, by name (``OPS``); each answer is a
+    dict, and ``now`` (the guest's wall clock) is added to it."""
+
+    OPS = ("now", "check", "holders", "holds", "kill", "power_on", "wait_exit", "stop")
+
+    def __init__(self, hosts: HostBed, observer: Any) -> None:
+        self.hosts = hosts
+        self.observer = observer
+        self.stopped = threading.Event()
+
+    def now(self) -> dict[str, Any]:
+        return {}
+
+    def check(self) -> dict[str, Any]:
+        self.hosts.check()
+        return {}
+
+    def holders(self) -> dict[str, Any]:
+        """The directors whose eth0 holds the VIP now (the kernel's view, from the namespace)."""
+        holders = []
+        for host in self.hosts.hosts:
+            out = subprocess.run(["ip", "-n", host.netns, "-o", "addr", "show", "dev", "eth0"],
+                                 capture_output=True, text=True, timeout=30).stdout
+            if f" {VIP}/" in out:
+                holders.append(host.name)
+        return {"holders": holders}
+
+    def holds(self) -> dict[str, Any]:
+        return {"holds": [[h.director, h.vip, h.start, h.end] for h in self.observer.holds()]}
+
+    def kill(self, host: str) -> dict[str, Any]:
+        self.hosts.kill(self.hosts.host(host))
+        return {}
+
+    def power_on(self, host: str) -> dict[str, Any]:
+        self.hosts.power_on(self.hosts.host(host))
+        return {}
+
+    def wait_exit(self, host: str, limit: float) -> dict[str, Any]:
+        return {"code": self.hosts.wait_exit(self.hosts.host(host), timeout=limit)}
+
+    def stop(self) -> dict[str, Any]:
+        self.stopped.set()
+        return {}
+
+    def answer(self, line: bytes) -> bytes:
+        """One request line (``{"op": NAME, ...arguments}``) to one answer line."""
+        try:
+            request = json.loads(line)
+            op = request.pop("op")
+            if op not in self.OPS:
+                raise BedError(f"no operation {op!r}")
+            reply = {"ok": True, **getattr(self, op)(**request)}
+        except (LvsctlError, ValueError, TypeError, KeyError, OSError,
+                subprocess.SubprocessError) as exc:
+            reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        reply["now"] = time.time()
+        return json.dumps(reply).encode() + b"\n"
+
+    def serve(self, address: str, port: int, timeout: float) -> None:
+        """Answers the controller (one connection at a time) until ``stop`` or ``timeout``."""
+        agent = self
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self) -> None:
+                while not agent.stopped.is_set() and (line := self.rfile.readline(65536)):
+                    self.wfile.write(agent.answer(line))
+                    self.wfile.flush()
+
+        socketserver.TCPServer.allow_reuse_address = True
+        with socketserver.TCPServer((address, port), Handler) as server:
+            server.timeout = 1.0
+            deadline = time.monotonic() + timeout
+            while not self.stopped.is_set() and time.monotonic() < deadline:
+                server.handle_request()
+
+
+def guest(workdir: Path, logs: Path, timeout: float, progress: Echo = _progress) -> None:
+    """The guest side of a run: the director hosts (keys from ``workdir``/access), the real
+    servers, the VIP watchers, then the agent until the controller says stop. Tears all of it
+    down, copying each host's console log into ``logs``. Raises BedError or HostsError."""
+    from lvsctl.failover.vipwatch import NetnsVipObserver
+
+    access = HostAccess(workdir / "access", DIRECTORS)
+    procs = Processes()
+    local = Path(tempfile.mkdtemp(prefix="lvsctl-deploybed-guest-"))
+    hosts = HostBed(find_image(), access, local / "hosts", uplink="eth0", progress=progress)
+    try:
+        with hosts:
+            _start_realservers(hosts, procs, workdir / "cluster.yaml", local)
+            observer = NetnsVipObserver({h.name: h.netns for h in hosts.hosts}, [VIP],
+                                        ready_timeout=300)
+            observer.start()
+            try:
+                progress(f"guest side ready: agent on {GUEST_ADDRESS}:{AGENT_PORT}")
+                Agent(hosts, observer).serve(GUEST_ADDRESS, AGENT_PORT, timeout)
+            finally:
+                observer.stop()
+                for host in hosts.hosts:
+                    with contextlib.suppress(OSError):
+                        shutil.copy(host.folder / "console.log", logs / f"{host.name}-console.log")
+    finally:
+        procs.close()
+        shutil.rmtree(local, ignore_errors=True)
+
+
+# -- the controller side ------------------------------------------------------------------------
+
+
+class AgentClient:
+    """The controller's connection to the guest side's agent; puts guest times on this clock."""
+
+    def __init__(self, timeout: float, alive: Callable[[], None]) -> None:
+        """Connects, retrying while the VM boots; ``alive`` raises when the VM has ended.
+        Raises BedError when the agent does not answer within ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            alive()
+            try:
+                self.sock = socket.create_connection((GUEST_ADDRESS, AGENT_PORT), timeout=5)
+                break
+            except OSError as exc:
+                if time.monotonic() > deadline:
+                    raise BedError(f"the VM's agent on {GUEST_ADDRESS}:{AGENT_PORT} did not "
+                                   f"answer within {timeout:.0f} s: {exc}") from None
+                time.sleep(1.0)
+        self.file = self.sock.makefile("rwb")
+        self.offset = 0.0  # guest clock minus this clock
+        self.sync_clock()
+
+    def call(self, op: str, *, timeout: float = 120, **args: Any) -> dict[str, Any]:
+        """One request; returns the answer. Raises BedError for a failed one."""
+        self.sock.settimeout(timeout)
+        try:
+            self.file.write(json.dumps({"op": op, **args}).encode() + b"\n")
+            self.file.flush()
+            line = self.file.readline()
+        except OSError as exc:
+            raise BedError(f"the VM's agent ({op}): {exc}") from None
+        if not line:
+            raise BedError(f"the VM's agent closed the connection ({op})")
+        reply: dict[str, Any] = json.loads(line)
+        if not reply.pop("ok"):
+            raise BedError(f"in the VM, {op}: {reply['error']}")
+        return reply
+
+    def sync_clock(self, rounds: int = 7) -> float:
+        """Estimates the guest clock's offset from the answer with the shortest round trip
+        (its error is at most half that round trip); returns the round trip."""
+        best = None
+        for _ in range(rounds):
+            sent = time.time()
+            now = self.call("now")["now"]
+            back = time.time()
+            if best is None or back - sent < best[0]:
+                best = (back - sent, now - (sent + back) / 2)
+        assert best is not None
+        self.offset = best[1]
+        return best[0]
+
+    def holds(self) -> list[tuple[str, float, float | None]]:
+        """Every VIP hold the watchers saw so far, (director, start, end) on this clock."""
+        self.sync_clock()
+        return [(director, start - self.offset, None if end is None else end - self.offset)
+                for director, _, start, end in self.call("holds")["holds"]]
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()
 
 
 @dataclass
 class Bed:
-    """The hosts, what runs beside them, and the results folder."""
+    """The controller's view of the bed: SSH to the hosts, the agent in the VM, the
+    processes beside them, the results folder."""
 
-    hosts: HostBed
+    access: HostAccess
+    agent: AgentClient
     results: Path
     workdir: Path
     wheels: Path
@@ -318,18 +505,21 @@ class Bed:
     def logs(self) -> Path:
         return self.results / "logs"
 
-    def directors(self) -> list[Host]:
-        return [self.hosts.host(name) for name in DIRECTORS]
+    def ssh(self, host: str, command: Sequence[str], *, timeout: float = 120,
+            check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self.access.ssh(host, command, timeout=timeout, check=check)
+
+    def check(self) -> None:
+        """Raises BedError when a process of the bed or a container in the VM has exited."""
+        self.procs.check()
+        self.agent.call("check")
 
     # -- Ansible --------------------------------------------------------------------------------
 
     def inventory(self) -> Path:
-        cluster = self.workdir / "cluster.yaml"
-        if not cluster.exists():
-            cluster.write_text(json.dumps(cluster_document(self.zk_hosts), indent=2) + "\n")
         wheel_url = f"http://{CONTROLLER_ADDRESS}:{WHEEL_PORT}/"
-        return self.hosts.inventory(self.workdir / "inventory.json", group_vars={
-            "lvsctl_cluster_file": str(cluster),
+        return self.access.inventory(self.workdir / "inventory.json", group_vars={
+            "lvsctl_cluster_file": str(self.workdir / "cluster.yaml"),
             "lvsctl_wheel": str(self.wheels / self.manifest["wheel"]),
             # The hosts reach no package index: the dependencies come from the bed's wheel
             # server, as from a private mirror.
@@ -340,7 +530,7 @@ class Bed:
         })
 
     def playbook(self, name: str, extra: Mapping[str, str] | None = None,
-                 timeout: float = 3600) -> dict[str, Any]:
+                 timeout: float = 1800) -> dict[str, Any]:
         """Runs ``ansible-playbook NAME`` from deploy/ansible with the bed's inventory; its
         output, each line with the seconds since the start, goes to logs/NAME.log. Returns the
         time and the slowest tasks. Raises BedError when it fails."""
@@ -384,9 +574,9 @@ class Bed:
 
     # -- looking at the hosts ------------------------------------------------------------------
 
-    def unit(self, host: Host) -> dict[str, str]:
+    def unit(self, host: str) -> dict[str, str]:
         """``systemctl show`` of the director's unit on ``host`` (a few properties)."""
-        out = self.hosts.ssh(host, [
+        out = self.ssh(host, [
             "systemctl", "show", UNIT, "-p", "ActiveState", "-p", "SubState", "-p", "Type",
             "-p", "MainPID", "-p", "NRestarts", "-p", "ExecMainStartTimestampMonotonic",
             "-p", "UnitFileState", "-p", "ControlGroup", "-p", "LimitNOFILE",
@@ -395,12 +585,12 @@ class Bed:
         return {key: value for key, _, value in
                 (line.partition("=") for line in out.splitlines()) if value or key}
 
-    def roles(self, via: Host) -> dict[str, str]:
+    def roles(self, via: str) -> dict[str, str]:
         """Director name -> role, as ``lvsctl status --json`` on ``via`` shows them ({} when
         the command fails or hangs: ZooKeeper or the host unreachable)."""
         try:
-            proc = self.hosts.ssh(via, ["sudo", "lvsctl", "status", "--node", NODE_FILE,
-                                        "--json"], check=False, timeout=180)
+            proc = self.ssh(via, ["sudo", "lvsctl", "status", "--node", NODE_FILE, "--json"],
+                            check=False, timeout=180)
         except subprocess.TimeoutExpired:
             return {}
         if proc.returncode != 0:
@@ -411,7 +601,7 @@ class Bed:
         except (ValueError, KeyError, TypeError):
             return {}
 
-    def wait_roles(self, expect: Mapping[str, str], via: Host, timeout: float = 600,
+    def wait_roles(self, expect: Mapping[str, str], via: str, timeout: float = 600,
                    ) -> dict[str, str]:
         """Waits until ``lvsctl status`` shows exactly ``expect`` (name -> ACTIVE/STANDBY).
         Raises BedError with the last roles seen."""
@@ -425,13 +615,8 @@ class Bed:
         raise BedError(f"roles {seen} after {timeout:.0f} s, expected {dict(expect)}")
 
     def vip_holders(self) -> list[str]:
-        """The hosts whose eth0 holds the VIP now (the kernel's view, from the namespace)."""
-        holders = []
-        for host in self.directors():
-            out = subprocess.run(["ip", "-n", host.netns, "-o", "addr", "show", "dev", "eth0"],
-                                 capture_output=True, text=True, timeout=30).stdout
-            if f" {VIP}/" in out:
-                holders.append(host.name)
+        """The hosts whose eth0 holds the VIP now (the kernel's view, asked of the VM)."""
+        holders: list[str] = self.agent.call("holders")["holders"]
         return holders
 
     def wait_vip(self, name: str, timeout: float = 120) -> float:
@@ -444,8 +629,8 @@ class Bed:
         raise BedError(f"{name} does not hold {VIP} alone after {timeout:.0f} s "
                        f"(holders: {self.vip_holders()})")
 
-    def installed_version(self, host: Host) -> str:
-        out = self.hosts.ssh(host, ["/usr/local/bin/lvsctl", "--version"], timeout=180).stdout
+    def installed_version(self, host: str) -> str:
+        out = self.ssh(host, ["/usr/local/bin/lvsctl", "--version"], timeout=180).stdout
         return out.strip().rsplit(" ", 1)[-1]
 
     def client_answers(self, rounds: int = 6) -> dict[str, list[str]]:
@@ -478,13 +663,13 @@ class Bed:
 
     def collect(self) -> None:
         """Each host's unit status and journal of the director into logs/ (after a failure)."""
-        for host in self.hosts.hosts:
+        for host in DIRECTORS:
             for label, argv in (("status", ["systemctl", "status", "--no-pager", UNIT]),
                                 ("journal", ["journalctl", "-u", UNIT, "-n", "300",
                                              "--no-pager"])):
                 with contextlib.suppress(HostsError, subprocess.TimeoutExpired):
-                    proc = self.hosts.ssh(host, ["sudo", *argv], check=False, timeout=120)
-                    (self.logs / f"{host.name}-{label}.txt").write_text(proc.stdout + proc.stderr)
+                    proc = self.ssh(host, ["sudo", *argv], check=False, timeout=120)
+                    (self.logs / f"{host}-{label}.txt").write_text(proc.stdout + proc.stderr)
 
 
 # -- measuring a takeover -----------------------------------------------------------------------
@@ -492,29 +677,28 @@ class Bed:
 
 @contextlib.contextmanager
 def watched(bed: Bed, duration: float) -> Iterator[dict[str, Any]]:
-    """A client probe to the VIP every 20 ms and a VIP watcher in each director's namespace
-    while the block runs; afterwards the dict it yields holds the outage windows, overlaps and
-    VIP holds (wall-clock seconds)."""
+    """A client probe to the VIP every 20 ms while the block runs, from the client's namespace;
+    afterwards the dict it yields holds the outage windows, and the overlaps and VIP holds the
+    watchers in the VM saw (seconds on this machine's wall clock)."""
     from lvsctl.failover.probe import Probe, Target
-    from lvsctl.failover.timeline import outage_windows, overlaps
-    from lvsctl.failover.vipwatch import NetnsVipObserver
+    from lvsctl.failover.timeline import Hold, outage_windows, overlaps
 
     found: dict[str, Any] = {}
-    observer = NetnsVipObserver({h.name: h.netns for h in bed.directors()}, [VIP],
-                                ready_timeout=120)
-    observer.start()
     probe = Probe(Target.parse(f"http://{VIP}/"), netns=bed.client_ns, duration=duration)
+    began = time.time()
     try:
         probe.start()
-        # The probe is a Python process started in the client's namespace: wait for its first
-        # answers before the block acts, so the measurement starts from a working service.
-        deadline = time.monotonic() + 120
+        # Wait for the probe's first answers before the block acts, so the measurement starts
+        # from a working service.
+        deadline = time.monotonic() + 60
         while not any(s.ok for s in probe.samples()) and time.monotonic() < deadline:
-            time.sleep(0.2)
+            time.sleep(0.1)
         yield found
     finally:
         samples = probe.stop()
-        holds = observer.stop()
+        # Holds that ended before the block began are history of an earlier block.
+        holds = [Hold(director, VIP, start, end) for director, start, end in bed.agent.holds()
+                 if end is None or end > began]
         horizon = time.time()
         found["samples"] = len(samples)
         found["failed"] = sum(1 for s in samples if not s.ok)
@@ -542,16 +726,16 @@ def phase_site(bed: Bed) -> dict[str, Any]:
     active holding the VIP, the other standby, the client answered behind every service."""
     run = bed.playbook("site.yml")
     units = {}
-    for host in bed.directors():
-        is_active = bed.hosts.ssh(host, ["systemctl", "is-active", UNIT], check=False)
+    for host in DIRECTORS:
+        is_active = bed.ssh(host, ["systemctl", "is-active", UNIT], check=False)
         unit = bed.unit(host)
-        units[host.name] = {"is_active": is_active.stdout.strip(), "type": unit.get("Type"),
-                            "enabled": unit.get("UnitFileState")}
+        units[host] = {"is_active": is_active.stdout.strip(), "type": unit.get("Type"),
+                       "enabled": unit.get("UnitFileState")}
         # A Type=notify unit is "active" only once its main process sent READY=1.
         if is_active.returncode != 0 or unit.get("Type") != "notify":
-            raise BedError(f"{host.name}: {UNIT} is {is_active.stdout.strip()!r} "
+            raise BedError(f"{host}: {UNIT} is {is_active.stdout.strip()!r} "
                            f"(Type={unit.get('Type')})")
-    roles = bed.roles(bed.directors()[0])
+    roles = bed.roles(DIRECTORS[0])
     if sorted(roles.values()) != ["ACTIVE", "STANDBY"]:
         raise BedError(f"after site.yml lvsctl status shows {roles}")
     active = next(name for name, role in roles.items() if role == "ACTIVE")
@@ -560,8 +744,8 @@ def phase_site(bed: Bed) -> dict[str, Any]:
             "client": bed.wait_client()}
 
 
-def _proc_status(bed: Bed, host: Host, pid: str) -> dict[str, str]:
-    out = bed.hosts.ssh(host, ["sudo", "cat", f"/proc/{pid}/status"]).stdout
+def _proc_status(bed: Bed, host: str, pid: str) -> dict[str, str]:
+    out = bed.ssh(host, ["sudo", "cat", f"/proc/{pid}/status"]).stdout
     return {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in out.splitlines())}
 
 
@@ -582,7 +766,7 @@ def phase_hardening(bed: Bed) -> dict[str, Any]:
     the file system is read-only but for its state directory, and that the limits the unit
     sets are those in effect for the process and its cgroup."""
     report: dict[str, Any] = {"unit_sets": unit_limits(UNIT_FILE.read_text())}
-    for host in bed.directors():
+    for host in DIRECTORS:
         unit = bed.unit(host)
         pid = unit["MainPID"]
         status = _proc_status(bed, host, pid)
@@ -590,7 +774,7 @@ def phase_hardening(bed: Bed) -> dict[str, Any]:
         uid = status["Uid"].split()[0]
         gid = status["Gid"].split()[0]
         if uid == "0" or caps["CapEff"] != EXPECTED_CAPS or caps["CapBnd"] != EXPECTED_CAPS:
-            raise BedError(f"{host.name}: director PID {pid} runs as uid {uid} with CapEff "
+            raise BedError(f"{host}: director PID {pid} runs as uid {uid} with CapEff "
                            f"{caps['CapEff']:#x} CapBnd {caps['CapBnd']:#x}, expected "
                            f"{EXPECTED_CAPS:#x} (CAP_NET_ADMIN, CAP_NET_RAW) and a user")
         writes = {}
@@ -599,40 +783,40 @@ def phase_hardening(bed: Bed) -> dict[str, Any]:
         # in its state directory, which must work.
         for path in ("/etc", "/etc/lvsctl", "/opt/lvsctl/venv", "/usr/local/bin", "/var/lib",
                      "/var/log"):
-            probe = bed.hosts.ssh(host, ["sudo", "nsenter", f"--target={pid}", "--mount", "--",
+            probe = bed.ssh(host, ["sudo", "nsenter", f"--target={pid}", "--mount", "--",
                                          "touch", f"{path}/.lvsctl-bed-probe"], check=False)
             writes[path] = "refused" if probe.returncode != 0 else "WRITTEN"
             if probe.returncode == 0 or "Read-only file system" not in probe.stderr:
-                raise BedError(f"{host.name}: a write to {path} in the director's view: "
+                raise BedError(f"{host}: a write to {path} in the director's view: "
                                f"exit {probe.returncode} {probe.stderr.strip()!r}")
-        state = bed.hosts.ssh(host, ["sudo", "nsenter", f"--target={pid}", "--mount",
+        state = bed.ssh(host, ["sudo", "nsenter", f"--target={pid}", "--mount",
                                      f"--setuid={uid}", f"--setgid={gid}", "--", "sh", "-c",
                                      "'touch /var/lib/lvsctl/.bed-probe && "
                                      "rm /var/lib/lvsctl/.bed-probe'"], check=False)
         writes["/var/lib/lvsctl"] = "written" if state.returncode == 0 else "REFUSED"
         if state.returncode != 0:
-            raise BedError(f"{host.name}: the director's user cannot write its state "
+            raise BedError(f"{host}: the director's user cannot write its state "
                            f"directory: {state.stderr.strip()!r}")
-        limits = bed.hosts.ssh(host, ["sudo", "cat", f"/proc/{pid}/limits"]).stdout
+        limits = bed.ssh(host, ["sudo", "cat", f"/proc/{pid}/limits"]).stdout
         files = re.search(r"^Max open files\s+(\S+)\s+(\S+)", limits, re.M)
         if files is None:
-            raise BedError(f"{host.name}: /proc/{pid}/limits has no 'Max open files'")
+            raise BedError(f"{host}: /proc/{pid}/limits has no 'Max open files'")
         effective = {"nofile_soft": files.group(1), "nofile_hard": files.group(2)}
         if (files.group(1), files.group(2)) != (unit["LimitNOFILESoft"], unit["LimitNOFILE"]):
-            raise BedError(f"{host.name}: open files {files.group(1)}/{files.group(2)} in "
+            raise BedError(f"{host}: open files {files.group(1)}/{files.group(2)} in "
                            f"effect, the unit says {unit['LimitNOFILESoft']}/"
                            f"{unit['LimitNOFILE']}")
         cgroup = f"/sys/fs/cgroup{unit['ControlGroup']}"
         for prop, cgfile in (("MemoryMax", "memory.max"), ("MemoryHigh", "memory.high"),
                              ("TasksMax", "pids.max")):
-            read = bed.hosts.ssh(host, ["cat", f"{cgroup}/{cgfile}"], check=False)
+            read = bed.ssh(host, ["cat", f"{cgroup}/{cgfile}"], check=False)
             have = read.stdout.strip() if read.returncode == 0 else "absent"
             want = "max" if unit.get(prop) == "infinity" else unit.get(prop, "")
             effective[cgfile] = have
             # A limit the unit sets must be enforced; an unset one may lack its controller.
             if prop in report["unit_sets"] and have != want:
-                raise BedError(f"{host.name}: {cgfile} is {have}, the unit sets {prop}={want}")
-        report[host.name] = {"pid": pid, "uid": uid, "caps": {k: f"{v:#x}" for k, v in
+                raise BedError(f"{host}: {cgfile} is {have}, the unit sets {prop}={want}")
+        report[host] = {"pid": pid, "uid": uid, "caps": {k: f"{v:#x}" for k, v in
                                                                caps.items()},
                              "writes": writes, "limits": effective}
     return report
@@ -642,8 +826,7 @@ def phase_rolling(bed: Bed) -> dict[str, Any]:
     """rolling.yml to the bumped build under a client probe every 20 ms: failed probes only
     at the graceful takeover (at most 100 ms), the VIP never on both, both directors running
     the new version at the end, the roles swapped."""
-    hosts = bed.directors()
-    roles = bed.roles(hosts[0])
+    roles = bed.roles(DIRECTORS[0])
     if sorted(roles.values()) != ["ACTIVE", "STANDBY"]:
         raise BedError(f"before the upgrade lvsctl status shows {roles}")
     active = next(name for name, role in roles.items() if role == "ACTIVE")
@@ -655,10 +838,10 @@ def phase_rolling(bed: Bed) -> dict[str, Any]:
                                                               bed.manifest["upgrade"])})
     summary = _summary(found)
     takeover = _takeover(found, standby, wall)
-    versions = {h.name: bed.installed_version(h) for h in hosts}
-    restarted = {h.name: int(bed.unit(h)["ExecMainStartTimestampMonotonic"]) / 1e6 > started
-                 for h in hosts}
-    after = bed.wait_roles({standby: "ACTIVE", active: "STANDBY"}, hosts[0], timeout=120)
+    versions = {h: bed.installed_version(h) for h in DIRECTORS}
+    restarted = {h: int(bed.unit(h)["ExecMainStartTimestampMonotonic"]) / 1e6 > started
+                 for h in DIRECTORS}
+    after = bed.wait_roles({standby: "ACTIVE", active: "STANDBY"}, DIRECTORS[0], timeout=120)
     result = {"playbook": run, "before": {"active": active, "standby": standby},
               "after": after, "versions": versions, "restarted": restarted,
               "takeover_after_start_s": takeover, **summary}
@@ -677,31 +860,30 @@ def phase_rolling(bed: Bed) -> dict[str, Any]:
     return result
 
 
-def _failure(bed: Bed, kind: str, inject: Callable[[Host], None],
-             recover: Callable[[Host], None]) -> dict[str, Any]:
+def _failure(bed: Bed, kind: str, inject: Callable[[str], None],
+             recover: Callable[[str], None]) -> dict[str, Any]:
     """One failure of the active director's host: the takeover by the other as the VIP
     watchers and the client saw it, then the failed host back as standby by itself."""
     holders = bed.vip_holders()
     if len(holders) != 1:
         raise BedError(f"{kind}: the VIP is on {holders} before the failure")
-    victim = bed.hosts.host(holders[0])
-    other = next(h for h in bed.directors() if h is not victim)
+    victim = holders[0]
+    other = next(h for h in DIRECTORS if h != victim)
     restarts = int(bed.unit(victim).get("NRestarts", "0"))
     with watched(bed, duration=3000) as found:
         injected = time.time()
         inject(victim)
-        bed.wait_vip(other.name, timeout=180)
+        bed.wait_vip(other, timeout=180)
         recover(victim)
-        back = bed.wait_roles({other.name: "ACTIVE", victim.name: "STANDBY"}, other,
-                              timeout=900)
+        back = bed.wait_roles({other: "ACTIVE", victim: "STANDBY"}, other, timeout=900)
         back_after = time.time() - injected
-    result = {"failed": victim.name, "took_over": other.name,
-              "takeover_s": _takeover(found, other.name, injected),
+    result = {"failed": victim, "took_over": other,
+              "takeover_s": _takeover(found, other, injected),
               "back_as_standby_after_s": round(back_after, 1), "roles": back, **_summary(found)}
     if kind == "kill":
         result["systemd_restarts"] = int(bed.unit(victim).get("NRestarts", "0")) - restarts
         if result["systemd_restarts"] < 1:
-            raise BedError(f"kill: systemd did not restart {victim.name}'s director")
+            raise BedError(f"kill: systemd did not restart {victim}'s director")
     if found["overlaps"]:
         raise BedError(f"{kind}: the VIP was on both directors for {result['overlap_ms']} ms")
     return result
@@ -710,30 +892,30 @@ def _failure(bed: Bed, kind: str, inject: Callable[[Host], None],
 def phase_failures(bed: Bed) -> dict[str, Any]:
     """SIGKILL of the active director (systemd restarts it), its host stopped without
     warning (then powered on again), a reboot of the active host."""
-    def kill(host: Host) -> None:
-        bed.hosts.ssh(host, ["sudo", "systemctl", "kill", "--signal=KILL", UNIT])
+    def kill(host: str) -> None:
+        bed.ssh(host, ["sudo", "systemctl", "kill", "--signal=KILL", UNIT])
 
-    def restarted(host: Host) -> None:
+    def restarted(host: str) -> None:
         pass  # Restart=on-failure: systemd's own work, waited for through lvsctl status
 
-    def pull_plug(host: Host) -> None:
-        bed.hosts.kill(host)
+    def pull_plug(host: str) -> None:
+        bed.agent.call("kill", host=host)
 
-    def power_on(host: Host) -> None:
-        bed.hosts.power_on(host)
-        bed.hosts.wait_hosts([host], timeout=900)
+    def power_on(host: str) -> None:
+        bed.agent.call("power_on", host=host)
+        bed.access.wait_hosts([host], timeout=900, alive=bed.check)
 
-    def reboot(host: Host) -> None:
+    def reboot(host: str) -> None:
         # The connection drops while the command runs: its exit status says nothing.
         with contextlib.suppress(subprocess.TimeoutExpired):
-            bed.hosts.ssh(host, ["sudo", "systemctl", "reboot"], check=False, timeout=60)
+            bed.ssh(host, ["sudo", "systemctl", "reboot"], check=False, timeout=60)
 
-    def reboots(host: Host) -> None:
+    def reboots(host: str) -> None:
         # What systemd-nspawn@.service does (RestartForceExitStatus=133): a container whose
         # init asked for a reboot exits 133 and is started again.
-        code = bed.hosts.wait_exit(host, timeout=600)
+        code = bed.agent.call("wait_exit", host=host, limit=600, timeout=660)["code"]
         if code != 133:
-            raise BedError(f"reboot: {host.name}'s container exited {code}, not 133")
+            raise BedError(f"reboot: {host}'s container exited {code}, not 133")
         power_on(host)
 
     return {"kill": _failure(bed, "kill", kill, restarted),
@@ -751,14 +933,154 @@ PHASES: dict[str, Callable[[Bed], dict[str, Any]]] = {
 
 # -- the run ------------------------------------------------------------------------------------
 
+TAP = "lvdtap0"
+
+
+def _ip(*args: str) -> None:
+    proc = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=60,
+                          stdin=subprocess.DEVNULL)
+    if proc.returncode != 0:
+        raise BedError(f"ip {' '.join(args[:4])} failed: {proc.stderr.strip()}")
+
+
+@contextlib.contextmanager
+def controller_network() -> Iterator[tuple[str, str]]:
+    """The controller's namespace on this machine (a bridge at 192.0.2.1 with the tap the VM's
+    NIC will use) and the client's beside it; yields their names, removes both afterwards."""
+    tag = os.getpid() % 100000
+    ctl, client = f"lvdc{tag}", f"lvdk{tag}"
+    made: list[str] = []
+    try:
+        for netns in (ctl, client):
+            _ip("netns", "add", netns)
+            made.append(netns)
+        _ip("-n", ctl, "link", "set", "lo", "up")
+        _ip("-n", ctl, "link", "add", "br0", "type", "bridge")
+        _ip("-n", ctl, "addr", "add", f"{CONTROLLER_ADDRESS}/24", "dev", "br0")
+        _ip("-n", ctl, "link", "set", "br0", "up")
+        _ip("-n", ctl, "tuntap", "add", "dev", TAP, "mode", "tap")
+        _ip("-n", ctl, "link", "set", TAP, "master", "br0", "up")
+        _ip("-n", ctl, "link", "add", "client", "type", "veth", "peer", "name", "eth0",
+            "netns", client)
+        _ip("-n", ctl, "link", "set", "client", "master", "br0", "up")
+        _ip("-n", client, "link", "set", "lo", "up")
+        _ip("-n", client, "addr", "add", f"{CLIENT_ADDRESS}/24", "dev", "eth0")
+        _ip("-n", client, "link", "set", "eth0", "up")
+        yield ctl, client
+    finally:
+        for netns in reversed(made):
+            subprocess.run(["ip", "netns", "del", netns], capture_output=True, timeout=60)
+
+
+@dataclass
+class VmThread:
+    """The kernel VM running the guest side, in a thread of its own (QEMU is a child of this
+    process, so it starts in the controller's namespace and finds the tap there)."""
+
+    argv: Sequence[str]
+    options: vm.VmOptions
+    log: Path
+    result: dict[str, Any] = field(default_factory=dict)
+    thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        def work() -> None:
+            try:
+                with open(self.log, "wb") as out:
+                    done = vm.run(self.argv, options=self.options, cwd=repo_root(), stream=out,
+                                  progress=lambda line: print(f"vm: {line}", file=sys.stderr,
+                                                              flush=True))
+                self.result["exit"] = done.exit_code
+            except LvsctlError as exc:
+                self.result["error"] = str(exc)
+
+        self.thread = threading.Thread(target=work, name="kernel-vm", daemon=True)
+        self.thread.start()
+
+    def alive(self) -> None:
+        """Raises BedError when the VM has ended."""
+        if self.thread is not None and not self.thread.is_alive():
+            raise BedError(f"the kernel VM ended ({self.result}); see {self.log}")
+
+    def join(self, timeout: float) -> None:
+        if self.thread is not None:
+            self.thread.join(timeout)
+
+
+def _run_in_controller(result: dict[str, Any], save: Callable[[], None], results: Path,
+                       workdir: Path, client_ns: str, wheels: Path, manifest: Mapping[str, str],
+                       phases: Sequence[str], zk_servers: int, timeout: float,
+                       progress: Echo) -> None:
+    """``run``'s work in the controller's namespace: ZooKeeper, the wheel server, the VM with
+    the guest side, the phases; stops all of them before it returns or raises."""
+    t0 = time.monotonic()
+    logs = results / "logs"
+    procs = Processes()
+    agent: AgentClient | None = None
+    machine: VmThread | None = None
+    try:
+        access = HostAccess(workdir / "access", DIRECTORS, progress)
+        access.generate()
+        zk_hosts = start_ensemble(procs, workdir, zk_servers, logs)
+        (workdir / "cluster.yaml").write_text(
+            json.dumps(cluster_document(zk_hosts), indent=2) + "\n")
+        procs.start("wheel server", [sys.executable, "-m", "http.server", "--bind",
+                                     CONTROLLER_ADDRESS, "--directory", str(wheels),
+                                     str(WHEEL_PORT)], logs / "wheel-server.log")
+        machine = VmThread(
+            [sys.executable, "-m", "lvsctl.testbed.deploybed", "guest", "--workdir",
+             str(workdir), "--logs", str(logs), "--timeout", str(timeout)],
+            vm.VmOptions(memory="3G", cpus=2, timeout=timeout + 300,
+                         shares=(workdir, results), tap=TAP,
+                         env={"LVSCTL_VM_DIR": str(vm.cache_dir())}),
+            logs / "vm.log")
+        machine.start()
+        agent = AgentClient(timeout=600, alive=machine.alive)
+        bed = Bed(access, agent, results, workdir, wheels, manifest, zk_hosts, client_ns,
+                  procs, progress)
+        result["hosts"] = access.wait_hosts(DIRECTORS, timeout=900, alive=bed.check)
+        result["zookeeper"] = wait_ensemble(zk_hosts, procs, timeout=300)
+        result["setup_seconds"] = round(time.monotonic() - t0, 1)
+        progress(f"bed ready after {result['setup_seconds']} s: {result['zookeeper']}")
+        save()
+        for name in phases:
+            p0 = time.monotonic()
+            progress(f"== phase {name}")
+            try:
+                found = PHASES[name](bed)
+            except (LvsctlError, subprocess.TimeoutExpired) as exc:
+                result["phases"][name] = {"passed": False, "error": str(exc),
+                                          "seconds": round(time.monotonic() - p0, 1)}
+                progress(f"phase {name} FAILED: {exc}")
+                bed.collect()
+                save()
+                break
+            result["phases"][name] = {"passed": True, **found,
+                                      "seconds": round(time.monotonic() - p0, 1)}
+            progress(f"phase {name} passed in {time.monotonic() - p0:.0f} s")
+            save()
+        bed.check()
+        t_down = time.monotonic()
+        agent.call("stop")
+        machine.join(timeout=300)
+        procs.close()
+        result["teardown_seconds"] = round(time.monotonic() - t_down, 1)
+    finally:
+        if agent is not None:
+            with contextlib.suppress(BedError):
+                agent.call("stop", timeout=30)
+            agent.close()
+        if machine is not None:
+            machine.join(timeout=300)  # its own timeout kills QEMU at the latest
+        procs.close()
+
 
 def run(results: Path, wheels: Path, phases: Sequence[str], zk_servers: int,
-        progress: Echo = _progress) -> dict[str, Any]:
+        timeout: float, progress: Echo = _progress) -> dict[str, Any]:
     """Sets the bed up, runs ``phases`` in order (stopping at the first failure), tears it
     down; returns the result (``passed`` and per phase its seconds and findings)."""
     manifest = json.loads((wheels / WHEELS_MANIFEST).read_text())
-    logs = results / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
+    (results / "logs").mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {"passed": False, "zookeeper_servers": zk_servers, "phases": {}}
     out = results / "result.json"
 
@@ -766,109 +1088,60 @@ def run(results: Path, wheels: Path, phases: Sequence[str], zk_servers: int,
         out.write_text(json.dumps(result, indent=2, default=str) + "\n")
 
     t0 = time.monotonic()
+    find_image()  # before anything starts: a bed without its image is one clear line
     workdir = Path(tempfile.mkdtemp(prefix="lvsctl-deploybed-"))
-    procs = Processes()
-    image = find_image()
-    bed: Bed | None = None
     try:
-        with HostBed(image, DIRECTORS, workdir / "hosts", progress) as hosts:
-            zk_hosts = start_ensemble(procs, workdir, zk_servers, logs)
-            procs.start("wheel server", [sys.executable, "-m", "http.server", "--bind",
-                                         CONTROLLER_ADDRESS, "--directory", str(wheels),
-                                         str(WHEEL_PORT)], logs / "wheel-server.log")
-            client_ns = hosts.attach_namespace("client", CLIENT_ADDRESS)
-            bed = Bed(hosts, results, workdir, wheels, manifest, zk_hosts, client_ns, procs,
-                      progress)
-            cluster = workdir / "cluster.yaml"
-            cluster.write_text(json.dumps(cluster_document(zk_hosts), indent=2) + "\n")
-            _start_realservers(bed, cluster)
-            hosts.wait_running(timeout=900)
-            result["zookeeper"] = wait_ensemble(zk_hosts, procs, timeout=300)
-            result["setup_seconds"] = round(time.monotonic() - t0, 1)
-            progress(f"bed ready after {result['setup_seconds']} s: {result['zookeeper']}")
-            save()
-            for name in phases:
-                p0 = time.monotonic()
-                progress(f"== phase {name}")
-                try:
-                    found = PHASES[name](bed)
-                except (LvsctlError, subprocess.TimeoutExpired) as exc:
-                    result["phases"][name] = {"passed": False, "error": str(exc),
-                                              "seconds": round(time.monotonic() - p0, 1)}
-                    progress(f"phase {name} FAILED: {exc}")
-                    bed.collect()
-                    save()
-                    break
-                result["phases"][name] = {"passed": True, **found,
-                                          "seconds": round(time.monotonic() - p0, 1)}
-                progress(f"phase {name} passed in {time.monotonic() - p0:.0f} s")
-                save()
-            procs.check()
-            t_down = time.monotonic()
-            procs.close()
-        result["teardown_seconds"] = round(time.monotonic() - t_down, 1)
+        with controller_network() as (ctl, client_ns), entered(ctl):
+            _run_in_controller(result, save, results, workdir, client_ns, wheels, manifest,
+                               phases, zk_servers, timeout, progress)
+    except LvsctlError as exc:
+        result["error"] = str(exc)
+        progress(f"FAILED: {exc}")
     finally:
-        procs.close()
         shutil.rmtree(workdir, ignore_errors=True)
         result["total_seconds"] = round(time.monotonic() - t0, 1)
-        result["passed"] = (len(result["phases"]) == len(phases)
+        result["passed"] = ("error" not in result and len(result["phases"]) == len(phases)
                             and all(p["passed"] for p in result["phases"].values()))
         save()
     return result
 
 
-def _start_realservers(bed: Bed, cluster: Path) -> None:
-    """Each real server in a namespace of its own, set up by the project's own rendered
-    script (the VIP on lo, ARP settings), serving HTTP on every service's port."""
-    from lvsctl.core.config import load_cluster
-    from lvsctl.templates.render import render_shell, setup_for
-
-    loaded = load_cluster(cluster)
-    for name, address in REALSERVERS.items():
-        netns = bed.hosts.attach_namespace(name, address)
-        script = bed.workdir / f"{name}-setup.sh"
-        script.write_text(next(iter(render_shell(setup_for(loaded.cluster, name)).values())))
-        proc = subprocess.run(["ip", "netns", "exec", netns, "bash", str(script), "up"],
-                              capture_output=True, text=True, timeout=120,
-                              env={**os.environ, "LVSCTL_STATE_DIR": str(bed.workdir / name)})
-        if proc.returncode != 0:
-            raise BedError(f"{name}: setup.sh up failed: {proc.stderr.strip()[-300:]}")
-        bed.procs.start(f"real server {name}", [
-            "ip", "netns", "exec", netns, sys.executable, "-m", "lvsctl.testbed.deploybed",
-            "serve", name, *map(str, SERVICES.values())], bed.logs / f"{name}.log")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lvsctl.testbed.deploybed")
     sub = parser.add_subparsers(dest="what", required=True)
-    wheels = sub.add_parser("wheels", help="build the wheels into DIR; on the host")
+    wheels = sub.add_parser("wheels", help="build the wheels into DIR")
     wheels.add_argument("output", type=Path)
-    bed = sub.add_parser("run", help="run the bed; in the kernel VM, as root")
+    bed = sub.add_parser("run", help="run the bed (root; boots the kernel VM)")
     bed.add_argument("--results", type=Path, required=True)
     bed.add_argument("--wheels", type=Path, required=True)
     bed.add_argument("--phases", default=",".join(PHASES),
                      help=f"comma-separated, in order, from {','.join(PHASES)}")
     bed.add_argument("--zookeeper-servers", type=int, choices=(1, 3), default=3)
-    serve = sub.add_parser("serve", help="a real server's HTTP service (internal)")
-    serve.add_argument("name")
-    serve.add_argument("ports", type=int, nargs="+")
-    serve.add_argument("--duration", type=float, default=7200)
+    bed.add_argument("--timeout", type=float, default=3600,
+                     help="seconds the VM may run at most")
+    inside = sub.add_parser("guest", help="the guest side, in the kernel VM (internal)")
+    inside.add_argument("--workdir", type=Path, required=True)
+    inside.add_argument("--logs", type=Path, required=True)
+    inside.add_argument("--timeout", type=float, required=True)
     args = parser.parse_args(argv)
     try:
         if args.what == "wheels":
             print(json.dumps(build_wheels(args.output)))
             return 0
-        if args.what == "serve":
-            serve_http(args.name, args.ports, args.duration)
+        if args.what == "guest":
+            os.chdir(repo_root())  # the VIP watchers run as `python -m failover.vipwatch`
+            guest(args.workdir, args.logs, args.timeout)
             return 0
         phases = [p for p in args.phases.split(",") if p]
         unknown = [p for p in phases if p not in PHASES]
         if unknown:
             parser.error(f"--phases: unknown {unknown}; expected some of {list(PHASES)}")
-        os.chdir(repo_root())  # the probe and VIP watchers run as `python -m failover.X`
+        if os.geteuid() != 0:
+            raise BedError("the deploy test bed needs root (namespaces, a tap, the VM)")
+        os.chdir(repo_root())  # the probe runs as `python -m failover.probe`
         # Absolute: Ansible resolves a relative source path against its role, not this folder.
         result = run(args.results.resolve(), args.wheels.resolve(), phases,
-                     args.zookeeper_servers)
+                     args.zookeeper_servers, args.timeout)
     except (LvsctlError, OSError, subprocess.SubprocessError) as exc:
         print(f"deploy-bed: {exc}", file=sys.stderr)
         return 1

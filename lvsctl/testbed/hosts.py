@@ -1,24 +1,25 @@
 """Deploy test-bed hosts: Debian 12 containers with systemd as PID 1, reached only over SSH.
 
 A host is a ``systemd-nspawn --boot`` container started inside the kernel VM (so it has the real
-kernel's IPVS in its own network namespace), on a bridge of the VM's root namespace, where the
-controller (Ansible) runs. Its root file system is one Debian 12 image built on the host with
-``mmdebstrap`` and cached in the VM cache folder under a key of its recipe; each host boots it
-as the lower layer of an overlay whose upper layer is a tmpfs of its own, so hosts never share
-writes, a run leaves the image untouched, and what a host wrote survives its reboot or a kill
-of its container (as a disk would) until the bed is torn down.
+kernel's IPVS in its own network namespace), on a bridge in the VM that the VM's NIC joins to a
+tap on the machine, where the controller (Ansible, at native speed) runs. Its root file system
+is one Debian 12 image built on the machine with ``mmdebstrap`` and cached in the VM cache
+folder under a key of its recipe; each host boots it as the lower layer of an overlay whose
+upper layer is a tmpfs of its own, so hosts never share writes, a run leaves the image
+untouched, and what a host wrote survives its reboot or a kill of its container (as a disk
+would) until the bed is torn down.
 
 Per run, a fresh SSH key pair for the controller and a fresh host key per host are generated,
 so the controller checks host keys strictly (a ``known_hosts`` written from them).
 
 Two sides:
 
-* on the host (network to Debian's mirrors, root): :func:`build_image`;
+* on the machine (network to Debian's mirrors, root): :func:`build_image`, and
+  :class:`HostAccess`, the controller's keys, SSH and inventory;
 * in the kernel VM (root, the image visible read-only through the VM's 9p share):
-  :class:`HostBed`, which starts, reaches and tears down the hosts.
+  :class:`HostBed`, which starts, kills, powers on and tears down the containers.
 
-``python -m lvsctl.testbed.hosts image`` builds the image; ``python -m lvsctl.testbed.hosts
-smoke`` (in the VM) boots hosts, pings them with Ansible and writes timings as JSON.
+``python -m lvsctl.testbed.hosts image`` builds the image.
 """
 
 from __future__ import annotations
@@ -187,8 +188,15 @@ def build_image(directory: str | os.PathLike[str] | None = None, *,
 
 # -- the hosts ------------------------------------------------------------------------------
 
-SUBNET = "192.0.2"  # TEST-NET-1: only inside the VM's own bridge
+SUBNET = "192.0.2"  # TEST-NET-1: only on the bed's own bridge (a host namespace and the VM)
 CONTROLLER_ADDRESS = f"{SUBNET}.1"
+# The VM's own address on the bridge: where the guest side of a bed answers its controller.
+GUEST_ADDRESS = f"{SUBNET}.254"
+
+
+def host_addresses(names: Sequence[str]) -> dict[str, str]:
+    """Each host's address on the bridge, in the order of ``names`` (from .2 up)."""
+    return {name: f"{SUBNET}.{i}" for i, name in enumerate(names, start=2)}
 
 
 def _run(argv: Sequence[str], *, timeout: float = 60, check: bool = True,
@@ -216,17 +224,135 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def _meminfo_mib(name: str = "MemAvailable") -> int:
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key == name:
-            return int(value.split()[0]) >> 10
-    raise HostsError(f"/proc/meminfo has no {name}")
+@dataclass
+class HostAccess:
+    """The controller's side of the hosts: its key pair, each host's key (made here, bound into
+    the host by the guest side: ``HostBed``), ``known_hosts``, SSH and an Ansible inventory.
+
+    ``folder`` is shared with the guest side; ``generate`` fills it once per run.
+    """
+
+    folder: Path
+    names: Sequence[str]
+    progress: Echo = _progress
+
+    @property
+    def addresses(self) -> dict[str, str]:
+        return host_addresses(self.names)
+
+    @property
+    def key(self) -> Path:
+        return self.folder / "id_ed25519"
+
+    @property
+    def known_hosts(self) -> Path:
+        return self.folder / "known_hosts"
+
+    def host_key(self, name: str) -> Path:
+        return self.folder / name / "ssh_host_ed25519_key"
+
+    @property
+    def authorized_keys(self) -> Path:
+        return self.folder / "authorized_keys"
+
+    def generate(self) -> None:
+        """A fresh controller key pair, a fresh host key per host, ``known_hosts`` from them."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "lvsctl-deploy-controller",
+              "-f", str(self.key)])
+        shutil.copy(f"{self.key}.pub", self.authorized_keys)
+        os.chmod(self.authorized_keys, 0o644)
+        known = []
+        for name, address in self.addresses.items():
+            self.host_key(name).parent.mkdir()
+            _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name,
+                  "-f", str(self.host_key(name))])
+            kind, key = Path(f"{self.host_key(name)}.pub").read_text().split()[:2]
+            known.append(f"{address} {kind} {key}\n")
+        self.known_hosts.write_text("".join(known))
+
+    def ssh_argv(self, name: str, command: Sequence[str], *, connect_timeout: int = 10,
+                 ) -> list[str]:
+        """ssh as the admin user with this run's key and strict host-key checking."""
+        return ["ssh", "-i", str(self.key), "-o", "BatchMode=yes",
+                "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={self.known_hosts}",
+                "-o", f"ConnectTimeout={connect_timeout}", "-o", "LogLevel=ERROR",
+                f"{ADMIN_USER}@{self.addresses[name]}", "--", *command]
+
+    def ssh(self, name: str, command: Sequence[str], *, timeout: float = 120,
+            check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Runs ``command`` on host ``name`` (words joined by the remote shell: pass no
+        untrusted values)."""
+        return _run(self.ssh_argv(name, command), timeout=timeout, check=check)
+
+    def wait_hosts(self, names: Sequence[str], timeout: float = 300,
+                   alive: Callable[[], None] | None = None) -> dict[str, dict[str, object]]:
+        """Waits until sshd answers on each of ``names``, then for ``systemctl
+        is-system-running --wait``: ``running`` or ``degraded`` ends the wait.
+
+        ``alive`` is called between tries and raises when a host can no longer come (its
+        container exited). Returns per host the seconds to SSH and to running, and the state;
+        raises HostsError when the time is up or a host's boot failed.
+        """
+        t0 = time.monotonic()
+        deadline = t0 + timeout
+        found: dict[str, dict[str, object]] = {}
+        for name in names:
+            while True:
+                if alive is not None:
+                    alive()
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise HostsError(f"{name}: no SSH after {timeout:.0f} s")
+                try:
+                    probe = self.ssh(name, ["true"], timeout=max(5.0, min(left, 30.0)),
+                                     check=False)
+                except subprocess.TimeoutExpired:
+                    continue  # sshd accepted but did not finish the login in time: booting
+                if probe.returncode == 0:
+                    found[name] = {"ssh_seconds": round(time.monotonic() - t0, 1)}
+                    self.progress(f"{name}: SSH answers after {found[name]['ssh_seconds']} s")
+                    break
+                time.sleep(1.0)
+        for name in names:
+            left = max(5.0, deadline - time.monotonic())
+            # --wait returns once the boot is over: running, or degraded with failed units.
+            state = self.ssh(name, ["systemctl", "is-system-running", "--wait"], timeout=left,
+                             check=False).stdout.strip()
+            found[name].update(state=state, running_seconds=round(time.monotonic() - t0, 1))
+            if state not in ("running", "degraded"):
+                raise HostsError(f"{name}: systemctl is-system-running says {state!r}")
+            if state == "degraded":
+                failed = self.ssh(name, ["systemctl", "--failed", "--no-legend", "--plain"],
+                                  check=False).stdout.strip().replace("\n", "; ")
+                self.progress(f"{name}: degraded, failed units: {failed}")
+            self.progress(f"{name}: {state} after {found[name]['running_seconds']} s")
+        return found
+
+    def inventory(self, path: Path, group: str = "lvsctl_directors",
+                  group_vars: dict[str, object] | None = None) -> Path:
+        """Writes an Ansible inventory (YAML; JSON is YAML) of the hosts, reached over SSH."""
+        ssh_args = (f"-o StrictHostKeyChecking=yes -o UserKnownHostsFile={self.known_hosts} "
+                    "-o ConnectTimeout=30")
+        data = {"all": {"children": {group: {"hosts": {
+            name: {"ansible_host": address} for name, address in self.addresses.items()},
+            "vars": {
+                "ansible_user": ADMIN_USER,
+                "ansible_ssh_private_key_file": str(self.key),
+                "ansible_ssh_common_args": ssh_args,
+                "ansible_python_interpreter": "/usr/bin/python3",
+                # sudo and Python start 20-30 times slower on the emulated CPUs than natively:
+                # Ansible's default 10 s for the connection and the become prompt is too short.
+                "ansible_timeout": 120,
+                **(group_vars or {}),
+            }}}}}
+        path.write_text(json.dumps(data, indent=2) + "\n")
+        return path
 
 
 @dataclass
 class Host:
-    """One booted container: its name (also its hostname), address and namespace."""
+    """One container: its name (also its hostname), address and namespace."""
 
     name: str
     address: str
@@ -235,10 +361,6 @@ class Host:
     folder: Path
     process: subprocess.Popen[bytes] | None = None
     mounted: bool = False
-    started: float = 0.0
-    ssh_seconds: float | None = None
-    running_seconds: float | None = None
-    state: str = ""
 
     @property
     def root(self) -> Path:
@@ -248,27 +370,21 @@ class Host:
 
 @dataclass
 class HostBed:
-    """N hosts on one bridge, with the controller's SSH key and known_hosts. A context manager:
-    leaving it stops every container by PID and removes namespaces, links and the bridge."""
+    """The guest side: N hosts on one bridge, which ``uplink`` (the VM's NIC) joins to the
+    controller's side, with the keys ``HostAccess`` made in ``keys``. A context manager: leaving
+    it stops every container by PID and removes namespaces, links and the bridge."""
 
     image: Image
-    names: Sequence[str]
+    keys: HostAccess
     workdir: Path
+    uplink: str
     progress: Echo = _progress
     hosts: list[Host] = field(default_factory=list)
     bridge: str = ""
-    # Namespaces on the bridge that are not hosts (real servers, a client): attach_namespace.
+    # Namespaces on the bridge that are not hosts (real servers): attach_namespace.
     namespaces: list[str] = field(default_factory=list)
     _made_bridge: bool = False
     _tag: int = 0
-
-    @property
-    def key(self) -> Path:
-        return self.workdir / "id_ed25519"
-
-    @property
-    def known_hosts(self) -> Path:
-        return self.workdir / "known_hosts"
 
     def __enter__(self) -> HostBed:
         try:
@@ -282,39 +398,33 @@ class HostBed:
         self.close()
 
     def start(self) -> None:
-        """Makes the bridge, keys and namespaces, and starts every container (not waiting)."""
+        """Makes the bridge (with the uplink and this side's address) and namespaces, and
+        starts every container (not waiting: the controller waits over SSH)."""
         if os.geteuid() != 0:
             raise HostsError("the deploy hosts need root (run them in the kernel VM)")
-        for tool in ("systemd-nspawn", "ssh-keygen", "ssh", "ip"):
+        for tool in ("systemd-nspawn", "ip"):
             if shutil.which(tool) is None:
                 raise HostsError(f"{tool} is not installed (scripts/setup installs it)")
         _ensure_cgroup2()
         tag = self._tag = os.getpid() % 100000
         self.workdir.mkdir(parents=True, exist_ok=True)
-        _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "lvsctl-deploy-controller",
-              "-f", str(self.key)])
         self.bridge = f"lvdbr{tag}"[:15]
         _run(["ip", "link", "add", self.bridge, "type", "bridge"])
         self._made_bridge = True
-        _run(["ip", "addr", "add", f"{CONTROLLER_ADDRESS}/24", "dev", self.bridge])
+        _run(["ip", "link", "set", self.uplink, "master", self.bridge, "up"])
+        _run(["ip", "addr", "add", f"{GUEST_ADDRESS}/24", "dev", self.bridge])
         _run(["ip", "link", "set", self.bridge, "up"])
-        known = []
-        for i, name in enumerate(self.names, start=2):
-            host = Host(name, f"{SUBNET}.{i}", f"lvd{tag}{name}"[:15], f"lvd{tag}v{i}"[:15],
+        for i, (name, address) in enumerate(self.keys.addresses.items(), start=2):
+            host = Host(name, address, f"lvd{tag}{name}"[:15], f"lvd{tag}v{i}"[:15],
                         self.workdir / name)
             self.hosts.append(host)
-            known.append(self._prepare(host))
-        self.known_hosts.write_text("".join(known))
+            self._prepare(host)
         for host in self.hosts:
             self._spawn(host)
 
-    def _prepare(self, host: Host) -> str:
+    def _prepare(self, host: Host) -> None:
         host.folder.mkdir(parents=True, exist_ok=True)
         self._mount_root(host)
-        hostkey = host.folder / "ssh_host_ed25519_key"
-        _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", host.name, "-f", str(hostkey)])
-        shutil.copy(f"{self.key}.pub", host.folder / "authorized_keys")
-        os.chmod(host.folder / "authorized_keys", 0o644)
         _run(["ip", "netns", "add", host.netns])
         _run(["ip", "link", "add", host.veth, "type", "veth", "peer", "name", "eth0",
               "netns", host.netns])
@@ -323,8 +433,6 @@ class HostBed:
         _run(["ip", "-n", host.netns, "addr", "add", f"{host.address}/24", "dev", "eth0"])
         _run(["ip", "-n", host.netns, "link", "set", "eth0", "up"])
         _run(["ip", "-n", host.netns, "route", "add", "default", "via", CONTROLLER_ADDRESS])
-        pub = (host.folder / "ssh_host_ed25519_key.pub").read_text().split()
-        return f"{host.address} {pub[0]} {pub[1]}\n"
 
     def _mount_root(self, host: Host) -> None:
         """The image (read-only, shared) under a tmpfs layer of this host's own. Not nspawn's
@@ -343,6 +451,7 @@ class HostBed:
 
     def _spawn(self, host: Host) -> None:
         home = f"/home/{ADMIN_USER}/.ssh/authorized_keys"
+        hostkey = self.keys.host_key(host.name)
         argv = [
             "systemd-nspawn", "--quiet", "--boot", f"--directory={host.root}",
             f"--machine={host.name}",
@@ -353,78 +462,26 @@ class HostBed:
             # (--private-network); a director host needs it for VIPs and IPVS.
             "--capability=CAP_NET_ADMIN",
             "--console=pipe",
-            f"--bind-ro={host.folder / 'ssh_host_ed25519_key'}:/etc/ssh/ssh_host_ed25519_key",
-            f"--bind-ro={host.folder / 'ssh_host_ed25519_key.pub'}:"
-            "/etc/ssh/ssh_host_ed25519_key.pub",
-            f"--bind-ro={host.folder / 'authorized_keys'}:{home}",
+            f"--bind-ro={hostkey}:/etc/ssh/ssh_host_ed25519_key",
+            f"--bind-ro={hostkey}.pub:/etc/ssh/ssh_host_ed25519_key.pub",
+            f"--bind-ro={self.keys.authorized_keys}:{home}",
         ]
         log = open(host.folder / "console.log", "ab")  # noqa: SIM115 - kept by the process
-        host.started = time.monotonic()
         host.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
                                         stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
         self.progress(f"{host.name}: started (nspawn PID {host.process.pid}, {host.address})")
 
-    def ssh_argv(self, host: Host, command: Sequence[str], *, connect_timeout: int = 10,
-                 ) -> list[str]:
-        """ssh as the admin user with this run's key and strict host-key checking."""
-        return ["ssh", "-i", str(self.key), "-o", "BatchMode=yes",
-                "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={self.known_hosts}",
-                "-o", f"ConnectTimeout={connect_timeout}", "-o", "LogLevel=ERROR",
-                f"{ADMIN_USER}@{host.address}", "--", *command]
-
-    def ssh(self, host: Host, command: Sequence[str], *, timeout: float = 120,
-            check: bool = True) -> subprocess.CompletedProcess[str]:
-        """Runs ``command`` (words joined by the remote shell: pass no untrusted values)."""
-        return _run(self.ssh_argv(host, command), timeout=timeout, check=check)
-
-    def wait_running(self, timeout: float = 300) -> None:
-        """Waits until sshd answers on every host, then for ``systemctl is-system-running``.
-
-        ``running`` or ``degraded`` ends the wait (the state is kept per host); raises
-        HostsError when a container exited or the time is up.
-        """
-        self.wait_hosts(self.hosts, timeout)
-
-    def wait_hosts(self, hosts: Sequence[Host], timeout: float = 300) -> None:
-        """``wait_running`` for some of the hosts (e.g. one that was started again)."""
-        deadline = time.monotonic() + timeout
-        for host in hosts:
-            while True:
-                if host.process is not None and host.process.poll() is not None:
-                    raise HostsError(f"{host.name}: the container exited "
-                                     f"({host.process.returncode}); see {host.folder}/console.log")
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise HostsError(f"{host.name}: no SSH after {timeout:.0f} s")
-                try:
-                    probe = self.ssh(host, ["true"], timeout=max(5.0, min(left, 30.0)),
-                                     check=False)
-                except subprocess.TimeoutExpired:
-                    continue  # sshd accepted but did not finish the login in time: booting
-                if probe.returncode == 0:
-                    host.ssh_seconds = time.monotonic() - host.started
-                    self.progress(f"{host.name}: SSH answers after {host.ssh_seconds:.1f} s")
-                    break
-                time.sleep(1.0)
-        for host in hosts:
-            left = max(5.0, deadline - time.monotonic())
-            # --wait returns once the boot is over: running, or degraded with failed units.
-            state = self.ssh(host, ["systemctl", "is-system-running", "--wait"], timeout=left,
-                             check=False).stdout.strip()
-            host.state = state
-            host.running_seconds = time.monotonic() - host.started
-            if state not in ("running", "degraded"):
-                raise HostsError(f"{host.name}: systemctl is-system-running says {state!r}")
-            if state == "degraded":
-                failed = self.ssh(host, ["systemctl", "--failed", "--no-legend", "--plain"],
-                                  check=False).stdout.strip().replace("\n", "; ")
-                self.progress(f"{host.name}: degraded, failed units: {failed}")
-            self.progress(f"{host.name}: {state} after {host.running_seconds:.1f} s")
+    def check(self) -> None:
+        """Raises HostsError when a container that should run has exited."""
+        for host in self.hosts:
+            if host.process is not None and host.process.poll() is not None:
+                raise HostsError(f"{host.name}: the container exited "
+                                 f"({host.process.returncode}); see {host.folder}/console.log")
 
     def attach_namespace(self, label: str, address: str) -> str:
         """A plain network namespace (no container) with ``eth0`` at ``address``/24 on the
-        bridge, e.g. for a real server or a client; returns its name. Removed by ``close``."""
+        bridge, e.g. for a real server; returns its name. Removed by ``close``."""
         netns = f"lvd{self._tag}{label}"[:15]
         veth = f"lvd{self._tag}n{len(self.namespaces)}"[:15]
         _run(["ip", "netns", "add", netns])
@@ -470,31 +527,10 @@ class HostBed:
 
     def power_on(self, host: Host) -> None:
         """Boots a host whose container has exited, on the same root file system (what it
-        installed is still there). Does not wait: ``wait_hosts``."""
+        installed is still there). Does not wait."""
         if host.process is not None and host.process.poll() is None:
             raise HostsError(f"{host.name}: the container is still running")
         self._spawn(host)
-
-    def inventory(self, path: Path, group: str = "lvsctl_directors",
-                  host_vars: dict[str, dict[str, object]] | None = None,
-                  group_vars: dict[str, object] | None = None) -> Path:
-        """Writes an Ansible inventory (YAML; JSON is YAML) of the hosts, reached over SSH."""
-        ssh_args = (f"-o StrictHostKeyChecking=yes -o UserKnownHostsFile={self.known_hosts} "
-                    "-o ConnectTimeout=30")
-        hosts = {h.name: {"ansible_host": h.address, **(host_vars or {}).get(h.name, {})}
-                 for h in self.hosts}
-        data = {"all": {"children": {group: {"hosts": hosts, "vars": {
-            "ansible_user": ADMIN_USER,
-            "ansible_ssh_private_key_file": str(self.key),
-            "ansible_ssh_common_args": ssh_args,
-            "ansible_python_interpreter": "/usr/bin/python3",
-            # sudo and Python start 20-30 times slower under TCG than natively: Ansible's
-            # default 10 s for the connection and the become prompt is too short.
-            "ansible_timeout": 120,
-            **(group_vars or {}),
-        }}}}}
-        path.write_text(json.dumps(data, indent=2) + "\n")
-        return path
 
     def close(self) -> None:
         """Stops every container (SIGTERM: a clean halt, then SIGKILL to what is left), removes
@@ -536,77 +572,15 @@ def _ensure_cgroup2() -> None:
     _run(["mount", "-t", "cgroup2", "cgroup2", str(cgroup)])
 
 
-# -- the smoke run --------------------------------------------------------------------------
-
-
-def ansible_ping(bed: HostBed, timeout: float = 600) -> float:
-    """Ansible's ping module on every host from the controller side; returns its seconds.
-    Raises HostsError unless every host answered."""
-    inventory = bed.inventory(bed.workdir / "inventory.json")
-    env = {**os.environ, "ANSIBLE_HOST_KEY_CHECKING": "True", "ANSIBLE_NOCOLOR": "1",
-           "ANSIBLE_LOCAL_TEMP": str(bed.workdir / "ansible-tmp"),
-           "ANSIBLE_PYTHON_INTERPRETER": "/usr/bin/python3",
-           # One SSH session per task instead of several: each costs seconds under TCG.
-           "ANSIBLE_PIPELINING": "True"}
-    t0 = time.monotonic()
-    proc = subprocess.run(
-        ["ansible", "-i", str(inventory), "lvsctl_directors", "-m", "ansible.builtin.ping",
-         "--one-line"],
-        capture_output=True, text=True, timeout=timeout, env=env, stdin=subprocess.DEVNULL)
-    seconds = time.monotonic() - t0
-    out = proc.stdout.strip().splitlines()
-    for line in out:
-        bed.progress(f"ansible: {line}")
-    pongs = [line for line in out if '"ping": "pong"' in line and "SUCCESS" in line]
-    if proc.returncode != 0 or len(pongs) != len(bed.hosts):
-        raise HostsError(f"ansible ping: {len(pongs)} of {len(bed.hosts)} hosts answered "
-                         f"(exit {proc.returncode}): {proc.stderr.strip()[-300:]}")
-    return seconds
-
-
-def smoke(names: Sequence[str], workdir: Path, progress: Echo = _progress) -> dict[str, object]:
-    """Boots ``names``, waits until each is running, pings them with Ansible, stops them.
-
-    Returns the timings (seconds since each container started) and memory; raises HostsError.
-    """
-    image = find_image()
-    before = _meminfo_mib()
-    t0 = time.monotonic()
-    result: dict[str, object] = {"image": image.key, "hosts": len(names),
-                                 "image_build_seconds": image.build_seconds}
-    with HostBed(image, names, workdir, progress) as bed:
-        bed.wait_running()
-        result["all_running_seconds"] = round(time.monotonic() - t0, 1)
-        result["memory_used_mib"] = before - _meminfo_mib()
-        result["per_host"] = {h.name: {"ssh_seconds": round(h.ssh_seconds or 0, 1),
-                                       "running_seconds": round(h.running_seconds or 0, 1),
-                                       "state": h.state} for h in bed.hosts}
-        result["ansible_ping_seconds"] = round(ansible_ping(bed), 1)
-        t_stop = time.monotonic()
-    result["teardown_seconds"] = round(time.monotonic() - t_stop, 1)
-    result["total_seconds"] = round(time.monotonic() - t0, 1)
-    return result
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lvsctl.testbed.hosts")
     sub = parser.add_subparsers(dest="what", required=True)
-    sub.add_parser("image", help="build (or find) the host image; on the host")
-    run = sub.add_parser("smoke", help="boot hosts, ping them with Ansible; in the kernel VM")
-    run.add_argument("--hosts", default="lb1,lb2", help="comma-separated host names")
-    run.add_argument("--json", type=Path, help="write the timings to this file")
+    sub.add_parser("image", help="build (or find) the host image; on the host, as root")
     args = parser.parse_args(argv)
     try:
         if args.what == "image":
             image = build_image()
             print(json.dumps(dataclasses.asdict(image), default=str))
-            return 0
-        with tempfile.TemporaryDirectory(prefix="lvsctl-hosts-") as tmp:
-            result = smoke([n for n in args.hosts.split(",") if n], Path(tmp))
-        text = json.dumps(result, indent=2)
-        print(text)
-        if args.json:
-            args.json.write_text(text + "\n")
         return 0
     except (HostsError, subprocess.TimeoutExpired) as exc:
         print(f"hosts: {exc}", file=sys.stderr)
