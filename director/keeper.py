@@ -101,7 +101,7 @@ class Supervision:
     backoff_max: float = 10.0
     stable_after: float = 30.0
     stop_timeout: float = 5.0  # a stopping worker's last records, then SIGKILL
-    handover_timeout: float = 1.0  # the sync daemon's handover before the znode goes
+    handover_timeout: float = 1.0  # the wait for the sync daemon's handover at a stop
     exit_grace: float = 2.0  # from a closed channel to the worker's exit, then SIGKILL
 
 
@@ -509,24 +509,32 @@ class Keeper:
         if self.election is not None:
             await self.election.stepdown(release=lambda: self.release_all("stepdown"))
 
-    async def _handover(self) -> None:
-        """Ask the worker to put the sync daemon in backup; wait a moment for its answer."""
+    def _ask_handover(self) -> bool:
+        """Ask the worker to put the sync daemon in backup; False when there is no worker."""
         if self._channel is None or self._channel.closed:
-            return
+            return False
         self._handed_over.clear()
         self._send(Handover(self.epoch))
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._handed_over.wait(), self.supervision.handover_timeout)
+        return True
 
     async def shutdown(self) -> None:
-        """Graceful stop: release, hand over, delete the znode, then stop the worker."""
+        """Graceful stop: release, ask for the handover, delete the znode, wait a moment for
+        the handover's answer, then stop the worker."""
         self.notify("STOPPING=1")
         log.info("stopping: stepping down", extra={"event": "stopping"})
         self.release_all("stopping")
-        await self._handover()
+        # The znode goes without waiting for the worker's answer: the other director's
+        # takeover, and so the clients' outage, must not include that round trip. The worker
+        # has the request first, and the other director's worker can start its master only
+        # after it has won, confirmed and been told, so the daemon still changes hands in order.
+        asked = self._ask_handover()
         if self.election is not None:
             # Bounded by itself: releasing is local, deleting the znode waits at most 2 s.
             await self.election.stop(release=lambda: self.release_all("stopping"))
+        if asked:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._handed_over.wait(),
+                                       self.supervision.handover_timeout)
         if self.peer is not None:
             await self.peer.stop()
         self.publish(force=True)

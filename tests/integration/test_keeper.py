@@ -292,6 +292,32 @@ def test_acquires_renews_announces_and_records_without_a_log_line_per_renewal(
     assert client.get_children(f"/lvsctl/{harness.cluster}/election") == []
 
 
+def test_a_graceful_stop_deletes_the_znode_without_waiting_for_the_handover(
+        harness: Harness, client: KazooClient) -> None:
+    """The other director's takeover must not wait for the worker's sync-daemon handover: the
+    VIPs go, the worker is asked, and the znode goes while the answer is still outstanding."""
+    launcher = Launcher(harness.config(), answer_handover=False)
+    keeper = harness.keeper(client, launcher, supervision=Supervision(handover_timeout=60.0))
+    election = f"/lvsctl/{harness.cluster}/election"
+
+    async def scenario() -> None:
+        task = asyncio.create_task(keeper.run())
+        await until(lambda: holds(keeper, harness), "the VIP held")
+        assert client.get_children(election)
+        keeper.stop()
+        await until(lambda: any(isinstance(m, Handover) for m in launcher.worker.got),
+                    "the handover asked")
+        await until(lambda: not client.get_children(election),
+                    "the znode deleted while the handover is unanswered")
+        assert harness.vips.expires == {}
+        assert not task.done()  # still waiting for the answer (bounded by handover_timeout)
+        epoch = next(m.epoch for m in launcher.worker.got if isinstance(m, Handover))
+        launcher.worker.send(HandedOver(epoch))
+        assert await asyncio.wait_for(task, 30) == 0
+
+    asyncio.run(scenario())
+
+
 def test_a_renewal_that_comes_too_late_after_a_freeze_is_not_sent(
         harness: Harness, client: KazooClient) -> None:
     launcher = Launcher(harness.config())
