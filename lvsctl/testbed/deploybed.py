@@ -68,6 +68,14 @@ class BedError(LvsctlError):
     """A step of the deploy test bed failed (the message says which and what was seen)."""
 
 
+class PhaseFailed(BedError):
+    """A phase ran to its end and found something wrong; ``findings`` is what it measured."""
+
+    def __init__(self, message: str, findings: Mapping[str, Any]) -> None:
+        super().__init__(message)
+        self.findings = dict(findings)
+
+
 def _progress(line: str) -> None:
     print(f"deploy-bed: {line}", file=sys.stderr, flush=True)
 
@@ -780,19 +788,20 @@ def phase_hardening(bed: Bed) -> dict[str, Any]:
         writes = {}
         # Root in the director's mount namespace: only a read-only mount can refuse it, so a
         # refusal is the unit's ProtectSystem=, not a file's owner. Then the daemon's own user
-        # in its state directory, which must work.
+        # in its state directory, which must work. --root: the director's own root, not the
+        # base of its mount tree (in a container that is the machine's).
         for path in ("/etc", "/etc/lvsctl", "/opt/lvsctl/venv", "/usr/local/bin", "/var/lib",
                      "/var/log"):
-            probe = bed.ssh(host, ["sudo", "nsenter", f"--target={pid}", "--mount", "--",
-                                         "touch", f"{path}/.lvsctl-bed-probe"], check=False)
+            probe = bed.ssh(host, ["sudo", "nsenter", f"--target={pid}", "--mount", "--root",
+                                   "--", "touch", f"{path}/.lvsctl-bed-probe"], check=False)
             writes[path] = "refused" if probe.returncode != 0 else "WRITTEN"
             if probe.returncode == 0 or "Read-only file system" not in probe.stderr:
                 raise BedError(f"{host}: a write to {path} in the director's view: "
                                f"exit {probe.returncode} {probe.stderr.strip()!r}")
-        state = bed.ssh(host, ["sudo", "nsenter", f"--target={pid}", "--mount",
-                                     f"--setuid={uid}", f"--setgid={gid}", "--", "sh", "-c",
-                                     "'touch /var/lib/lvsctl/.bed-probe && "
-                                     "rm /var/lib/lvsctl/.bed-probe'"], check=False)
+        state = bed.ssh(host, ["sudo", "nsenter", f"--target={pid}", "--mount", "--root",
+                               f"--setuid={uid}", f"--setgid={gid}", "--", "sh", "-c",
+                               "'touch /var/lib/lvsctl/.bed-probe && "
+                               "rm /var/lib/lvsctl/.bed-probe'"], check=False)
         writes["/var/lib/lvsctl"] = "written" if state.returncode == 0 else "REFUSED"
         if state.returncode != 0:
             raise BedError(f"{host}: the director's user cannot write its state "
@@ -831,7 +840,8 @@ def phase_rolling(bed: Bed) -> dict[str, Any]:
         raise BedError(f"before the upgrade lvsctl status shows {roles}")
     active = next(name for name, role in roles.items() if role == "ACTIVE")
     standby = next(name for name, role in roles.items() if role == "STANDBY")
-    started = time.monotonic()
+    # The unit's start time on each host, by the VM's clock: a new one means a restart.
+    starts = {h: bed.unit(h)["ExecMainStartTimestampMonotonic"] for h in DIRECTORS}
     wall = time.time()
     with watched(bed, duration=3000) as found:
         run = bed.playbook("rolling.yml", {"lvsctl_wheel": str(bed.wheels /
@@ -839,7 +849,7 @@ def phase_rolling(bed: Bed) -> dict[str, Any]:
     summary = _summary(found)
     takeover = _takeover(found, standby, wall)
     versions = {h: bed.installed_version(h) for h in DIRECTORS}
-    restarted = {h: int(bed.unit(h)["ExecMainStartTimestampMonotonic"]) / 1e6 > started
+    restarted = {h: bed.unit(h)["ExecMainStartTimestampMonotonic"] != starts[h]
                  for h in DIRECTORS}
     after = bed.wait_roles({standby: "ACTIVE", active: "STANDBY"}, DIRECTORS[0], timeout=120)
     result = {"playbook": run, "before": {"active": active, "standby": standby},
@@ -854,9 +864,8 @@ def phase_rolling(bed: Bed) -> dict[str, Any]:
         problems.append(f"the VIP was on both for {summary['overlap_ms']} ms")
     if set(versions.values()) != {bed.manifest["upgrade_version"]} or not all(restarted.values()):
         problems.append(f"versions {versions}, restarted since the upgrade began {restarted}")
-    result["passed"] = not problems
     if problems:
-        raise BedError("rolling upgrade: " + "; ".join(problems))
+        raise PhaseFailed("rolling upgrade: " + "; ".join(problems), result)
     return result
 
 
@@ -883,9 +892,10 @@ def _failure(bed: Bed, kind: str, inject: Callable[[str], None],
     if kind == "kill":
         result["systemd_restarts"] = int(bed.unit(victim).get("NRestarts", "0")) - restarts
         if result["systemd_restarts"] < 1:
-            raise BedError(f"kill: systemd did not restart {victim}'s director")
+            raise PhaseFailed(f"kill: systemd did not restart {victim}'s director", result)
     if found["overlaps"]:
-        raise BedError(f"{kind}: the VIP was on both directors for {result['overlap_ms']} ms")
+        raise PhaseFailed(f"{kind}: the VIP was on both directors for {result['overlap_ms']} ms",
+                          result)
     return result
 
 
@@ -918,9 +928,14 @@ def phase_failures(bed: Bed) -> dict[str, Any]:
             raise BedError(f"reboot: {host}'s container exited {code}, not 133")
         power_on(host)
 
-    return {"kill": _failure(bed, "kill", kill, restarted),
-            "host_stop": _failure(bed, "host_stop", pull_plug, power_on),
-            "reboot": _failure(bed, "reboot", reboot, reboots)}
+    found: dict[str, Any] = {}
+    for kind, inject, recover in (("kill", kill, restarted), ("host_stop", pull_plug, power_on),
+                                  ("reboot", reboot, reboots)):
+        try:
+            found[kind] = _failure(bed, kind, inject, recover)
+        except PhaseFailed as exc:
+            raise PhaseFailed(str(exc), {**found, kind: exc.findings}) from None
+    return found
 
 
 PHASES: dict[str, Callable[[Bed], dict[str, Any]]] = {
@@ -1049,7 +1064,8 @@ def _run_in_controller(result: dict[str, Any], save: Callable[[], None], results
             try:
                 found = PHASES[name](bed)
             except (LvsctlError, subprocess.TimeoutExpired) as exc:
-                result["phases"][name] = {"passed": False, "error": str(exc),
+                findings = exc.findings if isinstance(exc, PhaseFailed) else {}
+                result["phases"][name] = {"passed": False, "error": str(exc), **findings,
                                           "seconds": round(time.monotonic() - p0, 1)}
                 progress(f"phase {name} FAILED: {exc}")
                 bed.collect()
