@@ -187,11 +187,6 @@ class KernelVips:
                 present.add(str(ipaddress.ip_address(address)))
         return frozenset(present)
 
-    def mac(self, ifname: str) -> bytes:
-        links = self._call(self._ipr.get_links, self._index(ifname))
-        text = links[0].get_attr("IFLA_ADDRESS") or "00:00:00:00:00:00"
-        return bytes.fromhex(text.replace(":", ""))
-
 
 # ---------------------------------------------------------------------------------------------
 # Announcements: the frames are built here, a few bytes each (RFC 826/5227, RFC 4861 §4.4).
@@ -234,6 +229,20 @@ def announce_frame(mac: bytes, vip: Vip) -> bytes:
     return unsolicited_na_frame(mac, vip.address)
 
 
+def interface_mac(ifname: str) -> bytes:
+    """The hardware address of ``ifname``, as a packet socket bound to it sees it: one socket,
+    no netlink request queued behind the renewals before a takeover's first announcement.
+    Raises KernelError."""
+    try:
+        with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as sock:
+            sock.bind((ifname, 0))
+            mac: bytes = sock.getsockname()[4]
+    except OSError as exc:
+        raise KernelError(f"cannot read the address of {ifname}: {exc.strerror}",
+                          errno=exc.errno) from None
+    return mac
+
+
 def send_frame(ifname: str, frame: bytes) -> None:
     """Send one raw Ethernet frame on ``ifname``. Raises KernelError."""
     try:
@@ -272,13 +281,9 @@ async def announce(
 
 
 class KernelAnnouncer:
-    """Announces VIPs on real interfaces (the keeper's ``Announcer``): the interface's MAC
-    from ``vips``, then ``announce``'s burst."""
-
-    def __init__(self, vips: KernelVips) -> None:
-        self._vips = vips
+    """Announces VIPs on real interfaces (the keeper's ``Announcer``): the interface's MAC,
+    then ``announce``'s burst."""
 
     async def __call__(self, vip: Vip, burst: Announce, still_held: Callable[[], bool]) -> int:
         """Raises KernelError when the interface is gone or a frame cannot be sent."""
-        mac = self._vips.mac(vip.interface)
-        return await announce(vip, mac, burst, still_held=still_held)
+        return await announce(vip, interface_mac(vip.interface), burst, still_held=still_held)

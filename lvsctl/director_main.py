@@ -225,7 +225,7 @@ def run_keeper(node_path: str, *, insecure: bool, worker_argv: Sequence[str]) ->
 
     async def main() -> int:
         keeper = Keeper(
-            node, vips=vips, announcer=KernelAnnouncer(vips),
+            node, vips=vips, announcer=KernelAnnouncer(),
             launcher=launcher, make_peer=make_peer,
             make_election=make_election, zk_connected=lambda: bool(client.connected),
             reload_node=lambda: load_node(node_path), read_secret=read_secret,

@@ -7,12 +7,21 @@ import ipaddress
 import select
 import socket
 import struct
+import subprocess
 import time
 
 import pytest
 
+from lvsctl.core.errors import KernelError
 from lvsctl.core.model import Announce, Vip
-from lvsctl.director.vip import KernelVips, Lease, StaleLease, _checksum, announce
+from lvsctl.director.vip import (
+    KernelVips,
+    Lease,
+    StaleLease,
+    _checksum,
+    announce,
+    interface_mac,
+)
 from lvsctl.testbed.netns import entered as inside
 
 pytestmark = pytest.mark.netns
@@ -111,13 +120,18 @@ def test_garp_and_unsolicited_na_reach_the_other_end(pair):  # type: ignore[no-u
         vips = KernelVips()
         vips.acquire(V4, Lease(5))
         vips.acquire(V6, Lease(5))
-        mac = vips.mac("eth0")
+        mac = interface_mac("eth0")
         burst = Announce(count=3, interval=0.05)
         sent = [asyncio.run(announce(vip, mac, burst)) for vip in (V4, V6)]
         vips.close()
+        with pytest.raises(KernelError, match="cannot read the address of nosuch0"):
+            interface_mac("nosuch0")
     got = frames(sock, 1.0)
     sock.close()
     assert sent == [3, 3]
+    link = subprocess.run(["ip", "-n", a.name, "-o", "link", "show", "eth0"],
+                          capture_output=True, text=True, check=True).stdout
+    assert f"link/ether {mac.hex(':')} " in link
 
     garps = [f for f in got if f[12:14] == b"\x08\x06"]
     assert len(garps) == 3
