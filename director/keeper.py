@@ -290,7 +290,10 @@ class Keeper:
             self.release_all(f"leadership {t.state.value}: {t.reason}")
         self._send_record(LeaderRecord("transition", t.epoch, t.monotonic, t.wall,
                                        state=t.state.value, reason=t.reason))
-        self.publish(force=True)  # the worker moves the sync daemon with the role
+        if t.state is not State.ACTIVE:
+            self.publish(force=True)  # the worker moves the sync daemon with the role
+        # Won: the VIPs first. The state (and with it the sync daemon's move to master) goes
+        # to the worker from the pass that adds them, right after.
 
     def on_config(self, config: LeaderConfig) -> None:
         """A validated VIP set from the worker: VIPs that left it (or moved to another
@@ -499,6 +502,8 @@ class Keeper:
             if self.election is None and self.config is not None:
                 await self._join()
             self.hold_once()
+            if self._announcing:
+                await asyncio.sleep(0)  # a takeover's first announcement before anything else
             self.supervise()
             self.publish()
             await self._wait(RENEW_INTERVAL)
