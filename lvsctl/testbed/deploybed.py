@@ -1126,7 +1126,9 @@ def _run_in_controller(result: dict[str, Any], save: Callable[[], None], results
                 break
             result["phases"][name] = {"passed": True, **found,
                                       "seconds": round(time.monotonic() - p0, 1)}
-            progress(f"phase {name} passed in {time.monotonic() - p0:.0f} s")
+            progress(f"phase {name} passed in {time.monotonic() - p0:.0f} s: "
+                     + json.dumps({k: v for k, v in found.items() if k != "playbook"},
+                                  default=str)[:2000])
             save()
         bed.check()
         t_down = time.monotonic()

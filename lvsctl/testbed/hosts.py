@@ -361,6 +361,7 @@ class Host:
     folder: Path
     process: subprocess.Popen[bytes] | None = None
     mounted: bool = False
+    boots: int = 0
 
     @property
     def root(self) -> Path:
@@ -466,9 +467,18 @@ class HostBed:
             f"--bind-ro={hostkey}.pub:/etc/ssh/ssh_host_ed25519_key.pub",
             f"--bind-ro={self.keys.authorized_keys}:{home}",
         ]
+        # Each boot in a cgroup of its own: nspawn puts the container in a "payload" group
+        # under its own, and a killed container leaves that group behind (and two containers
+        # in one group would share it).
+        host.boots += 1
+        cgroup = CGROUP_ROOT / f"lvsctl-{host.name}-{os.getpid()}-{host.boots}"
+        cgroup.mkdir()
         log = open(host.folder / "console.log", "ab")  # noqa: SIM115 - kept by the process
-        host.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
-                                        stderr=subprocess.STDOUT, start_new_session=True)
+        host.process = subprocess.Popen(
+            ["sh", "-c", 'echo $$ > "$1/cgroup.procs" && shift && exec "$@"', "sh",
+             str(cgroup), *argv],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True)
         log.close()
         self.progress(f"{host.name}: started (nspawn PID {host.process.pid}, {host.address})")
 
@@ -564,12 +574,14 @@ class HostBed:
         self.hosts = []
 
 
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
 def _ensure_cgroup2() -> None:
     """systemd in a container needs a cgroup2 hierarchy; the kernel VM's init mounts none."""
-    cgroup = Path("/sys/fs/cgroup")
-    if (cgroup / "cgroup.controllers").exists():
+    if (CGROUP_ROOT / "cgroup.controllers").exists():
         return
-    _run(["mount", "-t", "cgroup2", "cgroup2", str(cgroup)])
+    _run(["mount", "-t", "cgroup2", "cgroup2", str(CGROUP_ROOT)])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
