@@ -369,8 +369,10 @@ class Agent:
                     self.wfile.write(agent.answer(line))
                     self.wfile.flush()
 
-        socketserver.TCPServer.allow_reuse_address = True
-        with socketserver.TCPServer((address, port), Handler) as server:
+        class Server(socketserver.TCPServer):
+            allow_reuse_address = True
+
+        with Server((address, port), Handler) as server:
             server.timeout = 1.0
             deadline = time.monotonic() + timeout
             while not self.stopped.is_set() and time.monotonic() < deadline:
