@@ -100,7 +100,7 @@ EXPECTED_CAPS = (1 << 12) | (1 << 13)
 # The longest graceful takeover a client probing every 20 ms may see here. On real hardware
 # the bound is 100 ms (bench/failover.py measures the same handover natively: about 45 ms);
 # here the directors run on emulated CPUs, 20-30 times slower, and the same handover
-# measured 100-150 ms in the kernels' view and 160-260 ms at the client. This bound still
+# measured 67-111 ms in the kernels' view and 101-162 ms at the client. This bound still
 # fails a takeover that waits for anything: a handover answer (1 s), a session (4 s).
 MAX_GRACEFUL_OUTAGE = 0.500
 ANSIBLE_DIR = repo_root() / "deploy" / "ansible"
