@@ -692,18 +692,24 @@ def watched(bed: Bed, duration: float) -> Iterator[dict[str, Any]]:
         found["holds"] = [(h.director, h.start, h.end) for h in holds]
 
 
-def _takeover(found: Mapping[str, Any], director: str, after: float) -> float | None:
+def _first_hold(found: Mapping[str, Any], director: str, after: float) -> float | None:
+    """When ``director`` first held the VIP at or after ``after`` (None: it did not)."""
     starts = [start for name, start, _ in found["holds"] if name == director and start >= after]
-    return round(min(starts) - after, 3) if starts else None
+    return min(starts) if starts else None
+
+
+def _takeover(found: Mapping[str, Any], director: str, after: float) -> float | None:
+    first = _first_hold(found, director, after)
+    return None if first is None else round(first - after, 3)
 
 
 def _summary(found: Mapping[str, Any], director: str, after: float) -> dict[str, Any]:
     """What the client and the watchers saw, with the kernels' view of ``director``'s takeover
     after ``after``: the gap between the other's last hold ending and its first hold."""
-    starts = [start for name, start, _ in found["holds"] if name == director and start >= after]
+    first = _first_hold(found, director, after)
     ends = [end for name, _, end in found["holds"]
-            if name != director and end is not None and starts and end <= min(starts)]
-    gap = round((min(starts) - max(ends)) * 1000, 1) if starts and ends else None
+            if name != director and end is not None and first is not None and end <= first]
+    gap = round((first - max(ends)) * 1000, 1) if first is not None and ends else None
     return {"probes": found["samples"], "failed_probes": found["failed"],
             "outages_ms": [round((end - start) * 1000, 1) for start, end in found["windows"]],
             "vip_gap_ms": gap,

@@ -382,10 +382,7 @@ class HostBed:
     progress: Echo = _progress
     hosts: list[Host] = field(default_factory=list)
     bridge: str = ""
-    # Namespaces on the bridge that are not hosts (real servers): attach_namespace.
-    namespaces: list[str] = field(default_factory=list)
     _made_bridge: bool = False
-    _tag: int = 0
 
     def __enter__(self) -> HostBed:
         try:
@@ -407,7 +404,7 @@ class HostBed:
             if shutil.which(tool) is None:
                 raise HostsError(f"{tool} is not installed (scripts/setup installs it)")
         _ensure_cgroup2()
-        tag = self._tag = os.getpid() % 100000
+        tag = os.getpid() % 100000
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.bridge = f"lvdbr{tag}"[:15]
         _run(["ip", "link", "add", self.bridge, "type", "bridge"])
@@ -489,20 +486,6 @@ class HostBed:
                 raise HostsError(f"{host.name}: the container exited "
                                  f"({host.process.returncode}); see {host.folder}/console.log")
 
-    def attach_namespace(self, label: str, address: str) -> str:
-        """A plain network namespace (no container) with ``eth0`` at ``address``/24 on the
-        bridge, e.g. for a real server; returns its name. Removed by ``close``."""
-        netns = f"lvd{self._tag}{label}"[:15]
-        veth = f"lvd{self._tag}n{len(self.namespaces)}"[:15]
-        _run(["ip", "netns", "add", netns])
-        self.namespaces.append(netns)
-        _run(["ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", netns])
-        _run(["ip", "link", "set", veth, "master", self.bridge, "up"])
-        _run(["ip", "-n", netns, "link", "set", "lo", "up"])
-        _run(["ip", "-n", netns, "addr", "add", f"{address}/24", "dev", "eth0"])
-        _run(["ip", "-n", netns, "link", "set", "eth0", "up"])
-        return netns
-
     def host(self, name: str) -> Host:
         """The host named ``name``. Raises HostsError when the bed has none."""
         for host in self.hosts:
@@ -565,9 +548,6 @@ class HostBed:
                 _run(["umount", "--lazy", str(host.root)], check=False)
                 _run(["umount", "--lazy", str(host.folder / "rw")], check=False)
                 host.mounted = False
-        for netns in self.namespaces:
-            _run(["ip", "netns", "del", netns], check=False)
-        self.namespaces = []
         if self._made_bridge:
             _run(["ip", "link", "del", self.bridge], check=False)
             self._made_bridge = False
